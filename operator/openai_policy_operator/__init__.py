@@ -1,0 +1,1 @@
+"""The OpenAIPolicy operator: CRD reconciliation, sidecar injection and live status."""
