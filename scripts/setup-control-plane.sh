@@ -8,7 +8,7 @@
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.34.4}"
-ETCD_VERSION="${ETCD_VERSION:-3.5.25}"
+ETCD_VERSION="${ETCD_VERSION:-3.5.35}"
 HELM_VERSION="${HELM_VERSION:-3.19.2}"
 CACHE_ROOT="${OPENAI_POLICY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/openai-policy-operator}"
 ASSETS="$CACHE_ROOT/control-plane/k8s-v${K8S_VERSION}-etcd-v${ETCD_VERSION}"
@@ -58,9 +58,13 @@ build_etcd() {
     cd "$work"
     go mod init openai-policy-operator/etcd >/dev/null 2>&1
     # etcd's server module points its sibling modules at ../ paths; pin them to the release.
-    for mod in api/v3 client/pkg/v3 client/v2 client/v3 pkg/v3 raft/v3 server/v3; do
+    for mod in api/v3 client/pkg/v3 client/v3 pkg/v3 raft/v3 server/v3; do
       go mod edit -require="go.etcd.io/etcd/$mod@v$ETCD_VERSION"
     done
+    # The v2 client module is versioned v2.3XX.Y for etcd 3.X.Y (e.g. v2.305.25 for 3.5.25).
+    local minor="${ETCD_VERSION#3.}" patch="${ETCD_VERSION##*.}"
+    minor="${minor%%.*}"
+    go mod edit -require="go.etcd.io/etcd/client/v2@v2.3$(printf '%02d' "$minor").$patch"
     CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
   )
 }
