@@ -45,5 +45,8 @@ demo:
 	@echo "make demo arrives with the delivery issue (helm chart, operator, governed workload); not yet available." >&2
 	@exit 1
 
+crds: venv
+	$(PY) -m openai_policy_operator.crd --write
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""``OpenAIPolicy.status``: what the operator observed, written by it, read by people.
+
+Money in status is written as decimal strings (``"12.345678"``), never floats, following the
+Kubernetes API conventions; the short ``summary`` strings exist for ``kubectl get`` columns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+from typing import Literal
+
+from pydantic import Field
+
+from .base import StatusModel, doc
+
+CONDITION_TYPES: tuple[str, ...] = ("Ready", "Enforced", "BudgetAlert", "BudgetExceeded", "Suspended")
+
+
+class Condition(StatusModel):
+    """One condition of the policy, in the shape of Kubernetes' metav1.Condition."""
+
+    type: str = Field(max_length=316, description="Condition type: Ready, Enforced, BudgetAlert, BudgetExceeded "
+                                                  "or Suspended.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The policy generation the condition was computed from.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When the condition last changed status.")
+    reason: str | None = Field(
+        default=None, max_length=1024,
+        description="A CamelCase word saying why, e.g. SelectorConflict or LimitReached.")
+    message: str | None = Field(default=None, max_length=32768, description="A human-readable explanation.")
+
+
+class GenerationCount(StatusModel):
+    """How many reporting pods run one policy generation."""
+
+    generation: int = Field(description="The policy generation (metadata.generation) applied by the pods.")
+    pods: int = Field(ge=0, description="Reporting pods that run it.")
+
+
+class PodsStatus(StatusModel):
+    """The pods governed by the policy."""
+
+    injected: int = Field(default=0, ge=0, description="Pods that carry the sidecar for this policy.")
+    reporting: int = Field(default=0, ge=0, description="Sidecars that sent a heartbeat recently.")
+    up_to_date: int = Field(
+        default=0, ge=0, description="Reporting sidecars that run the policy's current generation.")
+    generations: list[GenerationCount] = Field(
+        default_factory=list, description="Reporting sidecars by the policy generation they run.")
+
+
+class WindowSpend(StatusModel):
+    """Spend in the current bucket of one budget window."""
+
+    window: Literal["hour", "day", "month"] = Field(description="The budget window: hour, day or month (UTC).")
+    bucket: str = Field(description="The current calendar bucket, e.g. 2026-11 for a month.")
+    usd: str = Field(description="Settled spend in the bucket, in US dollars (decimal string).")
+    limit_usd: str | None = Field(default=None, description="The window's limit, in US dollars; absent when "
+                                                           "the window has no limit.")
+    remaining_usd: str | None = Field(default=None, description="What is left of the limit, in US dollars.")
+    percent: int | None = Field(default=None, ge=0, description="Spend as a whole percent of the limit.")
+
+
+class UsageStatus(StatusModel):
+    """Counters summed over every pod since the policy was created."""
+
+    requests: int = Field(default=0, ge=0, description="Requests handled, refused ones included.")
+    tokens_input: int = Field(default=0, ge=0, description="Input tokens billed by OpenAI.")
+    tokens_output: int = Field(default=0, ge=0, description="Output tokens billed by OpenAI.")
+    tokens_cached: int = Field(default=0, ge=0, description="Cached input tokens (billed at the cached price).")
+    cache_hits: int = Field(default=0, ge=0, description="Requests answered from the policy's response cache.")
+    errors: int = Field(default=0, ge=0, description="Upstream errors returned to callers.")
+    model_drift: int = Field(
+        default=0, ge=0, description="Responses whose model differed from the pinned one.")
+    blocked: int = Field(default=0, ge=0, description="Requests refused by the policy, all reasons together.")
+    blocked_by_reason: dict[str, int] = Field(
+        default_factory=dict, description="Refused requests by error code (budget_exceeded, rate_limit_exceeded, ...).")
+    would_block: int = Field(
+        default=0, ge=0, description="In dryRun mode: requests that would have been refused, but were forwarded.")
+    would_block_by_reason: dict[str, int] = Field(
+        default_factory=dict, description="In dryRun mode: requests that would have been refused, by error code.")
+
+
+class StatusSummary(StatusModel):
+    """Short strings for `kubectl get` columns."""
+
+    spend: str | None = Field(
+        default=None, description="Spend against the tightest budget window, e.g. `$1.23/$10.00 month`.")
+    pods: str | None = Field(default=None, description="Reporting pods over injected pods, e.g. `2/2`.")
+
+
+class PolicyStatus(StatusModel):
+    """What the operator observed: readiness, the pods enforcing the policy, spend and usage."""
+
+
+    observed_generation: int | None = Field(
+        default=None, description="The policy generation the operator last reconciled.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Ready, Enforced, BudgetAlert, BudgetExceeded and Suspended.")
+    pods: PodsStatus | None = Field(default=None, description="The pods governed by the policy.")
+    spend: list[WindowSpend] = Field(
+        default_factory=list, description="Spend per budget window, for the current calendar bucket.")
+    usage: UsageStatus | None = Field(default=None, description=doc(UsageStatus))
+    last_report_time: datetime | None = Field(
+        default=None, description="When a sidecar last reported usage or a heartbeat.")
+    summary: StatusSummary | None = Field(default=None, description="Short strings for `kubectl get` columns.")
+
+
+def _money(value: str | Decimal) -> str:
+    """``"1.5"`` -> ``"$1.50"`` (cents, rounded down so that spend is never overstated as lower)."""
+    amount = Decimal(value)
+    return f"${amount.quantize(Decimal('0.01'), rounding=ROUND_FLOOR):,}"
+
+
+def spend_summary(spend: list[WindowSpend]) -> str | None:
+    """The spend column: the limited window closest to its limit, e.g. ``$1.23/$10.00 month``.
+
+    With no limit at all, the largest unlimited window's spend alone (``$1.23 month``).
+    """
+    limited = [w for w in spend if w.limit_usd is not None]
+    if limited:
+        def used(w: WindowSpend) -> Decimal:
+            return Decimal(w.usd) / Decimal(w.limit_usd or "1")
+        tightest = max(limited, key=used)
+        return f"{_money(tightest.usd)}/{_money(tightest.limit_usd or '0')} {tightest.window}"
+    if spend:
+        order = {"hour": 0, "day": 1, "month": 2}
+        widest = max(spend, key=lambda w: order[w.window])
+        return f"{_money(widest.usd)} {widest.window}"
+    return None
+
+
+def pods_summary(pods: PodsStatus | None) -> str | None:
+    """The pods column: ``reporting/injected``."""
+    if pods is None:
+        return None
+    return f"{pods.reporting}/{pods.injected}"
+
+
+def summarize(status: PolicyStatus) -> StatusSummary:
+    """The ``summary`` strings derived from the rest of ``status``."""
+    return StatusSummary(spend=spend_summary(status.spend), pods=pods_summary(status.pods))
