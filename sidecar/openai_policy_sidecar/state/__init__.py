@@ -1,0 +1,27 @@
+"""Shared state: budgets, rate limits, usage, heartbeats, policy publication and cache.
+
+``MemoryStore`` (one replica, standalone) and ``RedisStore`` (shared, atomic by Lua scripts)
+implement the same :class:`Store` protocol with identical semantics.
+"""
+
+from .budget import BudgetLedger, Reservation, WindowUsage
+from .errors import BudgetExceeded, StoreUnavailable
+from .memory import MemoryStore
+from .ratelimit import RateDecision, RateLimiter
+from .redis_store import RedisStore
+from .store import Store
+from .usage import UsageReporter
+
+__all__ = [
+    "BudgetExceeded",
+    "BudgetLedger",
+    "MemoryStore",
+    "RateDecision",
+    "RateLimiter",
+    "RedisStore",
+    "Reservation",
+    "Store",
+    "StoreUnavailable",
+    "UsageReporter",
+    "WindowUsage",
+]

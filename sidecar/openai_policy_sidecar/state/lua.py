@@ -1,0 +1,161 @@
+"""Lua scripts of the Redis store. Every key a script touches carries the policy's hash tag.
+
+Amounts travel as decimal strings in ARGV and are used as strings for INCRBY/DECRBY, so no
+integer ever passes through Lua's ``tostring`` (which would print large ones as ``1e+15``).
+Comparisons use Lua numbers (doubles): exact for integers below 2^53 micro-dollars (~9e9 USD).
+
+The reservation sweep relies on the server clock (``TIME``; Redis 7 replicates script effects,
+so this is safe), which keeps deadlines consistent between pods whose clocks disagree.
+"""
+
+from __future__ import annotations
+
+# Budget key layout shared by all budget scripts:
+#   KEYS[1] reservations hash, KEYS[2] deadlines zset,
+#   KEYS[1 + 2i] spend key of window i, KEYS[2 + 2i] reserved key of window i (i = 1..n).
+_SWEEP = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function parse(rec)
+  local parts = {}
+  for p in string.gmatch(rec, '[^|]+') do parts[#parts + 1] = p end
+  local buckets = {}
+  for j = 2, #parts - 1, 2 do buckets[parts[j]] = parts[j + 1] end
+  return parts[1], buckets
+end
+
+local function unreserve(key, amount)
+  if tonumber(amount) > 0 and redis.call('EXISTS', key) == 1 then
+    if redis.call('DECRBY', key, amount) < 0 then redis.call('DEL', key) end
+  end
+end
+
+-- windows: {name = bucket} currently addressed by KEYS; slot(name) -> index i
+local function sweep(now, windows, slot)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 200)
+  for _, rid in ipairs(expired) do
+    local rec = redis.call('HGET', KEYS[1], rid)
+    if rec then
+      local amount, buckets = parse(rec)
+      for name, bucket in pairs(buckets) do
+        if windows[name] == bucket then unreserve(KEYS[2 + 2 * slot[name]], amount) end
+      end
+      redis.call('HDEL', KEYS[1], rid)
+    end
+    redis.call('ZREM', KEYS[2], rid)
+  end
+end
+"""
+
+# ARGV: amount, id, hold_ms, n, then per window: name, bucket, limit (-1: none), ttl_seconds
+RESERVE = (
+    _SWEEP
+    + """
+local amount, id, hold, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+local windows, slot = {}, {}
+for i = 1, n do
+  windows[ARGV[1 + 4 * i]] = ARGV[2 + 4 * i]
+  slot[ARGV[1 + 4 * i]] = i
+end
+sweep(now, windows, slot)
+local want = tonumber(amount)
+for i = 1, n do
+  local limit = tonumber(ARGV[3 + 4 * i])
+  if limit >= 0 then
+    local spent = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
+    local reserved = tonumber(redis.call('GET', KEYS[2 + 2 * i]) or '0')
+    if spent + reserved + want > limit then return {0, i, spent, reserved} end
+  end
+end
+local rec = amount
+local longest = 0
+for i = 1, n do
+  local ttl = tonumber(ARGV[4 + 4 * i])
+  redis.call('INCRBY', KEYS[2 + 2 * i], amount)
+  redis.call('EXPIRE', KEYS[2 + 2 * i], ttl)
+  if ttl > longest then longest = ttl end
+  rec = rec .. '|' .. ARGV[1 + 4 * i] .. '|' .. ARGV[2 + 4 * i]
+end
+redis.call('HSET', KEYS[1], id, rec)
+redis.call('ZADD', KEYS[2], now + hold, id)
+-- The index outlives every bucket it refers to, so a sweep can always find a dead pod's money.
+redis.call('EXPIRE', KEYS[1], longest)
+redis.call('EXPIRE', KEYS[2], longest)
+return {1, 0, 0, 0}
+"""
+)
+
+# ARGV: id ('' for none), actual, n, then per window: name, bucket, ttl_seconds
+SETTLE = (
+    _SWEEP
+    + """
+local id, actual, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local found = 0
+if id ~= '' then
+  local rec = redis.call('HGET', KEYS[1], id)
+  if rec then
+    found = 1
+    local amount, buckets = parse(rec)
+    for i = 1, n do
+      if buckets[ARGV[1 + 3 * i]] == ARGV[2 + 3 * i] then unreserve(KEYS[2 + 2 * i], amount) end
+    end
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+if tonumber(actual) > 0 then
+  for i = 1, n do
+    redis.call('INCRBY', KEYS[1 + 2 * i], actual)
+    redis.call('EXPIRE', KEYS[1 + 2 * i], tonumber(ARGV[3 + 3 * i]))
+  end
+end
+return found
+"""
+)
+
+# ARGV: n, then per window: name, bucket. Returns spent_1, reserved_1, spent_2, ...
+READ = (
+    _SWEEP
+    + """
+local n = tonumber(ARGV[1])
+local windows, slot = {}, {}
+for i = 1, n do
+  windows[ARGV[2 * i]] = ARGV[1 + 2 * i]
+  slot[ARGV[2 * i]] = i
+end
+sweep(now_ms(), windows, slot)
+local out = {}
+for i = 1, n do
+  out[#out + 1] = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
+  out[#out + 1] = tonumber(redis.call('GET', KEYS[2 + 2 * i]) or '0')
+end
+return out
+"""
+)
+
+# KEYS: one counter per limit. ARGV: ttl, then per counter: limit, increment.
+# Returns {allowed, refused index (0: none), count_1, count_2, ...}.
+RATE = """
+local ttl = ARGV[1]
+local found = {}
+for i = 1, #KEYS do found[i] = tonumber(redis.call('GET', KEYS[i]) or '0') end
+for i = 1, #KEYS do
+  if found[i] + tonumber(ARGV[1 + 2 * i]) > tonumber(ARGV[2 * i]) then
+    local out = {0, i}
+    for j = 1, #KEYS do out[#out + 1] = found[j] end
+    return out
+  end
+end
+local out = {1, 0}
+for i = 1, #KEYS do
+  local inc = ARGV[1 + 2 * i]
+  local value = redis.call('INCRBY', KEYS[i], inc)
+  if value == tonumber(inc) then redis.call('EXPIRE', KEYS[i], ttl) end
+  out[#out + 1] = value
+end
+return out
+"""

@@ -1,0 +1,147 @@
+"""The Store protocol and the value types its methods exchange.
+
+A store offers *semantic* atomic operations (reserve across budget windows, consume rate-limit
+counters all-or-none...), not raw get/set: each is one Lua script in Redis and one
+await-free critical section in memory, so both stores are atomic in the same way.
+
+Reservation tracking (how a crash cannot leak reserved money forever): every reservation is
+recorded individually with a deadline (``hold_seconds``, default 15 minutes, see
+``BudgetLedger``). Reserving (and reading) first sweeps reservations whose deadline has passed:
+their amount leaves the ``reserved`` counters of the current buckets. So the money reserved by
+a pod that died mid-call comes back after the hold, while the ``reserved`` counter stays one
+plain integer per bucket that the operator can read. Settling a reservation that was swept still
+adds its real cost to ``spent`` (spent is the truth), and only subtracts what is still reserved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+Ref = tuple[str, str]  # (namespace, policy name)
+
+
+@dataclass(frozen=True)
+class BucketLimit:
+    """One budget window's current bucket, its limit (None: unlimited, tracked only) and key TTL."""
+
+    window: str
+    bucket: str
+    limit_micros: int | None
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class ReserveOutcome:
+    """Result of an atomic reservation attempt; on refusal, the first window that would overflow."""
+
+    ok: bool
+    window: str | None = None
+    limit_micros: int = 0
+    spent_micros: int = 0
+    reserved_micros: int = 0
+
+
+@dataclass(frozen=True)
+class WindowSpend:
+    window: str
+    bucket: str
+    spent_micros: int
+    reserved_micros: int
+
+
+@dataclass(frozen=True)
+class RateCounter:
+    """One per-minute counter to check and, if every counter allows, increment."""
+
+    scope: str  # "policy" or "user:<id>"
+    unit: str  # "requests" or "tokens"
+    limit: int
+    increment: int
+
+
+@dataclass(frozen=True)
+class RateOutcome:
+    """``counts``: each counter's value after the increment (allowed) or as found (refused)."""
+
+    allowed: bool
+    refused_index: int | None
+    counts: tuple[int, ...]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the sidecar and the operator need from shared state. Every method may raise StoreUnavailable."""
+
+    async def ping(self) -> bool:
+        """True when the store answers (never raises)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # -- budgets ---------------------------------------------------------------------------
+    async def budget_reserve(
+        self,
+        ref: Ref,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+    ) -> ReserveOutcome:
+        """Sweep expired reservations, then, iff spent+reserved+amount <= limit in EVERY bucket
+        with a limit, add ``amount`` to every bucket's reserved counter and record the reservation."""
+        ...
+
+    async def budget_settle(
+        self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
+    ) -> None:
+        """Drop the reservation (if still recorded) from reserved and add ``actual`` to spent."""
+        ...
+
+    async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
+        """Drop the reservation (if still recorded) without spending anything."""
+        ...
+
+    async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[WindowSpend]:
+        """Sweep expired reservations, then read spent/reserved for each bucket."""
+        ...
+
+    async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, WindowSpend]:
+        """Spent/reserved for the current hour, day and month buckets (for the operator)."""
+        ...
+
+    # -- rate limits -----------------------------------------------------------------------
+    async def rate_consume(
+        self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
+    ) -> RateOutcome:
+        """Iff every counter's value + increment <= limit, increment them all; else change nothing."""
+        ...
+
+    # -- usage and heartbeats ----------------------------------------------------------------
+    async def incr_usage(self, ref: Ref, counters: Mapping[str, int]) -> None: ...
+
+    async def read_usage(self, ref: Ref) -> dict[str, int]: ...
+
+    async def write_heartbeat(self, ref: Ref, pod: str, payload: Mapping[str, Any]) -> None: ...
+
+    async def read_heartbeats(self, ref: Ref) -> dict[str, dict[str, Any]]: ...
+
+    async def remove_heartbeats(self, ref: Ref, pods: Sequence[str]) -> None: ...
+
+    # -- policy publication ----------------------------------------------------------------
+    async def get_policy_document(self, ref: Ref) -> dict[str, Any] | None: ...
+
+    async def publish_policy_document(self, ref: Ref, document: Mapping[str, Any]) -> None:
+        """Store the document and announce its ``metadata.generation`` on the policy channel."""
+        ...
+
+    def policy_updates(self, ref: Ref) -> AsyncIterator[int]:
+        """Yield the stored generation on (re)subscription, then each published generation."""
+        ...
+
+    # -- response cache --------------------------------------------------------------------
+    async def cache_get(self, ref: Ref, digest: str) -> bytes | None: ...
+
+    async def cache_set(self, ref: Ref, digest: str, value: bytes, ttl_seconds: float) -> None: ...
