@@ -45,6 +45,16 @@ def reserved_key(namespace: str, name: str, window: str, bucket: str) -> str:
     return _key(namespace, name, "reserved", window, bucket)
 
 
+def reservations_key(namespace: str, name: str) -> str:
+    """Hash: reservation id -> ``amount|window|bucket|window|bucket...`` for calls in flight."""
+    return _key(namespace, name, "reservations")
+
+
+def reservation_deadlines_key(namespace: str, name: str) -> str:
+    """Sorted set: reservation id scored by the epoch millisecond after which it is swept back."""
+    return _key(namespace, name, "reservation-deadlines")
+
+
 def usage_key(namespace: str, name: str) -> str:
     """A hash of monotonically increasing usage counters (requests, tokens, refusals by reason...)."""
     return _key(namespace, name, "usage")

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import store_keys
-from .keys import reservations_key
+from ..store_keys import reservations_key
 from .store import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
 from .windows import current_buckets
 

@@ -23,9 +23,9 @@ from redis.exceptions import ReadOnlyError, RedisClusterException, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import store_keys
+from ..store_keys import reservation_deadlines_key, reservations_key
 from . import lua
 from .errors import StoreUnavailable
-from .keys import reservation_deadlines_key, reservations_key
 from .memory import _parse_heartbeats, document_generation
 from .store import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
 from .windows import current_buckets
