@@ -21,10 +21,10 @@ from .selector import LabelSelector
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 WINDOWS: tuple[str, ...] = ("hour", "day", "month")
-PII_TYPES: tuple[str, ...] = ("email", "phone", "ssn", "creditCard", "ipAddress")
+PII_TYPES: tuple[str, ...] = ("email", "phone", "ssn", "creditCard", "ipAddress", "apiKey")
 
 Window = Literal["hour", "day", "month"]
-PiiType = Literal["email", "phone", "ssn", "creditCard", "ipAddress"]
+PiiType = Literal["email", "phone", "ssn", "creditCard", "ipAddress", "apiKey"]
 
 
 class SecretKeyRef(SpecModel):
@@ -272,7 +272,7 @@ class RequestsSpec(SpecModel):
 
 
 class RetriesSpec(SpecModel):
-    """Retries of failed upstream calls (429, 5xx, timeouts, connection errors).
+    """Retries of failed upstream calls (429, 5xx and connection errors; a timed-out call has no time left).
 
     Backoff is exponential with full jitter, honours Retry-After, and never exceeds
     maxRetryDurationSeconds in total, so that a stuck request cannot retry all weekend.
@@ -350,7 +350,7 @@ class CacheSpec(SpecModel):
     deterministic_only: bool = Field(
         default=True,
         description="Cache only requests whose answer should not vary: temperature 0 (or a seed set) "
-                    "and not streamed. Turn off to cache every identical request.")
+                    "(streamed requests too: a hit is replayed as a stream). Turn off to cache every identical request.")
 
 
 class PiiSpec(SpecModel):
@@ -363,7 +363,8 @@ class PiiSpec(SpecModel):
     types: list[PiiType] = Field(
         default_factory=lambda: list(PII_TYPES), min_length=1, max_length=len(PII_TYPES),
         json_schema_extra={"x-kubernetes-list-type": "set"},
-        description="The kinds of personal data looked for: email, phone, ssn, creditCard, ipAddress. "
+        description="The kinds of personal data looked for: email, phone, ssn, creditCard, ipAddress, "
+                    "apiKey (an OpenAI key such as sk-... pasted into a prompt). "
                     "Default: all of them.")
 
     @field_validator("types")
