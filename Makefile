@@ -12,11 +12,9 @@ PYTEST_ARGS ?=
 
 .PHONY: test demo setup venv redis control-plane tiktoken lint crds clean
 
-$(VENV)/.installed: pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+# The same script builds the images' environments (Dockerfile.*), so CI tests what ships.
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/install-python-deps.sh
+	PYTHON=$(PYTHON) scripts/install-python-deps.sh $(VENV) --dev --editable
 	touch $@
 
 venv: $(VENV)/.installed
