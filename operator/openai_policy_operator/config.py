@@ -1,0 +1,85 @@
+"""Operator settings: one frozen object built from the command line, passed to every module.
+
+Defaults are the documented behaviour; the chart sets the same flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# failurePolicy default, and why: Ignore. A down operator must never block pod creation in every
+# opted-in namespace (Deployments, Jobs and autoscaling would stop). A pod admitted during such an
+# outage starts without the sidecar and without the key (the Secret is only ever mounted into the
+# sidecar), so it cannot spend on the policy's account; it shows as a pod not enforcing in
+# `kubectl get oaip`. Teams that prefer a pod that cannot be created over an un-governed one set
+# Fail (the chart's webhook.failurePolicy). The chart passes the same value, so both agree.
+DEFAULT_FAILURE_POLICY = "Ignore"
+FAILURE_POLICIES = ("Fail", "Ignore")
+ALWAYS_EXCLUDED_NAMESPACES = ("kube-system",)
+
+
+@dataclass(frozen=True)
+class SidecarResources:
+    """Default requests/limits of the injected proxy (a small asyncio process)."""
+
+    cpu_request: str = "50m"
+    memory_request: str = "64Mi"
+    cpu_limit: str | None = None  # CPU limits throttle latency-sensitive proxies; leave unbounded
+    memory_limit: str | None = "256Mi"
+
+    def as_k8s(self) -> dict[str, dict[str, str]]:
+        limits = {k: v for k, v in (("cpu", self.cpu_limit), ("memory", self.memory_limit)) if v}
+        out: dict[str, dict[str, str]] = {"requests": {"cpu": self.cpu_request, "memory": self.memory_request}}
+        if limits:
+            out["limits"] = limits
+        return out
+
+
+@dataclass(frozen=True)
+class InjectionSettings:
+    """What the webhook puts into a pod besides the policy-specific bits."""
+
+    sidecar_image: str = "openai-policy-sidecar:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    redis_url: str | None = None
+    resources: SidecarResources = field(default_factory=SidecarResources)
+    run_as_user: int = 65532  # the conventional "nonroot" uid of distroless images
+    # The design fixes 8780 (proxy, loopback) and 8781 (admin); overridable for a port clash in a pod.
+    proxy_port: int = 8780
+    admin_port: int = 8781
+    log_level: str | None = None  # passed as --log-level; None: the sidecar's default
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """How the admission webhook is served and (optionally) registered."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 9443
+    # The host name/IP the API server uses to reach us (a SAN of the generated certificate).
+    # In the local control plane tests this is 127.0.0.1; in a cluster the chart uses a Service.
+    public_host: str | None = None
+    cert_dir: str | None = None  # tls.crt / tls.key (and optional ca.crt); generated if missing
+    # Name of the MutatingWebhookConfiguration to create/patch with our URL and CA.
+    # None: somebody else (the chart) owns the configuration and points it at our Service.
+    manage_configuration: str | None = None
+    failure_policy: str = DEFAULT_FAILURE_POLICY
+    timeout_seconds: int = 10
+    excluded_namespaces: tuple[str, ...] = ALWAYS_EXCLUDED_NAMESPACES
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    operator_namespace: str | None = None  # never injected into
+    peering_name: str = "openai-policy-operator"  # used when the kopf peering CRDs are installed
+    redis_url: str | None = None
+    status_interval: float = 3.0
+    heartbeat_stale_seconds: float = 30.0  # a pod that has not reported for this long is not "reporting"
+    injection: InjectionSettings = field(default_factory=InjectionSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+
+    @property
+    def never_inject(self) -> frozenset[str]:
+        extra = (self.operator_namespace,) if self.operator_namespace else ()
+        return frozenset((*self.webhook.excluded_namespaces, *extra))

@@ -1,0 +1,156 @@
+"""kopf wiring only: which events call which function. The logic lives in the modules it calls.
+
+Handlers are registered by :func:`register` (not at import time) so that intervals and the
+webhook server come from the command line, and tests can build a registry of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonpatch  # kopf's own dependency (kopf builds admission patches with it)
+import kopf
+
+from . import names
+from .config import OperatorSettings
+from .kube import Kube
+from .reconcile import Reconciler, summary_of
+from .reporting import Reporter
+from .status import merge_patch, status_changed
+from .webhook import INJECT, Admission
+from .webhook_server import PolicyWebhookServer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The objects the handlers share for the life of one operator process."""
+
+    settings: OperatorSettings
+    kube: Kube
+    store: Any | None  # openai_policy_sidecar.state.RedisStore, or None without Redis
+    reconciler: Reconciler
+    reporter: Reporter
+    admission: Admission
+
+    @classmethod
+    def build(cls, settings: OperatorSettings, kube: Kube) -> Runtime:
+        store = None
+        if settings.redis_url:
+            from openai_policy_sidecar.state import RedisStore
+
+            store = RedisStore(settings.redis_url)
+        return cls(settings, kube, store, Reconciler(kube, store), Reporter(store, settings.heartbeat_stale_seconds),
+                   Admission(kube, settings))
+
+
+def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
+    settings = runtime.settings
+
+    @kopf.on.startup(id="configure", registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Progress and diff-base in annotations of our own prefix: status is ours alone (the CRD's
+        # structural schema would prune kopf's status fields anyway).
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=names.GROUP, key="last-handled-configuration")
+        settings.posting.reporting_component = names.MANAGED_BY
+        settings.posting.level = logging.INFO
+        # Replicas elect one leader by kopf peering: distinct random priorities, highest wins; the
+        # others pause reconciling and reporting but keep serving the webhook (never paused by kopf).
+        # Without the peering CRDs (not mandatory) kopf runs standalone and says so in the log.
+        settings.peering.name = runtime.settings.peering_name
+        settings.peering.mandatory = False
+        settings.peering.priority = random.randint(1, 2**31 - 1)
+        settings.watching.server_timeout = 300
+        settings.batching.batch_window = 0.1  # react to a spec change within the 2 s promise
+        settings.admission.server = PolicyWebhookServer(runtime.settings, runtime.kube)
+        settings.admission.managed = None  # PolicyWebhookServer manages its own configuration
+
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Same credentials as our own API client: in-cluster ServiceAccount or $KUBECONFIG.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.cleanup(id="close", registry=registry)
+    async def close(**_: Any) -> None:
+        if runtime.store is not None:
+            await runtime.store.close()
+        runtime.kube.close()
+
+    # Index ids are the kwarg names under which kopf passes the indices to handlers.
+    @kopf.index(names.RESOURCE, id="policies_by_namespace", registry=registry)
+    def policies_by_namespace(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+        return {namespace: summary_of(body)}
+
+    @kopf.index("pods", id="injected_pods", annotations={names.INJECTED_ANNOTATION: kopf.PRESENT},
+                registry=registry)
+    def injected_pods(namespace: str, name: str, annotations: kopf.Annotations, status: kopf.Status,
+                      **_: Any) -> dict[tuple[str, str], str] | None:
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return None
+        return {(namespace, annotations[names.INJECTED_ANNOTATION]): name}
+
+    async def refresh(body: kopf.Body, patch: kopf.Patch, policies_by_namespace: kopf.Index,
+                      injected_pods: kopf.Index, force: bool) -> None:
+        namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+        others = list(policies_by_namespace.get(namespace, []))
+        outcome = await runtime.reconciler.reconcile(body, others, force=force)
+        injected = len(list(injected_pods.get((namespace, name), [])))
+        report = await runtime.reporter.report(body, outcome.policy, outcome.ready, injected)
+        previous: Mapping[str, Any] = body.get("status") or {}
+        if status_changed(previous, report.status):
+            patch.status.update(merge_patch(dict(previous), report.status))
+        for transition in report.transitions:
+            kopf.event(body, type=transition.event_type, reason=transition.reason,
+                       message=f"{transition.type}={transition.status}: {transition.message}")
+
+    @kopf.on.resume(names.RESOURCE, id="reconcile", backoff=5, registry=registry)
+    @kopf.on.create(names.RESOURCE, id="reconcile", backoff=5, registry=registry)
+    @kopf.on.update(names.RESOURCE, id="reconcile", field="spec", backoff=5, registry=registry)
+    async def reconcile(body: kopf.Body, patch: kopf.Patch, policies_by_namespace: kopf.Index,
+                        injected_pods: kopf.Index, **_: Any) -> None:
+        await refresh(body, patch, policies_by_namespace, injected_pods, force=True)
+
+    # backoff: an unexpected error (a bug, an API outage) retries within seconds, not kopf's 60 s.
+    @kopf.timer(names.RESOURCE, id="report", interval=settings.status_interval,
+                initial_delay=settings.status_interval, backoff=5, registry=registry)
+    async def report(body: kopf.Body, patch: kopf.Patch, policies_by_namespace: kopf.Index,
+                     injected_pods: kopf.Index, **_: Any) -> None:
+        await refresh(body, patch, policies_by_namespace, injected_pods, force=False)
+
+    @kopf.on.delete(names.RESOURCE, id="forget", optional=True, registry=registry)
+    async def forget(namespace: str, name: str, **_: Any) -> None:
+        # optional: no finalizer, deletion is never blocked; the ConfigMap goes by garbage collection.
+        runtime.reconciler.forget((namespace, name))
+
+    @kopf.on.mutate("pods", id=names.WEBHOOK_ID, operation="CREATE", side_effects=True,
+                    ignore_failures=settings.webhook.failure_policy == "Ignore", registry=registry)
+    async def inject(body: kopf.Body, patch: kopf.Patch, dryrun: bool, warnings: list[str], **_: Any) -> None:
+        namespace = body.metadata.namespace or ""
+        try:
+            decision, result = await runtime.admission.review(dict(body), namespace, dry_run=dryrun)
+        except Exception as error:
+            # An answer "not allowed" refuses the pod whatever the webhook's failurePolicy says, so the
+            # operator applies the same policy itself: Fail refuses, Ignore admits the pod unchanged.
+            message = f"{names.MANAGED_BY}: cannot decide on sidecar injection: {error}"
+            if settings.webhook.failure_policy == "Ignore":
+                logger.warning("%s (admitted without the sidecar: failurePolicy Ignore)", message)
+                warnings.append(f"{message}; the pod was admitted without the {names.SIDECAR_NAME} sidecar")
+                return
+            raise kopf.AdmissionError(message, code=500) from error
+        if decision.announce:
+            warnings.append(decision.message)
+        if decision.action == INJECT and result.changed:
+            ops = result.patch
+            patch.fns.append(lambda pod: _apply(pod, ops))
+
+
+def _apply(pod: Any, ops: list[dict[str, Any]]) -> None:
+    """Apply our JSONPatch to kopf's copy of the pod; kopf diffs it into the admission response."""
+    jsonpatch.apply_patch(pod, ops, in_place=True)

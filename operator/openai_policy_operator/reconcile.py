@@ -1,0 +1,121 @@
+"""Reconciling one policy: validate, detect selector conflicts, render the ConfigMap, publish to Redis.
+
+Every failure becomes a :class:`~.status.ReadyState` (reason + message for the Ready condition and
+its Event), never an exception escaping to kopf: a bad policy is a user's problem to read in
+``kubectl describe``, not a stack trace in the operator's log.
+
+Spend survives a delete/re-create: Redis keys are derived from the policy's namespace and name
+(``openai_policy_sidecar.store_keys``), not its uid, so re-creating a policy continues the same
+budget buckets and cannot be used to reset a monthly budget. Deleting a policy removes only what
+it owns in the cluster (the ConfigMap, via ownerReferences and the garbage collector); its
+counters expire with their window buckets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from openai_policy_sidecar.policy import OpenAIPolicy, PolicyError, load_policy
+
+from . import names
+from .kube import ApiException, Kube
+from .rendering import policy_document, policy_input, render_configmap
+from .selectors import PolicySummary, conflicts_of
+from .status import ReadyState
+
+logger = logging.getLogger(__name__)
+
+
+def summary_of(body: Mapping[str, Any]) -> PolicySummary:
+    meta = body.get("metadata") or {}
+    return PolicySummary(name=str(meta.get("name")), created=str(meta.get("creationTimestamp") or ""),
+                         selector=dict((body.get("spec") or {}).get("selector") or {}))
+
+
+def conflict_state(body: Mapping[str, Any], others: Sequence[PolicySummary]) -> ReadyState | None:
+    older = conflicts_of(summary_of(body), others)
+    if not older:
+        return None
+    name = body["metadata"]["name"]
+    return ReadyState(False, "SelectorConflict",
+                      f"the selector of {name} overlaps the selector of older polic"
+                      f"{'y' if len(older) == 1 else 'ies'} {', '.join(older)} in this namespace: pods matching "
+                      f"both would be ambiguous and are not injected. Narrow the selector, or choose a policy per "
+                      f"pod with the {names.POLICY_ANNOTATION} annotation")
+
+
+@dataclass
+class Outcome:
+    ready: ReadyState
+    policy: OpenAIPolicy | None = None
+
+
+class Reconciler:
+    """Applies one policy's owned objects; remembers per policy what it already did."""
+
+    def __init__(self, kube: Kube, store: Any | None, resync_seconds: float = 60.0) -> None:
+        self.kube = kube
+        self.store = store  # openai_policy_sidecar.state.Store, or None without Redis
+        # ref -> (generation whose ConfigMap is applied, when). Re-applied every resync_seconds so that
+        # a ConfigMap deleted or edited by hand is restored without watching every ConfigMap.
+        self.resync_seconds = resync_seconds
+        self._rendered: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def forget(self, ref: tuple[str, str]) -> None:
+        self._rendered.pop(ref, None)
+
+    async def reconcile(self, body: Mapping[str, Any], others: Sequence[PolicySummary], *,
+                        force: bool = False) -> Outcome:
+        meta = body["metadata"]
+        ref = (meta["namespace"], meta["name"])
+        generation = int(meta.get("generation") or 1)
+        try:
+            policy = load_policy(policy_input(body))
+        except PolicyError as error:
+            return Outcome(ReadyState(False, "InvalidPolicy", str(error)))
+        document = policy_document(policy, generation)
+
+        rendered = self._rendered.get(ref)
+        stale = rendered is None or rendered[0] != generation or time.monotonic() - rendered[1] > self.resync_seconds
+        if force or stale:
+            try:
+                await self.kube.apply_configmap(render_configmap(body, document))
+            except ApiException as error:
+                return Outcome(ReadyState(False, "ConfigMapFailed",
+                                          f"could not write ConfigMap {names.configmap_name(ref[1])}: "
+                                          f"{error.status} {error.reason}"), policy)
+            self._rendered[ref] = (generation, time.monotonic())
+
+        published = await self._publish(ref, document, generation, force=force)
+        if published is not None:
+            return Outcome(published, policy)
+        conflict = conflict_state(body, others)
+        if conflict is not None:
+            return Outcome(conflict, policy)
+        where = " and published to the state store" if self.store is not None else ""
+        return Outcome(ReadyState(True, "Reconciled",
+                                  f"generation {generation} rendered into ConfigMap "
+                                  f"{names.configmap_name(ref[1])}{where}"), policy)
+
+    async def _publish(self, ref: tuple[str, str], document: dict[str, Any], generation: int, *,
+                       force: bool) -> ReadyState | None:
+        """Publish unless the store already holds this generation (it re-publishes after a Redis restart)."""
+        if self.store is None:
+            return None
+        try:
+            if not force:
+                current = await self.store.get_policy_document(ref)
+                if current is not None and int((current.get("metadata") or {}).get("generation", 0)) >= generation:
+                    return None
+            await self.store.publish_policy_document(ref, document)
+        except Exception as error:  # noqa: BLE001 - StoreUnavailable or a connection error: report, retry next tick
+            logger.warning("publishing %s/%s generation %s failed: %s", *ref, generation, error)
+            return ReadyState(False, "PublishFailed",
+                              f"generation {generation} is rendered but could not be published to the state "
+                              f"store ({type(error).__name__}: {error}); running sidecars keep their current "
+                              f"policy until it is. Retrying")
+        return None
