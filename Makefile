@@ -39,9 +39,11 @@ test: setup lint
 	KUBEBUILDER_ASSETS="$$(scripts/setup-control-plane.sh)" TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" \
 	  $(PY) -m pytest $(PYTEST_ARGS)
 
-demo:
-	@echo "make demo arrives with the delivery issue (helm chart, operator, governed workload); not yet available." >&2
-	@exit 1
+DEMO_ARGS ?=
+
+demo: setup
+	KUBEBUILDER_ASSETS="$$(scripts/setup-control-plane.sh)" TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" \
+	  $(PY) -m e2e.demo $(DEMO_ARGS)
 
 crds: venv
 	$(PY) -m openai_policy_operator.crd --write
