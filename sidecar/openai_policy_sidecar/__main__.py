@@ -1,0 +1,109 @@
+"""``openai-policy-sidecar``: run the OpenAI-compatible policy proxy.
+
+    openai-policy-sidecar --policy FILE [--redis-url URL] [--listen 127.0.0.1:8780]
+                          [--admin-listen 0.0.0.0:8781] [--api-key-file FILE]
+
+The key comes from --api-key-file (re-read when it changes) or else OPENAI_API_KEY; the pod
+name from POD_NAME. Exit status 2: bad arguments, policy or tokenizer files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import tokenizer_files
+from .access_log import configure_logging
+from .policy import PolicyError
+from .server import Sidecar, SidecarConfig
+
+log = logging.getLogger("openai_policy_sidecar")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="openai-policy-sidecar", description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", type=Path, required=True, help="OpenAIPolicy YAML/JSON document")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("OPENAI_POLICY_REDIS_URL") or None,
+        help="shared store for budgets, rate limits and usage (default: in memory, one replica)",
+    )
+    parser.add_argument("--listen", default="127.0.0.1:8780", help="proxy address (keep it loopback)")
+    parser.add_argument("--admin-listen", default="0.0.0.0:8781", help="/healthz, /readyz, /metrics")
+    parser.add_argument(
+        "--api-key-file", type=Path, default=None, help="upstream API key file, re-read on change (else OPENAI_API_KEY)"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> SidecarConfig:
+    return SidecarConfig(
+        policy_path=args.policy,
+        api_key_file=args.api_key_file,
+        api_key=None if args.api_key_file else os.environ.get("OPENAI_API_KEY"),
+        redis_url=args.redis_url,
+        listen=args.listen,
+        admin_listen=args.admin_listen,
+        pod_name=os.environ.get("POD_NAME") or socket.gethostname(),
+    )
+
+
+async def serve(sidecar: Sidecar) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await sidecar.start()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await sidecar.stop()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (optional, not a dependency: a little less CPU per request)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sidecar: Sidecar | None = None
+    configure_logging(lambda: sidecar.source.keys.secrets if sidecar else [], getattr(logging, args.log_level.upper(), logging.INFO))
+    try:
+        tokenizer_files.verify()
+    except tokenizer_files.TokenizerFilesError as error:
+        log.error("cannot count tokens offline: %s", error)
+        return 2
+    sidecar = Sidecar(config_from(args))
+    try:
+        sidecar.load()
+    except PolicyError as error:
+        log.error("invalid policy %s: %s", args.policy, error)
+        return 2
+    except OSError as error:
+        log.error("cannot read policy %s: %s", args.policy, error.strerror or error)
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(sidecar))
+    except OSError as error:  # e.g. the port is taken
+        log.error("cannot serve: %s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

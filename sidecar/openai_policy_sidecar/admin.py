@@ -1,0 +1,76 @@
+"""Admin endpoints on :8781: /healthz (the process serves), /readyz (it can do its job), /metrics.
+
+/readyz detail names the policy in force, whether a key is loaded (never the key), the last
+refused policy or key update, and whether the shared store answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .metrics import Metrics
+from .policy_source import PolicySource
+from .reporting import Reporter
+
+
+async def readiness(source: PolicySource, store: Any, store_configured: bool, reporter: Reporter | None = None) -> tuple[bool, dict[str, Any]]:
+    runtime = source.runtime
+    detail: dict[str, Any] = {}
+    ready = True
+    if runtime is None:
+        ready = False
+        detail["policy"] = {"loaded": False}
+    else:
+        namespace, name = runtime.ref
+        detail["policy"] = {
+            "loaded": True,
+            "name": name,
+            "namespace": namespace,
+            "generation": runtime.generation,
+            "source": runtime.source,
+            "mode": runtime.spec.mode,
+            "suspended": bool(runtime.spec.suspend),
+            "lastError": source.error,
+        }
+    detail["apiKey"] = {"loaded": bool(source.keys.key), "source": source.keys.origin, "lastError": source.keys.error}
+    if not source.keys.key:
+        ready = False
+    if store_configured:
+        try:
+            reachable = bool(await asyncio.wait_for(store.ping(), timeout=1.0))
+        except Exception:
+            reachable = False
+        detail["store"] = {"configured": True, "reachable": reachable}
+        if reporter is not None and reporter.last_error:
+            detail["store"]["lastError"] = reporter.last_error
+        ready = ready and reachable
+    else:
+        detail["store"] = {"configured": False}
+    detail["ready"] = ready
+    return ready, detail
+
+
+def admin_app(source: PolicySource, store: Any, store_configured: bool, metrics: Metrics, reporter: Reporter) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready, detail = await readiness(source, store, store_configured, reporter)
+        return web.Response(
+            status=200 if ready else 503, text=json.dumps(detail), content_type="application/json"
+        )
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render())
+        response.headers["Content-Type"] = metrics.content_type
+        return response
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    return app

@@ -1,0 +1,160 @@
+"""Wiring: build the store, policy source, proxy and admin apps, and run them on their sockets.
+
+``Sidecar`` is what the CLI runs and what tests start in-process (port 0 picks a free port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import access_log
+from .admin import admin_app
+from .metrics import Metrics
+from .policy_source import KeySource, PolicySource
+from .proxy import Proxy
+from .reporting import Reporter
+from .state import MemoryStore, RedisStore
+from .tokenizer_files import ENCODINGS
+from .tokens import get_encoding
+from .upstream import Upstream
+
+log = logging.getLogger("openai_policy_sidecar.server")
+
+
+@dataclass
+class SidecarConfig:
+    policy_path: Path
+    api_key_file: Path | None = None
+    api_key: str | None = None  # from OPENAI_API_KEY when there is no key file
+    redis_url: str | None = None
+    listen: str = "127.0.0.1:8780"
+    admin_listen: str = "0.0.0.0:8781"
+    pod_name: str = "sidecar"
+    poll_interval: float = 1.0
+    report_interval: float = 1.0
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``127.0.0.1:8780``, ``[::1]:8780`` or ``:8780`` (all interfaces)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def bind(address: str) -> socket.socket:
+    host, port = split_host_port(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def make_store(redis_url: str | None) -> Any:
+    return RedisStore(redis_url) if redis_url else MemoryStore()
+
+
+def proxy_app(proxy: Proxy) -> web.Application:
+    # The body limit is the policy's (maxBodyBytes, checked in read_body), which may change at
+    # runtime; aiohttp's own limit only has to stay out of the way.
+    app = web.Application(client_max_size=1 << 40)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.store = make_store(config.redis_url)
+        self.source = PolicySource(
+            config.policy_path,
+            KeySource(config.api_key_file, config.api_key),
+            self.store,
+            self.metrics,
+            watch_store=config.redis_url is not None,
+            poll_interval=config.poll_interval,
+        )
+        self.upstream = Upstream()
+        self.proxy = Proxy(self.source, self.upstream, self.metrics, concurrent_limits=config.redis_url is not None)
+        self.reporter = Reporter(self.source, self.metrics, config.pod_name, config.report_interval)
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.proxy_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.proxy_address is not None
+        return f"http://{self.proxy_address[0]}:{self.proxy_address[1]}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def admin_url(self) -> str:
+        assert self.admin_address is not None
+        host = "127.0.0.1" if self.admin_address[0] in ("0.0.0.0", "::") else self.admin_address[0]
+        return f"http://{host}:{self.admin_address[1]}"
+
+    def load(self) -> None:
+        """Load policy and key (raises PolicyError / OSError on a bad or missing policy file)."""
+        self.source.load_initial()
+        # Load both encodings now (≈0.5 s each), not on the first request that needs them.
+        for encoding in ENCODINGS:
+            get_encoding(encoding)
+
+    async def start(self) -> None:
+        if self.source.runtime is None:
+            self.load()
+        proxy_sock = bind(self.config.listen)
+        admin_sock = bind(self.config.admin_listen)
+        self.proxy_address = proxy_sock.getsockname()[:2]
+        self.admin_address = admin_sock.getsockname()[:2]
+        for app, sock in (
+            (proxy_app(self.proxy), proxy_sock),
+            (admin_app(self.source, self.store, self.config.redis_url is not None, self.metrics, self.reporter), admin_sock),
+        ):
+            # access_log=None: our own access line replaces aiohttp's; it must never log headers.
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+            self._runners.append(runner)
+        self._tasks = [
+            asyncio.create_task(self.source.run(), name="policy-watch"),
+            asyncio.create_task(self.reporter.run(), name="usage-report"),
+        ]
+        log.info("sidecar listening on %s (admin %s)", self.url, self.admin_url)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        for runner in reversed(self._runners):
+            await runner.cleanup()  # stops accepting, lets requests in flight finish
+        self._runners = []
+        await self.reporter.tick()  # last counters of this process
+        access_log.flush()
+        await self.upstream.close()
+        with contextlib.suppress(Exception):
+            await self.store.close()
+
+    async def __aenter__(self) -> Sidecar:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

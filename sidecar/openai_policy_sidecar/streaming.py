@@ -1,0 +1,142 @@
+"""Relay a server-sent-events stream event by event, metering it on the way.
+
+Each event is written to the caller as soon as it is complete: nothing waits for the end of
+the stream. To learn a chat/completions stream's usage the sidecar may have asked upstream
+for ``stream_options.include_usage``; then the usage-only final chunk and the ``"usage": null``
+field it adds to every other chunk are removed again, so the caller receives exactly the
+stream it would have received without the sidecar. Responses API streams always report usage
+in their ``response.completed`` (or ``.incomplete`` / ``.failed``) event, so they pass untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .usage import Usage, parse_usage
+
+_SEPARATORS = (b"\r\n\r\n", b"\n\n")
+_TERMINAL_RESPONSE_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+
+
+def add_include_usage(endpoint: str, body: dict[str, Any]) -> bool:
+    """Ask upstream for usage on a chat/completions stream; True when we changed the request."""
+    if endpoint not in ("chat.completions", "completions"):
+        return False
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    body["stream_options"] = {**(options or {}), "include_usage": True}
+    return True
+
+
+def _data_of(event: bytes) -> bytes | None:
+    """The payload of an event's ``data:`` line(s); None for comments/keep-alives."""
+    parts = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None
+
+
+def _without_usage(data: bytes, obj: dict[str, Any]) -> bytes:
+    """``data`` with its ``usage`` member removed, keeping every other byte when possible."""
+    stripped = {key: value for key, value in obj.items() if key != "usage"}
+    for needle in (b',"usage":null', b'"usage":null,', b', "usage": null', b'"usage": null, '):
+        if needle in data:
+            candidate = data.replace(needle, b"", 1)
+            try:
+                if json.loads(candidate) == stripped:
+                    return candidate
+            except ValueError:
+                pass
+    return json.dumps(stripped, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class StreamMeter:
+    """Watches (and, when we added include_usage, repairs) the events of one stream."""
+
+    def __init__(self, endpoint: str, strip_usage: bool) -> None:
+        self.endpoint = endpoint
+        self.strip_usage = strip_usage
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.upstream_events = 0
+        self.completed = False  # saw [DONE] or a terminal Responses event
+
+    def transform(self, event: bytes) -> bytes | None:
+        """The bytes to forward for one complete event (separator excluded), or None to drop it."""
+        self.upstream_events += 1
+        data = _data_of(event)
+        if data is None:
+            return event
+        if data == b"[DONE]":
+            self.completed = True
+            return event
+        if self.endpoint == "responses":
+            self._watch_response_event(data)
+            return event
+        needs_model = self.model is None
+        has_usage = b'"usage"' in data
+        if not (needs_model or has_usage):
+            return event
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return event
+        if not isinstance(obj, dict):
+            return event
+        if needs_model and isinstance(obj.get("model"), str):
+            self.model = obj["model"]
+        if "usage" not in obj:
+            return event
+        usage = parse_usage(obj.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        if not self.strip_usage:
+            return event
+        if usage is not None and not obj.get("choices"):
+            return None  # the usage-only chunk exists only because we asked for it
+        new_data = _without_usage(data, obj)
+        return event.replace(data, new_data, 1) if data in event else b"data: " + new_data
+
+    def _watch_response_event(self, data: bytes) -> None:
+        is_terminal = any(marker in data for marker in _TERMINAL_RESPONSE_EVENTS)
+        if not is_terminal and self.model is not None:
+            return
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return
+        response = obj.get("response") if isinstance(obj, dict) else None
+        if not isinstance(response, dict):
+            return
+        if self.model is None and isinstance(response.get("model"), str):
+            self.model = response["model"]
+        if is_terminal:
+            self.completed = True
+            usage = parse_usage(response.get("usage"))
+            if usage is not None:
+                self.usage = usage
+
+
+async def split_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+    """Yield (event, separator) for each complete SSE event as soon as its blank line arrives."""
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        while True:
+            cut = -1
+            separator = b""
+            for candidate in _SEPARATORS:
+                index = buffer.find(candidate)
+                if index != -1 and (cut == -1 or index < cut):
+                    cut, separator = index, candidate
+            if cut == -1:
+                break
+            yield buffer[:cut], separator
+            buffer = buffer[cut + len(separator) :]
+    if buffer.strip():
+        yield buffer, b""
