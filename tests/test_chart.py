@@ -475,7 +475,6 @@ def test_alerts_and_dashboard_use_the_sidecars_metric_names(helm: Helm) -> None:
     assert not missing, f"the chart's alerts/dashboard use metrics no sidecar exports: {sorted(missing)}"
 
 
-@pytest.mark.xfail(strict=True, reason=f"the sidecar does not export {sorted(PENDING_METRICS)} yet")
 def test_the_sidecar_exports_the_queue_and_circuit_metrics() -> None:
     assert PENDING_METRICS <= _exported_metric_names()
 

@@ -45,7 +45,7 @@ def test_webhook_configuration_selects_labelled_namespaces_and_excludes_system_o
         WebhookSettings(), "openai-policy-system")
     hook = config["webhooks"][0]
     assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/inject-sidecar"
-    assert hook["failurePolicy"] == "Fail"
+    assert hook["failurePolicy"] == "Ignore"
     assert hook["sideEffects"] == "NoneOnDryRun"
     assert hook["rules"][0]["resources"] == ["pods"] and hook["rules"][0]["operations"] == ["CREATE"]
     selector = hook["namespaceSelector"]
@@ -62,10 +62,10 @@ def test_rbac_never_grants_secrets():
 
 def test_cli_defaults_and_options():
     settings = settings_from(parser().parse_args([]))
-    assert settings.webhook.failure_policy == "Fail" and settings.namespaces == ()
+    assert settings.webhook.failure_policy == "Ignore" and settings.namespaces == ()
     settings = settings_from(parser().parse_args([
         "-n", "a", "-n", "b", "--redis-url", "redis://127.0.0.1:1/0", "--webhook-listen", "127.0.0.1:8443",
-        "--failure-policy", "Ignore", "--exclude-namespace", "infra", "--operator-namespace", "ops"]))
+        "--failure-policy", "Fail", "--exclude-namespace", "infra", "--operator-namespace", "ops"]))
     assert settings.namespaces == ("a", "b")
     assert settings.injection.redis_url == "redis://127.0.0.1:1/0"
     assert (settings.webhook.listen_host, settings.webhook.listen_port) == ("127.0.0.1", 8443)

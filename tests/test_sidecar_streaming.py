@@ -22,7 +22,7 @@ from tests.support.sidecar import (
 )
 
 HELLO = [{"role": "user", "content": "stream me something"}]
-VOLATILE = ("id", "created", "created_at", "item_id", "response_id", "obfuscation")
+VOLATILE = ("id", "created", "created_at", "completed_at", "item_id", "response_id", "obfuscation")
 
 
 def normalise(raw: bytes) -> list[object]:

@@ -18,6 +18,8 @@ def reason_of(ctx: RequestContext) -> str:
         return ctx.refusal.code
     if ctx.upstream_error:
         return ctx.upstream_error
+    if ctx.status == 499:  # the caller left while waiting in the queue: not the upstream's doing
+        return "client_disconnected"
     if ctx.status >= 400:
         return "upstream_error"
     return "ok"
@@ -40,6 +42,12 @@ def usage_counters(ctx: RequestContext) -> dict[str, int]:
         counters["errors"] = 1
     if ctx.drift:
         counters["model_drift"] = 1
+    if ctx.cache == "hit":
+        counters["cache_hits"] = 1
+        if ctx.saved_micros:
+            counters["saved_micros"] = ctx.saved_micros
+    if ctx.retries:
+        counters["retries"] = ctx.retries
     return counters
 
 
@@ -52,7 +60,9 @@ def model_label(ctx: RequestContext) -> str:
     return ctx.model_sent or ""
 
 
-def record(ctx: RequestContext, runtime: Runtime, metrics: Metrics) -> None:
+def record(
+    ctx: RequestContext, runtime: Runtime, metrics: Metrics, attribution: dict[str, str | None] | None = None
+) -> None:
     model = model_label(ctx)
     reason = reason_of(ctx)
     child = metrics.child
@@ -70,16 +80,28 @@ def record(ctx: RequestContext, runtime: Runtime, metrics: Metrics) -> None:
     if ctx.drift:
         metrics.model_drift.labels(expected=model, reported=ctx.model_reported or "").inc()
         log.warning("model drift: asked upstream for %s, the reply reports %s", model, ctx.model_reported)
+    if ctx.cache == "hit":
+        metrics.cache_hits.inc()
+        if ctx.saved_micros:
+            child(metrics.cache_saved, model).inc(ctx.saved_micros / 1_000_000)
+    elif ctx.cache == "miss":
+        metrics.cache_misses.inc()
+    for finding in ctx.guardrails:
+        child(metrics.guardrail_findings, finding["guardrail"], finding["type"], finding["action"]).inc(
+            finding["count"]
+        )
     endpoint = ctx.endpoint or "other"
     if ctx.upstream_seconds:
         child(metrics.upstream_latency, endpoint).observe(ctx.upstream_seconds)
     added = ctx.added_seconds
     child(metrics.added_latency, endpoint).observe(added)
     runtime.reporter.add(usage_counters(ctx))
-    write_access_line(access_fields(ctx, runtime, added))
+    write_access_line(access_fields(ctx, runtime, added, attribution))
 
 
-def access_fields(ctx: RequestContext, runtime: Runtime, added_seconds: float) -> dict:
+def access_fields(
+    ctx: RequestContext, runtime: Runtime, added_seconds: float, attribution: dict[str, str | None] | None = None
+) -> dict:
     if ctx.refusal is not None:
         decision = f"refused:{ctx.refusal.code}"
     elif ctx.dry_run_refusals:
@@ -115,7 +137,17 @@ def access_fields(ctx: RequestContext, runtime: Runtime, added_seconds: float) -
         "latency_ms": round((ctx.upstream_seconds + added_seconds) * 1000, 3),
         "upstream_ms": round(ctx.upstream_seconds * 1000, 3),
         "added_ms": round(added_seconds * 1000, 3),
+        "cache": ctx.cache,
+        "retries": ctx.retries,
+        # Kinds and actions only: the matched text never reaches a log line.
+        "guardrails": ctx.guardrails or None,
     }
+    if ctx.retry_reasons:
+        fields["retry_reasons"] = ctx.retry_reasons
+    if ctx.saved_micros:
+        fields["saved_usd"] = micros_to_usd(ctx.saved_micros)
+    if attribution:
+        fields.update(attribution)
     if ctx.prompt is not None:
         fields["prompt"] = ctx.prompt
     return fields

@@ -58,6 +58,22 @@ class RequestContext:
     rate_headers: dict[str, str] = field(default_factory=dict)
     prompt: Any = None  # only kept when logging.prompts is on
     responded: float | None = None  # perf_counter when the reply was complete on the wire
+    # issue 4: guardrails, cache, queue, retries
+    guardrails: list[dict[str, Any]] = field(default_factory=list)  # kinds and actions, never the text
+    cache_key: str | None = None  # set when the request may be served from / stored into the cache
+    cache: str | None = None  # "hit" | "miss" | None (not cacheable)
+    saved_micros: int = 0  # what a cache hit would have cost
+    attempts: int = 0  # upstream calls made (retries = attempts - 1)
+    retry_reasons: list[str] = field(default_factory=list)  # why each retry happened (status / error)
+    cache_entry: Any = None  # response_cache.CachedResponse to store once the reply went out
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.attempts - 1)
+
+    def finding(self, guardrail: str, kind: str, action: str, count: int = 1) -> None:
+        """Remember a guardrail finding (its kind and the action taken; never the matched text)."""
+        self.guardrails.append({"guardrail": guardrail, "type": kind, "action": action, "count": count})
 
     def enforce(self, refusal: errors.Refusal | None) -> None:
         """Raise the refusal, or in dry-run mode only remember that we would have refused."""

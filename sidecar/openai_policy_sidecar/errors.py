@@ -144,3 +144,26 @@ def invalid_request(message: str, *, param: str | None = None, code: str | None 
 
 def not_found(path: str) -> Refusal:
     return Refusal(404, "unknown_url", f"Unknown request URL: {path}. The sidecar only proxies /v1/* paths.")
+
+
+def from_stage_error(error: BaseException) -> Refusal:
+    """The refusal for a stage's own exception (guardrails, queue, circuit breaker, deadline).
+
+    Those modules stay free of HTTP: each exception carries ``code``, ``status``, ``error_type``,
+    ``retryable`` and, where it applies, ``retry_after`` and ``param``. The message never quotes
+    the matched text (the stages only name kinds and paths).
+    """
+    retry_after = getattr(error, "retry_after", None)
+    return Refusal(
+        int(getattr(error, "status", 500)),
+        str(getattr(error, "code", "internal_error")),
+        str(error),
+        type=str(getattr(error, "error_type", SERVER)),
+        param=getattr(error, "param", None),
+        retryable=bool(getattr(error, "retryable", False)),
+        retry_after=float(retry_after) if retry_after is not None else None,
+    )
+
+
+def circuit_open(retry_after: float, message: str) -> Refusal:
+    return Refusal(503, "circuit_open", message, type=SERVER, retryable=True, retry_after=max(1.0, retry_after))

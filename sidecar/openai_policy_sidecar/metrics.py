@@ -67,6 +67,46 @@ class Metrics:
             "openai_policy_store_errors", "Shared-store operations that failed.", ["operation"], registry=r
         )
         self.in_flight = Gauge("openai_policy_requests_in_flight", "Requests being handled now.", registry=r)
+        # -- resilience, cache, guardrails (issue 4) ------------------------------------------
+        # The two gauges the chart's alerts and dashboard use; their values are read at scrape
+        # time from the live queue and breakers (see ``Guards.bind_metrics``).
+        self.queue_depth = Gauge(
+            "openai_policy_queue_depth", "Requests waiting for an upstream slot (spec.queue).", registry=r
+        )
+        self.circuit_state = Gauge(
+            "openai_policy_circuit_state", "Worst upstream circuit: 0 closed, 1 half-open, 2 open.", registry=r
+        )
+        self.upstream_in_flight = Gauge(
+            "openai_policy_upstream_in_flight", "Upstream calls holding a queue slot now.", registry=r
+        )
+        self.queue_wait = Histogram(
+            "openai_policy_queue_wait_seconds", "Time a request that found no free slot waited for one.",
+            buckets=ADDED_BUCKETS + (2.5, 5, 10, 30), registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "openai_policy_circuit_transitions", "Circuit-breaker state changes, by the state entered.", ["state"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "openai_policy_retries", "Upstream attempts retried by the sidecar, by what failed (status or error).",
+            ["reason"], registry=r,
+        )
+        self.cache_hits = Counter("openai_policy_cache_hits", "Requests answered from the response cache.", registry=r)
+        self.cache_misses = Counter(
+            "openai_policy_cache_misses", "Cacheable requests not found in the response cache.", registry=r
+        )
+        self.cache_saved = Counter(
+            "openai_policy_cache_saved_usd", "Spend saved by cache hits (what the original call cost), in USD.",
+            ["model"], registry=r,
+        )
+        self.guardrail_findings = Counter(
+            "openai_policy_guardrail_findings", "Guardrail findings by guardrail, type and action taken.",
+            ["guardrail", "type", "action"], registry=r,
+        )
+        self.moderation_calls = Counter(
+            "openai_policy_moderation_calls", "Calls to the upstream moderation endpoint, by result.", ["result"],
+            registry=r,
+        )
 
     def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised: labels() takes a lock and builds a tuple each time."""

@@ -1,8 +1,18 @@
-"""The request path: parse → suspend → model → clamp → input tokens → rate limit → budget →
-upstream → stream or return (capturing usage) → settle → record.
+"""The request path: parse → suspend → model → clamp → input tokens → safety (PII, injection,
+moderation) → rate limit → budget → cache → queue → circuit breaker → upstream with timeout and
+retries → stream (idle timeout) or return, capturing usage → settle → record.
 
-Each stage is a plain function in ``stages/``; this class only sequences them and keeps the
-bookkeeping (reservation settled or released exactly once, one record per request) in one place.
+Each stage is a plain function or class in ``stages/``, ``guardrails/``, ``resilience/`` or
+``response_cache``; this class only sequences them and keeps the bookkeeping (reservation
+settled or released exactly once, one record per request) in one place.
+
+Retries and the budget: the worst-case reservation taken before the first attempt is held
+through every retry and settled once, with the real usage of the attempt that answered.
+Attempts are strictly sequential, so at most one attempt's worst case is ever in flight and the
+one reservation covers it; an attempt that failed (429, 5xx, connection error) is billed nothing
+by OpenAI, so its real usage is zero and settling it is a no-op. This is exactly "each attempt
+reserved and settled at its real usage", without a store round trip per retry, and it keeps the
+hard budget: a retry can never spend money that was not reserved.
 """
 
 from __future__ import annotations
@@ -20,10 +30,33 @@ from aiohttp import web
 from . import errors
 from .accounting import record
 from .context import RequestContext
+from .guardrails import check_injection, check_input_moderation, check_output_moderation, check_pii
+from .guards import Guards
 from .metrics import Metrics
 from .policy_source import PolicySource
 from .pricing import UnknownModelPrice
 from .request_parse import ParsedRequest, parse, read_body
+from .resilience import (
+    AdmissionQueue,
+    CircuitBreaker,
+    CircuitOpen,
+    Deadline,
+    QueueFull,
+    RetryEvent,
+    RetryOutcome,
+    StreamIdleTimeout,
+    call_with_retries,
+    idle_timeout,
+    run_with_deadline,
+)
+from .response_cache import (
+    CachedResponse,
+    StreamRecorder,
+    cache_key,
+    is_cacheable,
+    replay_stream,
+    response_entry,
+)
 from .runtime import Runtime
 from .stages import budget as budget_stage
 from .stages.clamp import choices, clamp_output
@@ -41,22 +74,35 @@ from .usage import from_response
 log = logging.getLogger("openai_policy_sidecar.proxy")
 
 REQUEST_ID_HEADER = "x-openai-policy-request-id"
+CACHE_HEADER = "x-openai-policy-cache"
+# How often a request waiting in the queue checks whether its caller is still there.
+CLIENT_GONE_POLL_SECONDS = 0.1
 
 
 class Proxy:
     def __init__(
-        self, source: PolicySource, upstream: Upstream, metrics: Metrics, *, concurrent_limits: bool = False
+        self,
+        source: PolicySource,
+        upstream: Upstream,
+        metrics: Metrics,
+        *,
+        concurrent_limits: bool = False,
+        guards: Guards | None = None,
+        attribution: dict[str, str | None] | None = None,
     ) -> None:
         self.source = source
         self.upstream = upstream
         self.metrics = metrics
         self.concurrent_limits = concurrent_limits  # True with a remote store: see _rate_and_budget
+        self.guards = guards or Guards(source.store, metrics, upstream, source.keys, shared_cache=False)
+        self.attribution = attribution or {}  # workload and namespace, for the access line
 
     # -- entry point ------------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         runtime = self.source.runtime
         assert runtime is not None
+        self.guards.sync(runtime)
         ctx = RequestContext(dry_run=runtime.dry_run, method=request.method, path=request.path)
         ctx.ledger = runtime.ledger
         self.metrics.in_flight.inc()
@@ -65,6 +111,10 @@ class Proxy:
                 response = await self._handle(request, runtime, ctx)
             except errors.Refusal as refusal:
                 response = self._refuse(ctx, refusal)
+            except asyncio.CancelledError:
+                # The handler was cancelled (client gone, shutdown): never leak the reservation.
+                await asyncio.shield(self._finish_budget(ctx))
+                raise
             except Exception:
                 log.exception("internal error handling %s %s", request.method, request.path)
                 response = self._refuse(
@@ -83,7 +133,8 @@ class Proxy:
                     ctx.decision = "client_disconnected"
             ctx.responded = time.perf_counter()
             await self._finish_budget(ctx)
-            record(ctx, runtime, self.metrics)
+            await self._store_in_cache(ctx)
+            record(ctx, runtime, self.metrics, self.attribution)
         finally:
             self.metrics.in_flight.dec()  # after the bookkeeping: in flight = not yet settled
         return response
@@ -92,7 +143,10 @@ class Proxy:
         ctx.refusal = refusal
         ctx.status = refusal.status
         ctx.decision = f"refused:{refusal.code}"
-        return refusal.to_response({REQUEST_ID_HEADER: ctx.request_id})
+        extra = {REQUEST_ID_HEADER: ctx.request_id}
+        if ctx.retries:
+            extra["x-should-retry"] = "false"  # we retried already: the app's SDK must not multiply it
+        return refusal.to_response(extra)
 
     async def _handle(self, request: web.Request, runtime: Runtime, ctx: RequestContext) -> web.StreamResponse:
         spec = runtime.spec
@@ -153,15 +207,47 @@ class Proxy:
         ctx.input_tokens = input_tokens
         ctx.enforce(check_input_tokens(input_tokens, spec.requests.max_input_tokens))
 
+        await self._safety(ctx, spec.safety, endpoint, body)
+
         if priced:
             ctx.worst_micros = runtime.prices.worst_case_micros(choice.sent, input_tokens, output_budget)
         await self._rate_and_budget(ctx, runtime, input_tokens + output_budget, ctx.worst_micros)
 
+        # The key covers the request as sent (pinned, clamped, redacted) but not the
+        # include_usage we add for metering: the cached events are the ones the caller saw.
+        if is_cacheable(body, spec.cache, endpoint=endpoint):
+            ctx.cache_key = cache_key(endpoint, body)
         if parsed.stream:
             ctx.strip_usage = add_include_usage(endpoint, body)
         if spec.logging.prompts:
             ctx.prompt = body.get("messages", body.get("input", body.get("prompt")))
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    async def _safety(self, ctx: RequestContext, safety: Any, endpoint: str, body: dict[str, Any]) -> None:
+        """PII (flag / redact in place / block), prompt injection, input moderation; in that order,
+        so that moderation judges the redacted text and a blocked prompt costs no moderation call."""
+        pii = check_pii(endpoint, body, safety.pii, dry_run=ctx.dry_run)
+        for kind, count in sorted(pii.counts.items()):
+            ctx.finding("pii", kind, pii.action, count)
+        if pii.blocked:
+            ctx.enforce(errors.from_stage_error(pii.exception()))
+        injection = check_injection(endpoint, body, safety.prompt_injection)
+        if injection.found:
+            ctx.finding("prompt_injection", "prompt_injection", injection.action, len(injection.matches))
+        if injection.blocked:
+            ctx.enforce(errors.from_stage_error(injection.exception()))
+        moderation = await check_input_moderation(self.guards.moderation, endpoint, body, safety.moderation)
+        self._moderation_findings(ctx, moderation)
+        if moderation.blocked:
+            ctx.enforce(errors.from_stage_error(moderation.exception()))
+
+    @staticmethod
+    def _moderation_findings(ctx: RequestContext, moderation: Any) -> None:
+        if moderation.error is not None:
+            ctx.finding("moderation", "unavailable", "block" if moderation.fail_closed else "allow")
+        if moderation.flagged:
+            for category in moderation.categories or ["unspecified"]:
+                ctx.finding("moderation", f"{moderation.direction}:{category}", moderation.action)
 
     def _enforce_passthrough(self, ctx: RequestContext, runtime: Runtime, parsed: ParsedRequest) -> bytes:
         """Other /v1 paths: model allow + pin when the JSON body names a model; counted, not metered."""
@@ -260,9 +346,102 @@ class Proxy:
             self.metrics.store_errors.labels(operation="budget_settle").inc()
             log.error("could not settle reservation %s: the shared store is unavailable", reservation.id)
 
+    # -- cache --------------------------------------------------------------------------------------
+
+    async def _cached(self, ctx: RequestContext) -> CachedResponse | None:
+        """The cached answer for this request, if any (a broken cache is a miss, never an error)."""
+        cache = self.guards.cache
+        if ctx.cache_key is None or cache is None:
+            return None
+        entry = await cache.lookup(ctx.cache_key, stream=ctx.stream)
+        ctx.cache = "hit" if entry is not None else "miss"
+        return entry
+
+    async def _serve_cached(
+        self, request: web.Request, ctx: RequestContext, runtime: Runtime, entry: CachedResponse
+    ) -> web.StreamResponse:
+        """Answer from the cache: nothing is billed (the reservation is released), the cost the
+        original call had is counted as saved."""
+        ctx.cache, ctx.status, ctx.decision = "hit", entry.status, "cache_hit"
+        ctx.model_reported = entry.model
+        ctx.saved_micros = _saved_micros(runtime, ctx.model_sent or entry.model or "", entry.usage)
+        headers = {"Content-Type": entry.content_type, CACHE_HEADER: "hit", REQUEST_ID_HEADER: ctx.request_id}
+        if not entry.streamed:
+            return web.Response(status=entry.status, body=entry.body or b"", headers=headers)
+        out = web.StreamResponse(status=entry.status, headers=headers)
+        try:
+            await out.prepare(request)
+            async for chunk in replay_stream(entry):
+                await out.write(chunk)
+            await out.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            ctx.decision = "client_disconnected"
+        return out
+
+    async def _store_in_cache(self, ctx: RequestContext) -> None:
+        """After the reply went out (the caller does not wait for a Redis write)."""
+        pending, ctx.cache_entry = ctx.cache_entry, None
+        cache = self.guards.cache
+        if pending is None or cache is None or ctx.cache_key is None:
+            return
+        runtime = self.source.runtime
+        ttl = runtime.spec.cache.ttl_seconds if runtime is not None else 0
+        await cache.store(ctx.cache_key, pending, ttl)
+
+    # -- queue --------------------------------------------------------------------------------------
+
+    async def _admit(self, request: web.Request, queue: AdmissionQueue) -> bool:
+        """Wait for an upstream slot; False when the caller went away while waiting (it left the
+        queue). aiohttp does not cancel a handler whose client disconnected, so watch the socket."""
+        if queue.try_acquire():
+            return True  # no task, no timer: the path of every request while the queue is empty
+        started = time.perf_counter()
+        task = asyncio.ensure_future(queue.acquire())
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=CLIENT_GONE_POLL_SECONDS)
+                if done:
+                    try:
+                        task.result()
+                    except QueueFull as full:
+                        raise errors.from_stage_error(full) from None
+                    return True
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    await _abandon(task, queue)
+                    return False
+        except asyncio.CancelledError:
+            await _abandon(task, queue)
+            raise
+        finally:
+            self.metrics.queue_wait.observe(time.perf_counter() - started)
+
     # -- upstream ---------------------------------------------------------------------------------
 
     async def _forward(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        runtime: Runtime,
+        parsed: ParsedRequest,
+        body: bytes,
+        key: str,
+    ) -> web.StreamResponse:
+        entry = await self._cached(ctx)
+        if entry is not None:
+            return await self._serve_cached(request, ctx, runtime, entry)
+        queue = self.guards.queue
+        assert queue is not None
+        if not await self._admit(request, queue):
+            ctx.decision, ctx.status = "client_disconnected", 499
+            return web.Response(status=499)
+        held = time.monotonic()
+        try:
+            return await self._call_upstream(request, ctx, runtime, parsed, body, key)
+        finally:
+            queue.release(time.monotonic() - held)
+
+    async def _call_upstream(
         self,
         request: web.Request,
         ctx: RequestContext,
@@ -275,37 +454,91 @@ class Proxy:
         limits = spec.requests
         headers = upstream_headers(request.headers.items(), key, spec.upstream.organization, spec.upstream.project)
         url = join_url(spec.upstream.base_url, parsed.path, parsed.query)
-        if parsed.stream:
-            timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=limits.timeout_seconds, sock_read=limits.stream_idle_timeout_seconds
-            )
-        else:
-            timeout = aiohttp.ClientTimeout(total=limits.timeout_seconds)
+        # The deadline (spec.requests.timeoutSeconds) bounds every attempt, the backoff between
+        # them, and a plain body's read; a stream's body is bounded by the idle timeout instead.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.timeout_seconds)
+        deadline = Deadline.for_request(limits)
+        assert self.guards.breakers is not None
+        breaker = self.guards.breakers.get(spec.upstream.base_url)
         started = time.perf_counter()
-        try:
-            response = await self.upstream.request(parsed.method, url, headers, body, timeout)
-        except (TimeoutError, aiohttp.ClientError) as error:
-            raise _upstream_failure(ctx, started, error, limits.timeout_seconds) from None
+
+        def attempt(_number: int) -> Any:
+            return self.upstream.request(parsed.method, url, headers, body, timeout)
+
+        outcome: RetryOutcome[aiohttp.ClientResponse] = await call_with_retries(
+            attempt, spec.retries, deadline, lambda event: self._on_retry(ctx, event), breaker=breaker
+        )
+        ctx.attempts = outcome.attempts
+        if outcome.error is not None or outcome.result is None:
+            ctx.upstream_seconds = time.perf_counter() - started
+            if isinstance(outcome.error, CircuitOpen):
+                # While open: serve from the cache when there is an entry (it may have been
+                # stored while this request queued), else fail fast.
+                entry = await self._cached(ctx)
+                if entry is not None:
+                    return await self._serve_cached(request, ctx, runtime, entry)
+                ctx.upstream_error = "circuit_open"
+                raise errors.circuit_open(outcome.error.retry_after, str(outcome.error))
+            raise _upstream_failure(ctx, started, outcome.error or RuntimeError("no reply"), limits.timeout_seconds)
+        response = outcome.result
         try:
             ctx.upstream_request_id = response.headers.get("x-request-id")
             ctx.status = response.status
             content_type = response.headers.get("Content-Type", "")
             if response.status < 300 and content_type.startswith("text/event-stream"):
-                return await self._relay_stream(request, ctx, runtime, response, started)
+                return await self._relay_stream(request, ctx, runtime, response, started, breaker, outcome)
             try:
-                payload = await response.read()
+                payload = await run_with_deadline(response.read(), deadline)
             except (TimeoutError, aiohttp.ClientError) as error:
+                if outcome.permit is not None:
+                    breaker.on_failure(outcome.permit)
                 raise _upstream_failure(ctx, started, error, limits.timeout_seconds) from None
             ctx.upstream_seconds = time.perf_counter() - started
             if parsed.metered and 200 <= response.status < 300:
                 self._meter_body(ctx, runtime, payload)
+                await self._moderate_output(ctx, runtime, payload)
+                if ctx.cache_key is not None:
+                    ctx.cache_entry = response_entry(
+                        response.status, payload, content_type=content_type or "application/json",
+                        model=ctx.model_reported, usage=_usage_dict(ctx.usage),
+                    )
             if response.status >= 400:
                 payload = self._redact(payload)
             out = web.Response(status=response.status, body=payload, headers=downstream_headers(response.headers))
-            out.headers[REQUEST_ID_HEADER] = ctx.request_id
+            self._mark(ctx, out)
             return out
         finally:
             response.release()
+
+    def _mark(self, ctx: RequestContext, out: web.StreamResponse) -> None:
+        out.headers[REQUEST_ID_HEADER] = ctx.request_id
+        if ctx.cache == "miss":
+            out.headers[CACHE_HEADER] = "miss"
+        if ctx.retries:
+            out.headers["x-should-retry"] = "false"  # we retried already: the app's SDK must not multiply it
+
+    def _on_retry(self, ctx: RequestContext, event: RetryEvent) -> None:
+        reason = str(event.status) if event.status is not None else type(event.error).__name__
+        ctx.retry_reasons.append(reason)
+        self.metrics.child(self.metrics.retries, reason).inc()
+        log.info("retrying upstream call (attempt %d failed: %s) in %.3fs", event.attempt, reason, event.delay)
+
+    async def _moderate_output(self, ctx: RequestContext, runtime: Runtime, payload: bytes) -> None:
+        """Output moderation of a plain answer (streams are not held back to be judged)."""
+        spec = runtime.spec.safety.moderation
+        if spec.action == "off" or not spec.output or not ctx.endpoint:
+            return
+        try:
+            answer = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(answer, dict):
+            return
+        moderation = await check_output_moderation(self.guards.moderation, ctx.endpoint, answer, spec)
+        self._moderation_findings(ctx, moderation)
+        if moderation.blocked:
+            ctx.cache_key = None  # a refused answer is never cached
+            ctx.enforce(errors.from_stage_error(moderation.exception()))
 
     def _meter_body(self, ctx: RequestContext, runtime: Runtime, payload: bytes) -> None:
         try:
@@ -337,29 +570,50 @@ class Proxy:
         runtime: Runtime,
         response: aiohttp.ClientResponse,
         started: float,
+        breaker: CircuitBreaker,
+        outcome: RetryOutcome[aiohttp.ClientResponse],
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=response.status, headers=downstream_headers(response.headers))
-        out.headers[REQUEST_ID_HEADER] = ctx.request_id
+        self._mark(ctx, out)
         await out.prepare(request)
         meter = StreamMeter(ctx.endpoint or "", ctx.strip_usage)
+        recorder = StreamRecorder() if ctx.cache_key is not None else None
+        idle = runtime.spec.requests.stream_idle_timeout_seconds
         client_gone = False
+        failed = False
         try:
-            async for event, separator in split_events(response.content.iter_any()):
+            async for event, separator in split_events(idle_timeout(response.content.iter_any(), idle)):
                 forwarded = meter.transform(event) if ctx.endpoint else event
                 if forwarded is None:
                     continue
+                if recorder is not None:
+                    recorder.add(forwarded)
                 try:
                     await out.write(forwarded + separator)
                 except (ConnectionError, aiohttp.ClientConnectionResetError):
                     client_gone = True
                     break
+        except StreamIdleTimeout as stalled:
+            failed = True
+            ctx.upstream_error = "upstream_timeout"
+            log.warning("%s", stalled)
+            # Headers (200) are gone already: tell the SDK in the stream itself; it raises APIError.
+            client_gone = not await _write_stream_error(out, "upstream_timeout", str(stalled))
         except TimeoutError:
+            failed = True
             ctx.upstream_error = "upstream_timeout"
         except aiohttp.ClientError:
+            failed = True
             ctx.upstream_error = "upstream_stream_error"
+        if failed and outcome.permit is not None:
+            breaker.on_failure(outcome.permit)  # a stream that stops talking is a failing upstream
         ctx.upstream_seconds = time.perf_counter() - started
         if ctx.endpoint:
             self._settle_usage(ctx, runtime, meter.usage, meter.model)
+        if recorder is not None and not failed and not client_gone:
+            ctx.cache_entry = recorder.finish(
+                completed=meter.completed, model=meter.model, usage=_usage_dict(meter.usage), status=response.status
+            )
         if client_gone:
             ctx.decision = "client_disconnected"
         else:
@@ -385,6 +639,45 @@ def _upstream_failure(ctx: RequestContext, started: float, error: BaseException,
         return errors.upstream_timeout(timeout)
     ctx.upstream_error = "upstream_unreachable"
     return errors.upstream_unreachable(error.__class__.__name__)
+
+
+async def _abandon(task: asyncio.Future[None], queue: AdmissionQueue) -> None:
+    """Leave the queue: cancel the wait; a slot granted at that very moment is handed on."""
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, QueueFull):
+        return
+    queue.release()  # the wait had finished with a slot just before the cancel: give it back
+
+
+async def _write_stream_error(out: web.StreamResponse, code: str, message: str) -> bool:
+    """An OpenAI-shaped error event at the end of a cut stream; False when the caller is gone."""
+    event = {"error": {"message": message, "type": errors.SERVER, "param": None, "code": code}}
+    try:
+        await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+    except (ConnectionError, aiohttp.ClientConnectionResetError):
+        return False
+    return True
+
+
+def _usage_dict(usage: Any) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {"input_tokens": usage.input_tokens, "cached_tokens": usage.cached_tokens, "output_tokens": usage.output_tokens}
+
+
+def _saved_micros(runtime: Runtime, model: str, usage: dict[str, Any] | None) -> int:
+    """What a cached answer would have cost if it had been asked upstream again."""
+    if not usage or not model:
+        return 0
+    try:
+        return runtime.prices.cost_micros(
+            model, int(usage.get("input_tokens") or 0), int(usage.get("cached_tokens") or 0),
+            int(usage.get("output_tokens") or 0),
+        )
+    except (UnknownModelPrice, TypeError, ValueError):
+        return 0
 
 
 def _unheld(ledger: BudgetLedger) -> Reservation:

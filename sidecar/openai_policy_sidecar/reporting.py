@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from .guards import Guards
 from .metrics import Metrics
 from .policy_source import PolicySource
 
@@ -18,11 +19,22 @@ log = logging.getLogger("openai_policy_sidecar.reporting")
 
 
 class Reporter:
-    def __init__(self, source: PolicySource, metrics: Metrics, pod: str, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        source: PolicySource,
+        metrics: Metrics,
+        pod: str,
+        interval: float = 1.0,
+        *,
+        guards: Guards | None = None,
+        attribution: dict[str, str | None] | None = None,
+    ) -> None:
         self.source = source
         self.metrics = metrics
         self.pod = pod
         self.interval = interval
+        self.guards = guards  # the circuit breakers: the heartbeat's ``circuit``
+        self.attribution = attribution or {}  # workload and namespace of this pod
         self.last_error: str | None = None  # the last store error, for the heartbeat and /readyz
 
     def heartbeat_payload(self) -> dict[str, Any]:
@@ -36,7 +48,8 @@ class Reporter:
             "time": int(time.time()),
             "mode": runtime.spec.mode,
             "suspended": bool(runtime.spec.suspend),
-            "circuit": "closed",
+            "circuit": self.guards.worst_circuit().value if self.guards is not None else "closed",
+            **{k: v for k, v in self.attribution.items() if v},
         }
 
     async def tick(self) -> None:

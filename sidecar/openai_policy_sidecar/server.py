@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from . import access_log
 from .admin import admin_app
+from .guards import Guards
 from .metrics import Metrics
 from .policy_source import KeySource, PolicySource
 from .proxy import Proxy
@@ -40,6 +42,12 @@ class SidecarConfig:
     pod_name: str = "sidecar"
     poll_interval: float = 1.0
     report_interval: float = 1.0
+    # Set by the operator's injection (POD_NAMESPACE, OPENAI_POLICY_WORKLOAD): attribution only.
+    namespace: str | None = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or None)
+    workload: str | None = field(default_factory=lambda: os.environ.get("OPENAI_POLICY_WORKLOAD") or None)
+
+    def attribution(self) -> dict[str, str | None]:
+        return {"workload": self.workload, "namespace": self.namespace}
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -85,8 +93,19 @@ class Sidecar:
             poll_interval=config.poll_interval,
         )
         self.upstream = Upstream()
-        self.proxy = Proxy(self.source, self.upstream, self.metrics, concurrent_limits=config.redis_url is not None)
-        self.reporter = Reporter(self.source, self.metrics, config.pod_name, config.report_interval)
+        shared = config.redis_url is not None
+        # Queue, circuit breakers, response cache (Redis-backed when shared) and moderation
+        # verdicts: one each for the life of the sidecar, retuned by every policy reload.
+        self.guards = Guards(self.store, self.metrics, self.upstream, self.source.keys, shared_cache=shared)
+        attribution = config.attribution()
+        self.proxy = Proxy(
+            self.source, self.upstream, self.metrics, concurrent_limits=shared, guards=self.guards,
+            attribution=attribution,
+        )
+        self.reporter = Reporter(
+            self.source, self.metrics, config.pod_name, config.report_interval, guards=self.guards,
+            attribution=attribution,
+        )
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.proxy_address: tuple[str, int] | None = None
@@ -117,6 +136,8 @@ class Sidecar:
     async def start(self) -> None:
         if self.source.runtime is None:
             self.load()
+        assert self.source.runtime is not None
+        self.guards.sync(self.source.runtime)  # the queue/breaker gauges exist before the first request
         proxy_sock = bind(self.config.listen)
         admin_sock = bind(self.config.admin_listen)
         self.proxy_address = proxy_sock.getsockname()[:2]

@@ -9,16 +9,27 @@ zero. Parts that cannot be counted from the text (images, audio, files) get fixe
 Encodings load once per process from ``TIKTOKEN_CACHE_DIR`` after the file is verified: a missing
 file raises :class:`~openai_policy_sidecar.tokenizer_files.TokenizerFilesError` instead of letting
 tiktoken download it.
+
+Memory: an encoding is a Rust ``CoreBPE`` (what encodes) plus tiktoken's Python-side copy of the
+ranks (``bytes -> int`` for every token, ~25 MiB for o200k_base) that tiktoken keeps only to pickle
+unregistered encodings. Ours are registered (pickled by name), so the Python copy is dropped once
+the Rust core is built. Only the encodings a policy can need are loaded (:func:`prepare`):
+verifying a file (hashing it) is cheap and done for every encoding at start-up; loading one
+(~30-50 MiB) is not.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import tiktoken
+import tiktoken.registry
 
 from . import tokenizer_files
 
@@ -88,8 +99,99 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         if encoding is None:
             tokenizer_files.verify(encodings=(name,))
             encoding = tiktoken.get_encoding(name)
+            _release_python_ranks(encoding)
             _encodings[name] = encoding
+            _trim_heap()
     return encoding
+
+
+def loaded_encodings() -> tuple[str, ...]:
+    """Names of the encodings this process has loaded (for tests and diagnostics)."""
+    return tuple(_encodings)
+
+
+def _release_python_ranks(encoding: tiktoken.Encoding) -> None:
+    """Drop tiktoken's Python copy of the ranks; encoding and decoding use the Rust core only.
+
+    tiktoken reads ``_mergeable_ranks`` in one place: ``__getstate__``, and only for an encoding
+    that is not in its registry (a registered one pickles as its name). So the copy is dropped
+    only when the encoding is the registry's own object; otherwise it is left alone.
+    """
+    if tiktoken.registry.ENCODINGS.get(encoding.name) is encoding and hasattr(encoding, "_mergeable_ranks"):
+        del encoding._mergeable_ranks
+
+
+def _trim_heap() -> None:
+    """Hand the memory freed after a load (file text, parsed ranks) back to the OS (glibc only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # musl and others have no malloc_trim: nothing to do
+        pass
+
+
+def encodings_for_models(models: Any | None, *, dry_run: bool = False) -> tuple[str, ...]:
+    """The encodings a policy's ``spec.models`` can need: any model the proxy may send and count.
+
+    The proxy counts the model it sends: an allowed model, the fallback, or what either is pinned
+    to. ``allow`` holds wildcards, so a pattern needs cl100k_base when some cl100k model id could
+    match it: when its literal head (up to the first ``*``, ``?`` or ``[``) and a cl100k prefix
+    agree on their common length. Conservative by construction (``*`` needs both); in dry-run
+    mode every model is forwarded and counted, so both are needed. None: no policy, both.
+    """
+    if models is None or dry_run:
+        return (O200K, CL100K)
+    needed: set[str] = set()
+    pin: Mapping[str, str] = getattr(models, "pin", None) or {}
+    fallback = getattr(models, "fallback", None)
+    for model in (*pin.values(), *([fallback] if fallback else [])):
+        needed.add(encoding_name_for_model(model))
+    for pattern in getattr(models, "allow", None) or []:
+        needed.update(_pattern_encodings(pattern))
+        if needed == {O200K, CL100K}:
+            break
+    return tuple(name for name in (O200K, CL100K) if name in needed)
+
+
+def _pattern_encodings(pattern: str) -> set[str]:
+    text = pattern.strip().lower()
+    cut = min((i for i in (text.find(c) for c in "*?[") if i >= 0), default=-1)
+    if cut < 0:  # an exact id
+        return {encoding_name_for_model(text)}
+    head = text[:cut]
+    if head.startswith("ft:"):  # fine-tuned ids count with their base model's encoding
+        head = head[3:]
+        if ":" in head:  # the base model id is complete
+            return {encoding_name_for_model(head.split(":", 1)[0])}
+    elif "ft:".startswith(head):  # "", "f", "ft": may match fine-tuned ids of any base
+        return {O200K, CL100K}
+    if head.startswith(_CL100K_PREFIXES):  # every id it can match is cl100k
+        return {CL100K}
+    cl100k = any(p.startswith(head) for p in _CL100K_PREFIXES) or any(
+        exact.startswith(head) for exact in _CL100K_EXACT
+    )
+    # Anything that matches but is not cl100k is o200k (the default for unknown ids).
+    return {O200K, CL100K} if cl100k else {O200K}
+
+
+def verify_files(names: Iterable[str] = (O200K, CL100K)) -> None:
+    """Check that every encoding file is present offline with tiktoken's hash (hashing, no load)."""
+    tokenizer_files.verify(encodings=tuple(names))
+
+
+def prepare(models: Any | None = None, *, dry_run: bool = False) -> tuple[str, ...]:
+    """Start-up and policy reload: verify every encoding file, load the ones ``models`` can need.
+
+    Returns the names loaded. A model whose encoding was not loaded here (a later policy that
+    allows more) still works: its encoding loads on first use, from a file verified again then.
+    """
+    verify_files()
+    names = encodings_for_models(models, dry_run=dry_run)
+    for name in names:
+        get_encoding(name)
+    return names
 
 
 def encoding_for_model(model: str) -> tiktoken.Encoding:

@@ -102,6 +102,13 @@ class AdmissionQueue:
         self._hand_over()
 
     # -- admission ---------------------------------------------------------------------------
+    def try_acquire(self) -> bool:
+        """Take a free slot at once if there is one and nobody is waiting (the common, no-wait path)."""
+        if self._in_flight < max(1, int(self._spec.max_concurrent)) and not self._waiters:
+            self._in_flight += 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Wait for a slot (FIFO) or raise :class:`QueueFull`. Pair with :meth:`release`."""
         limit = max(1, int(self._spec.max_concurrent))

@@ -4,7 +4,8 @@
 implement the same :class:`Store` protocol with identical semantics.
 """
 
-from .budget import BudgetLedger, Reservation, WindowUsage
+from .admission import Admission, admit
+from .budget import BudgetLedger, Reservation, WindowUsage, new_reservation_id
 from .errors import BudgetExceeded, StoreUnavailable
 from .memory import MemoryStore
 from .ratelimit import RateDecision, RateLimiter
@@ -13,6 +14,7 @@ from .store import Store
 from .usage import UsageReporter
 
 __all__ = [
+    "Admission",
     "BudgetExceeded",
     "BudgetLedger",
     "MemoryStore",
@@ -24,4 +26,6 @@ __all__ = [
     "StoreUnavailable",
     "UsageReporter",
     "WindowUsage",
+    "admit",
+    "new_reservation_id",
 ]

@@ -23,9 +23,11 @@ to a refusal); with ``localShare`` it falls back by itself, so callers see no St
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -73,6 +75,36 @@ class Reservation:
     @property
     def windows(self) -> dict[str, str]:
         return {b.window: b.bucket for b in self.buckets}
+
+
+class _ReservationIds:
+    """Unique reservation ids without a uuid4 per request: a random per-process prefix and a counter.
+
+    Ids share one Redis hash per policy across every pod, so they must not collide between
+    processes: 64 random bits per process (re-drawn in a forked child) make that as unlikely as
+    with uuid4, and the counter keeps them unique within the process. Short ids also keep the
+    reservations hash small.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = secrets.token_hex(8) + "."
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+_ids = _ReservationIds()
+
+
+def new_reservation_id() -> str:
+    """A reservation id unique across processes (cheap: no uuid4, no syscall)."""
+    return _ids.next()
 
 
 def limits_from_spec(budget: Any | None, percent: int = 100) -> dict[str, int]:
@@ -132,12 +164,25 @@ class BudgetLedger:
         self._bucket_cache[local] = (second, buckets)
         return buckets
 
+    def buckets(self, now: datetime | None = None, *, local: bool = False) -> tuple[BucketLimit, ...]:
+        """The current buckets with this ledger's limits (``local``: the local-share limits)."""
+        return self._buckets(now, local)
+
     @property
     def has_limits(self) -> bool:
         return bool(self.limits)
 
     def _may_fall_back(self) -> bool:
         return not self.fail_closed and self._fallback is not self.store
+
+    @property
+    def may_fall_back(self) -> bool:
+        """True when an unreachable store makes this ledger use its local share (``localShare``)."""
+        return self._may_fall_back()
+
+    @property
+    def fallback(self) -> MemoryStore:
+        return self._fallback
 
     async def reserve(self, amount_micros: int, now: datetime | None = None) -> Reservation:
         """Hold ``amount_micros`` in every window, or raise :class:`BudgetExceeded` (nothing held).
@@ -147,7 +192,7 @@ class BudgetLedger:
         if amount_micros < 0:
             raise ValueError("a reservation cannot be negative")
         buckets = self._buckets(now)
-        reservation_id = uuid.uuid4().hex
+        reservation_id = _ids.next()
         try:
             outcome = await self.store.budget_reserve(
                 self.ref, buckets, amount_micros, reservation_id, self.hold_seconds
@@ -220,6 +265,10 @@ class BudgetLedger:
         key = (reservation_id, tuple((b.window, b.bucket) for b in buckets))
         previous = self._unsynced.get(key)
         self._unsynced[key] = (buckets, actual + (previous[1] if previous else 0))
+
+    async def push_unsynced(self, batch: int = 50) -> None:
+        """Push spend the shared store has not seen yet (after a success, so it is reachable)."""
+        await self._push_unsynced(batch)
 
     async def _push_unsynced(self, batch: int = 50) -> None:
         """Push up to ``batch`` pending entries (bounded: this runs on a request's path)."""

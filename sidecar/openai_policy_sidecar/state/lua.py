@@ -50,44 +50,46 @@ local function sweep(now, windows, slot)
 end
 """
 
-# ARGV: amount, id, hold_ms, n, then per window: name, bucket, limit (-1: none), ttl_seconds
-RESERVE = (
-    _SWEEP
-    + """
-local amount, id, hold, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
-local windows, slot = {}, {}
-for i = 1, n do
-  windows[ARGV[1 + 4 * i]] = ARGV[2 + 4 * i]
-  slot[ARGV[1 + 4 * i]] = i
-end
-sweep(now, windows, slot)
-local want = tonumber(amount)
-for i = 1, n do
-  local limit = tonumber(ARGV[3 + 4 * i])
-  if limit >= 0 then
-    local spent = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
-    local reserved = tonumber(redis.call('GET', KEYS[2 + 2 * i]) or '0')
-    if spent + reserved + want > limit then return {0, i, spent, reserved} end
+# reserve(): ARGV[1..4] = amount, id, hold_ms, n, then per window i: ARGV[1+4i..4+4i] = name,
+# bucket, limit (-1: none), ttl_seconds. Returns {1, 0, 0, 0} or {0, refused window i, spent, reserved}.
+_RESERVE_FN = """
+local function reserve()
+  local amount, id, hold, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local now = now_ms()
+  local windows, slot = {}, {}
+  for i = 1, n do
+    windows[ARGV[1 + 4 * i]] = ARGV[2 + 4 * i]
+    slot[ARGV[1 + 4 * i]] = i
   end
+  sweep(now, windows, slot)
+  local want = tonumber(amount)
+  for i = 1, n do
+    local limit = tonumber(ARGV[3 + 4 * i])
+    if limit >= 0 then
+      local spent = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
+      local reserved = tonumber(redis.call('GET', KEYS[2 + 2 * i]) or '0')
+      if spent + reserved + want > limit then return {0, i, spent, reserved} end
+    end
+  end
+  local rec = amount
+  local longest = 0
+  for i = 1, n do
+    local ttl = tonumber(ARGV[4 + 4 * i])
+    redis.call('INCRBY', KEYS[2 + 2 * i], amount)
+    redis.call('EXPIRE', KEYS[2 + 2 * i], ttl)
+    if ttl > longest then longest = ttl end
+    rec = rec .. '|' .. ARGV[1 + 4 * i] .. '|' .. ARGV[2 + 4 * i]
+  end
+  redis.call('HSET', KEYS[1], id, rec)
+  redis.call('ZADD', KEYS[2], now + hold, id)
+  -- The index outlives every bucket it refers to, so a sweep can always find a dead pod's money.
+  redis.call('EXPIRE', KEYS[1], longest)
+  redis.call('EXPIRE', KEYS[2], longest)
+  return {1, 0, 0, 0}
 end
-local rec = amount
-local longest = 0
-for i = 1, n do
-  local ttl = tonumber(ARGV[4 + 4 * i])
-  redis.call('INCRBY', KEYS[2 + 2 * i], amount)
-  redis.call('EXPIRE', KEYS[2 + 2 * i], ttl)
-  if ttl > longest then longest = ttl end
-  rec = rec .. '|' .. ARGV[1 + 4 * i] .. '|' .. ARGV[2 + 4 * i]
-end
-redis.call('HSET', KEYS[1], id, rec)
-redis.call('ZADD', KEYS[2], now + hold, id)
--- The index outlives every bucket it refers to, so a sweep can always find a dead pod's money.
-redis.call('EXPIRE', KEYS[1], longest)
-redis.call('EXPIRE', KEYS[2], longest)
-return {1, 0, 0, 0}
 """
-)
+
+RESERVE = _SWEEP + _RESERVE_FN + "return reserve()\n"
 
 # ARGV: id ('' for none), actual, n, then per window: name, bucket, ttl_seconds
 SETTLE = (
@@ -137,25 +139,56 @@ return out
 """
 )
 
+# consume(): counters KEYS[kbase + i]; ARGV[abase + 2i - 1] = limit i, ARGV[abase + 2i] = increment i
+# (i = 1..m). All-or-none: returns {1, 0, value_1, ...} after incrementing every counter, or
+# {0, refused i, found_1, ...} having changed nothing.
+_CONSUME_FN = """
+local function consume(kbase, abase, m, ttl)
+  local found = {}
+  for i = 1, m do found[i] = tonumber(redis.call('GET', KEYS[kbase + i]) or '0') end
+  for i = 1, m do
+    if found[i] + tonumber(ARGV[abase + 2 * i]) > tonumber(ARGV[abase + 2 * i - 1]) then
+      local out = {0, i}
+      for j = 1, m do out[#out + 1] = found[j] end
+      return out
+    end
+  end
+  local out = {1, 0}
+  for i = 1, m do
+    local inc = ARGV[abase + 2 * i]
+    local value = redis.call('INCRBY', KEYS[kbase + i], inc)
+    if value == tonumber(inc) then redis.call('EXPIRE', KEYS[kbase + i], ttl) end
+    out[#out + 1] = value
+  end
+  return out
+end
+"""
+
 # KEYS: one counter per limit. ARGV: ttl, then per counter: limit, increment.
 # Returns {allowed, refused index (0: none), count_1, count_2, ...}.
-RATE = """
-local ttl = ARGV[1]
-local found = {}
-for i = 1, #KEYS do found[i] = tonumber(redis.call('GET', KEYS[i]) or '0') end
-for i = 1, #KEYS do
-  if found[i] + tonumber(ARGV[1 + 2 * i]) > tonumber(ARGV[2 * i]) then
-    local out = {0, i}
-    for j = 1, #KEYS do out[#out + 1] = found[j] end
-    return out
-  end
+RATE = _CONSUME_FN + "return consume(0, 1, #KEYS, ARGV[1])\n"
+
+# Rate limits and budget reservation in one round trip (one atomic script).
+# KEYS: the budget keys as for RESERVE (2 + 2n), then one rate counter per limit (m).
+# ARGV: RESERVE's (4 + 4n), then ttl, m, per counter: limit, increment, then '1' to reserve even
+# when the rate limits refuse (dry run) or '0'.
+# Returns {rate allowed, rate refused index, budget state (-1: not attempted, 1: reserved,
+# 0: refused), refused window index, spent, reserved, count_1, ..., count_m}.
+RATE_AND_RESERVE = (
+    _SWEEP
+    + _RESERVE_FN
+    + _CONSUME_FN
+    + """
+local n = tonumber(ARGV[4])
+local rbase = 4 + 4 * n
+local m = tonumber(ARGV[rbase + 2])
+local rate = consume(2 + 2 * n, rbase + 2, m, ARGV[rbase + 1])
+local out = {rate[1], rate[2], -1, 0, 0, 0}
+if rate[1] == 1 or ARGV[rbase + 3 + 2 * m] == '1' then
+  local held = reserve()
+  out[3], out[4], out[5], out[6] = held[1], held[2], held[3], held[4]
 end
-local out = {1, 0}
-for i = 1, #KEYS do
-  local inc = ARGV[1 + 2 * i]
-  local value = redis.call('INCRBY', KEYS[i], inc)
-  if value == tonumber(inc) then redis.call('EXPIRE', KEYS[i], ttl) end
-  out[#out + 1] = value
-end
+for i = 3, #rate do out[#out + 1] = rate[i] end
 return out
 """
+)

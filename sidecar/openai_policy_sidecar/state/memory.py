@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import store_keys
-from ..store_keys import reservations_key
+from .keys import KeyNames
 from .store import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
 from .windows import current_buckets
 
@@ -48,6 +48,7 @@ class MemoryStore:
         self._deadlines: dict[str, list[tuple[float, str]]] = {}
         self._subscribers: dict[str, set[asyncio.Queue[int]]] = {}
         self._writes = 0
+        self._names = KeyNames()
         self.closed = False
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -65,7 +66,11 @@ class MemoryStore:
         self._expiry.pop(key, None)
 
     def _get(self, key: str) -> int:
-        return self._ints.get(key, 0) if self._alive(key) else 0
+        deadline = self._expiry.get(key)
+        if deadline is not None and deadline <= self._clock():
+            self._delete(key)
+            return 0
+        return self._ints.get(key, 0)
 
     def _incr(self, key: str, amount: int, ttl_seconds: float | None = None) -> int:
         value = self._get(key) + amount
@@ -103,7 +108,7 @@ class MemoryStore:
 
     # -- budgets ----------------------------------------------------------------------------
     def _sweep(self, ref: Ref, buckets: Sequence[BucketLimit]) -> None:
-        key = reservations_key(*ref)
+        key = self._names.reservations(ref)[0]
         heap = self._deadlines.get(key)
         if not heap:
             return
@@ -117,7 +122,7 @@ class MemoryStore:
                 continue
             for window, bucket in rec.buckets.items():
                 if current.get(window) == bucket:
-                    self._decr_reserved(store_keys.reserved_key(*ref, window, bucket), rec.amount)
+                    self._decr_reserved(self._names.budget(ref, window, bucket)[1], rec.amount)
 
     async def budget_reserve(
         self,
@@ -127,17 +132,28 @@ class MemoryStore:
         reservation_id: str,
         hold_seconds: float,
     ) -> ReserveOutcome:
+        return self._reserve(ref, buckets, amount_micros, reservation_id, hold_seconds)
+
+    def _reserve(
+        self,
+        ref: Ref,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+    ) -> ReserveOutcome:
         self._sweep(ref, buckets)
-        for b in buckets:
+        names = [self._names.budget(ref, b.window, b.bucket) for b in buckets]
+        for b, (spend_key, reserved_key) in zip(buckets, names, strict=True):
             if b.limit_micros is None:
                 continue
-            spent = self._get(store_keys.spend_key(*ref, b.window, b.bucket))
-            reserved = self._get(store_keys.reserved_key(*ref, b.window, b.bucket))
+            spent = self._get(spend_key)
+            reserved = self._get(reserved_key)
             if spent + reserved + amount_micros > b.limit_micros:
                 return ReserveOutcome(False, b.window, b.limit_micros, spent, reserved)
-        for b in buckets:
-            self._incr(store_keys.reserved_key(*ref, b.window, b.bucket), amount_micros, b.ttl_seconds)
-        key = reservations_key(*ref)
+        for b, (_, reserved_key) in zip(buckets, names, strict=True):
+            self._incr(reserved_key, amount_micros, b.ttl_seconds)
+        key = self._names.reservations(ref)[0]
         deadline = self._clock() + hold_seconds
         self._reservations.setdefault(key, {})[reservation_id] = _Reservation(
             amount_micros, {b.window: b.bucket for b in buckets}, deadline
@@ -152,20 +168,20 @@ class MemoryStore:
         return ReserveOutcome(True)
 
     def _drop(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
-        records = self._reservations.get(reservations_key(*ref))
+        records = self._reservations.get(self._names.reservations(ref)[0])
         rec = records.pop(reservation_id, None) if records and reservation_id else None
         if rec is None:
             return
         for b in buckets:
             if rec.buckets.get(b.window) == b.bucket:
-                self._decr_reserved(store_keys.reserved_key(*ref, b.window, b.bucket), rec.amount)
+                self._decr_reserved(self._names.budget(ref, b.window, b.bucket)[1], rec.amount)
 
     async def budget_settle(
         self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
     ) -> None:
         self._drop(ref, buckets, reservation_id)
         for b in buckets:
-            self._incr(store_keys.spend_key(*ref, b.window, b.bucket), actual_micros, b.ttl_seconds)
+            self._incr(self._names.budget(ref, b.window, b.bucket)[0], actual_micros, b.ttl_seconds)
 
     async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
         self._drop(ref, buckets, reservation_id)
@@ -176,8 +192,8 @@ class MemoryStore:
             WindowSpend(
                 b.window,
                 b.bucket,
-                self._get(store_keys.spend_key(*ref, b.window, b.bucket)),
-                self._get(store_keys.reserved_key(*ref, b.window, b.bucket)),
+                self._get(self._names.budget(ref, b.window, b.bucket)[0]),
+                self._get(self._names.budget(ref, b.window, b.bucket)[1]),
             )
             for b in buckets
         ]
@@ -189,7 +205,29 @@ class MemoryStore:
     async def rate_consume(
         self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
     ) -> RateOutcome:
-        keys = [store_keys.ratelimit_key(*ref, c.scope, c.unit, minute) for c in counters]
+        return self._consume(ref, minute, counters, ttl_seconds)
+
+    async def rate_and_reserve(
+        self,
+        ref: Ref,
+        minute: str,
+        counters: Sequence[RateCounter],
+        ttl_seconds: int,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+        reserve_when_rate_refused: bool = False,
+    ) -> tuple[RateOutcome, ReserveOutcome | None]:
+        rate = self._consume(ref, minute, counters, ttl_seconds)
+        if not (rate.allowed or reserve_when_rate_refused):
+            return rate, None
+        return rate, self._reserve(ref, buckets, amount_micros, reservation_id, hold_seconds)
+
+    def _consume(self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int) -> RateOutcome:
+        if not counters:
+            return RateOutcome(True, None, ())
+        keys = [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]
         found = tuple(self._get(k) for k in keys)
         for index, (counter, value) in enumerate(zip(counters, found, strict=True)):
             if value + counter.increment > counter.limit:

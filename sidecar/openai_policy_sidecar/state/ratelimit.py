@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import StoreUnavailable
 from .memory import MemoryStore
-from .store import RateCounter, Ref, Store
-from .windows import utc_now
+from .store import RateCounter, RateOutcome, Ref, Store
 
 COUNTER_TTL_SECONDS = 120  # a minute bucket plus slack for clock skew between pods
 _SAFE_USER = re.compile(r"^[A-Za-z0-9._@+=-]{1,64}$")
@@ -125,33 +125,65 @@ class RateLimiter:
         counters = self.counters(user, max(0, int(tokens)))
         if not counters:
             return RateDecision(allowed=True)
-        now = now or utc_now()
-        minute = now.strftime("%Y-%m-%dT%H:%M")
-        reset = 60.0 - (now.second + now.microsecond / 1_000_000)
+        minute, reset = minute_and_reset(now)
         try:
             outcome = await self.store.rate_consume(self.ref, minute, counters, COUNTER_TTL_SECONDS)
         except StoreUnavailable:
-            if self.fail_closed or self._fallback is self.store:
+            if not self.may_fall_back:
                 raise
             outcome = await self._fallback.rate_consume(self.ref, minute, counters, COUNTER_TTL_SECONDS)
-        states = tuple(
-            LimitState(c.scope, c.unit, c.limit, max(0, c.limit - count))
-            for c, count in zip(counters, outcome.counts, strict=True)
-        )
-        if outcome.allowed:
-            tightest = min(states, key=lambda s: s.remaining / s.limit if s.limit else 0.0)
-            return RateDecision(
-                True, tightest.scope, tightest.unit, tightest.limit, tightest.remaining, reset, True, states
-            )
-        index = outcome.refused_index or 0
-        refused, counter = states[index], counters[index]
+        return decide(counters, outcome, reset)
+
+    @property
+    def may_fall_back(self) -> bool:
+        return not self.fail_closed and self._fallback is not self.store
+
+    @property
+    def fallback(self) -> MemoryStore:
+        return self._fallback
+
+
+_minute_cache: tuple[int, str] = (-1, "")
+
+
+def minute_and_reset(now: datetime | None = None) -> tuple[str, float]:
+    """The UTC minute bucket of ``now`` (default: the clock) and the seconds left in it."""
+    global _minute_cache
+    if now is None:
+        # Hot path: the epoch time says both (UTC has no leap seconds here); the bucket's name is
+        # formatted once per minute, not once per request.
+        seconds = time.time()
+        index = int(seconds // 60)
+        cached_index, minute = _minute_cache
+        if cached_index != index:
+            minute = datetime.fromtimestamp(index * 60, UTC).strftime("%Y-%m-%dT%H:%M")
+            _minute_cache = (index, minute)
+        return minute, 60.0 - (seconds - index * 60)
+    return now.strftime("%Y-%m-%dT%H:%M"), 60.0 - (now.second + now.microsecond / 1_000_000)
+
+
+def decide(counters: list[RateCounter], outcome: RateOutcome, reset: float) -> RateDecision:
+    """The decision for ``counters`` from what the store answered."""
+    if not counters:
+        return RateDecision(allowed=True)
+    states = tuple(
+        LimitState(c.scope, c.unit, c.limit, max(0, c.limit - count))
+        for c, count in zip(counters, outcome.counts, strict=True)
+    )
+    if outcome.allowed:
+        tightest = min(states, key=lambda s: s.remaining / s.limit if s.limit else 0.0)
         return RateDecision(
-            False,
-            refused.scope,
-            refused.unit,
-            refused.limit,
-            refused.remaining,
-            reset,
-            counter.increment <= counter.limit,
-            states,
+            True, tightest.scope, tightest.unit, tightest.limit, tightest.remaining, reset, True, states
         )
+    index = outcome.refused_index or 0
+    refused, counter = states[index], counters[index]
+    return RateDecision(
+        False,
+        refused.scope,
+        refused.unit,
+        refused.limit,
+        refused.remaining,
+        reset,
+        counter.increment <= counter.limit,
+        states,
+    )

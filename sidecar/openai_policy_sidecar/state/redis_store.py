@@ -4,28 +4,26 @@ Every key of one policy carries the hash tag ``{namespace/name}`` (``store_keys`
 multi-key script touches one slot and works on Redis Cluster. Connections use short socket
 timeouts and at most one retry: when Redis is down an operation raises :class:`StoreUnavailable`
 within about a second instead of hanging a request.
+
+redis-py is imported when the first ``RedisStore`` is made, not with this module: a sidecar
+without Redis (in-memory state) never loads it, which keeps ~6 MiB out of its RSS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisClusterException, TryAgainError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from .. import store_keys
-from ..store_keys import reservation_deadlines_key, reservations_key
 from . import lua
 from .errors import StoreUnavailable
+from .keys import KeyNames
 from .memory import _parse_heartbeats, document_generation
 from .store import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
 from .windows import current_buckets
@@ -34,16 +32,41 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Errors that mean "the store is not usable right now" (as opposed to a bug in a script).
-_UNAVAILABLE = (
-    RedisConnectionError,  # includes BusyLoadingError and "no connection available"
-    RedisTimeoutError,
-    ReadOnlyError,  # a replica that has not been promoted yet
-    TryAgainError,
-    RedisClusterException,
-    OSError,
-    asyncio.TimeoutError,
-)
+
+@dataclass(frozen=True)
+class _RedisPy:
+    """The parts of redis-py this store uses, imported together on first use."""
+
+    aioredis: Any  # the redis.asyncio module
+    retry: Callable[[], Any]  # a fresh Retry policy: one retry, no backoff
+    retry_on: tuple[type[BaseException], ...]
+    # Errors that mean "the store is not usable right now" (as opposed to a bug in a script).
+    unavailable: tuple[type[BaseException], ...]
+
+
+@functools.cache
+def _redis_py() -> _RedisPy:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ReadOnlyError, RedisClusterException, TryAgainError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return _RedisPy(
+        aioredis=aioredis,
+        retry=lambda: Retry(NoBackoff(), 1),
+        retry_on=(RedisConnectionError, RedisTimeoutError),
+        unavailable=(
+            RedisConnectionError,  # includes BusyLoadingError and "no connection available"
+            RedisTimeoutError,
+            ReadOnlyError,  # a replica that has not been promoted yet
+            TryAgainError,
+            RedisClusterException,
+            OSError,
+            asyncio.TimeoutError,
+        ),
+    )
 
 
 class RedisStore:
@@ -60,28 +83,32 @@ class RedisStore:
     ) -> None:
         self.url = url
         self.operation_timeout = operation_timeout
+        self._redis_py = redis_py = _redis_py()
+        self._unavailable = redis_py.unavailable
         self._options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
             # One retry absorbs a pooled connection that a Redis restart closed; more would
             # only delay the StoreUnavailable a caller needs to hear about.
-            "retry": Retry(NoBackoff(), 1),
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            "retry": redis_py.retry(),
+            "retry_on_error": list(redis_py.retry_on),
         }
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = redis_py.aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=operation_timeout, **self._options
         )
-        self._client = aioredis.Redis(connection_pool=pool)
+        self._client = redis_py.aioredis.Redis(connection_pool=pool)
         self._reserve = self._client.register_script(lua.RESERVE)
         self._settle = self._client.register_script(lua.SETTLE)
         self._read = self._client.register_script(lua.READ)
         self._rate = self._client.register_script(lua.RATE)
+        self._rate_and_reserve = self._client.register_script(lua.RATE_AND_RESERVE)
+        self._names = KeyNames()
 
     async def _run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self.operation_timeout):
                 return await call()
-        except _UNAVAILABLE as error:
+        except self._unavailable as error:
             raise StoreUnavailable(
                 f"redis unavailable during {what}: {error or type(error).__name__}"
             ) from error
@@ -97,15 +124,31 @@ class RedisStore:
         await self._client.connection_pool.disconnect()
 
     # -- budgets ----------------------------------------------------------------------------
+    def _budget_keys(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[str]:
+        return list(self._names.budget_list(ref, buckets))
+
     @staticmethod
-    def _budget_keys(ref: Ref, buckets: Sequence[BucketLimit]) -> list[str]:
-        keys = [reservations_key(*ref), reservation_deadlines_key(*ref)]
+    def _reserve_args(
+        buckets: Sequence[BucketLimit], amount_micros: int, reservation_id: str, hold_seconds: float
+    ) -> list[str | int]:
+        args: list[str | int] = [int(amount_micros), reservation_id, int(hold_seconds * 1000), len(buckets)]
         for b in buckets:
-            keys += [
-                store_keys.spend_key(*ref, b.window, b.bucket),
-                store_keys.reserved_key(*ref, b.window, b.bucket),
+            args += [
+                b.window,
+                b.bucket,
+                -1 if b.limit_micros is None else int(b.limit_micros),
+                int(b.ttl_seconds),
             ]
-        return keys
+        return args
+
+    @staticmethod
+    def _reserve_outcome(buckets: Sequence[BucketLimit], ok: int, index: int, spent: int, reserved: int) -> ReserveOutcome:
+        if ok:
+            return ReserveOutcome(True)
+        refused = buckets[int(index) - 1]
+        return ReserveOutcome(
+            False, refused.window, int(refused.limit_micros or 0), int(spent), int(reserved)
+        )
 
     async def budget_reserve(
         self,
@@ -115,24 +158,38 @@ class RedisStore:
         reservation_id: str,
         hold_seconds: float,
     ) -> ReserveOutcome:
-        args: list[str | int] = [int(amount_micros), reservation_id, int(hold_seconds * 1000), len(buckets)]
-        for b in buckets:
-            args += [
-                b.window,
-                b.bucket,
-                -1 if b.limit_micros is None else int(b.limit_micros),
-                int(b.ttl_seconds),
-            ]
+        args = self._reserve_args(buckets, amount_micros, reservation_id, hold_seconds)
         keys = self._budget_keys(ref, buckets)
         ok, index, spent, reserved = await self._run(
             "budget reserve", lambda: self._reserve(keys=keys, args=args)
         )
-        if ok:
-            return ReserveOutcome(True)
-        refused = buckets[int(index) - 1]
-        return ReserveOutcome(
-            False, refused.window, int(refused.limit_micros or 0), int(spent), int(reserved)
-        )
+        return self._reserve_outcome(buckets, ok, index, spent, reserved)
+
+    async def rate_and_reserve(
+        self,
+        ref: Ref,
+        minute: str,
+        counters: Sequence[RateCounter],
+        ttl_seconds: int,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+        reserve_when_rate_refused: bool = False,
+    ) -> tuple[RateOutcome, ReserveOutcome | None]:
+        keys = self._budget_keys(ref, buckets)
+        keys += [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]
+        args = self._reserve_args(buckets, amount_micros, reservation_id, hold_seconds)
+        args += [int(ttl_seconds), len(counters)]
+        for c in counters:
+            args += [int(c.limit), int(c.increment)]
+        args.append("1" if reserve_when_rate_refused else "0")
+        out = await self._run("rate limit and budget reserve", lambda: self._rate_and_reserve(keys=keys, args=args))
+        allowed, index, state = bool(out[0]), int(out[1]), int(out[2])
+        rate = RateOutcome(allowed, None if allowed else index - 1, tuple(int(v) for v in out[6:]))
+        if state < 0:
+            return rate, None
+        return rate, self._reserve_outcome(buckets, state, out[3], out[4], out[5])
 
     async def _settle_or_release(
         self, what: str, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
@@ -169,7 +226,7 @@ class RedisStore:
     async def rate_consume(
         self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
     ) -> RateOutcome:
-        keys = [store_keys.ratelimit_key(*ref, c.scope, c.unit, minute) for c in counters]
+        keys = [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]
         args: list[int] = [int(ttl_seconds)]
         for c in counters:
             args += [int(c.limit), int(c.increment)]
@@ -238,7 +295,7 @@ class RedisStore:
         last: int | None = None
         delay = reconnect_delay
         while True:
-            client = aioredis.Redis.from_url(self.url, health_check_interval=5, **self._options)
+            client = self._redis_py.aioredis.Redis.from_url(self.url, health_check_interval=5, **self._options)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
@@ -260,7 +317,7 @@ class RedisStore:
                     if generation != last:
                         last = generation
                         yield generation
-            except _UNAVAILABLE as error:
+            except self._unavailable as error:
                 log.warning("policy subscription on %s lost (%s); retrying in %.1fs", channel, error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_reconnect_delay)
@@ -268,7 +325,7 @@ class RedisStore:
                 try:
                     await pubsub.aclose()
                     await client.aclose()
-                except _UNAVAILABLE:
+                except self._unavailable:
                     pass
 
     # -- response cache ---------------------------------------------------------------------

@@ -119,6 +119,26 @@ class Store(Protocol):
         """Iff every counter's value + increment <= limit, increment them all; else change nothing."""
         ...
 
+    async def rate_and_reserve(
+        self,
+        ref: Ref,
+        minute: str,
+        counters: Sequence[RateCounter],
+        ttl_seconds: int,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+        reserve_when_rate_refused: bool = False,
+    ) -> tuple[RateOutcome, ReserveOutcome | None]:
+        """:meth:`rate_consume`, then :meth:`budget_reserve`, atomically and in one round trip.
+
+        The reservation is attempted only when the rate limits allow (or ``reserve_when_rate_refused``,
+        for dry runs, which forward the call anyway); ``None`` when it was not. A budget refusal
+        does not undo the rate consumption (the request was made; OpenAI counts refused ones too).
+        """
+        ...
+
     # -- usage and heartbeats ----------------------------------------------------------------
     async def incr_usage(self, ref: Ref, counters: Mapping[str, int]) -> None: ...
 
