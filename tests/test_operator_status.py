@@ -45,6 +45,11 @@ def test_usage_counters_and_refusals_by_reason():
     assert usage["wouldBlock"] == 2 and usage["wouldBlockByReason"] == {"pii_detected": 2}
 
 
+def test_retries_and_cache_savings_are_reported():
+    usage = report(usage={"retries": 4, "cache_hits": 3, "saved_micros": 1_250_000}).status["usage"]
+    assert usage["retries"] == 4 and usage["cacheHits"] == 3 and usage["savedUsd"] == "1.25"
+
+
 def test_spend_per_window_in_decimal_strings():
     status = report(windows=[WindowFigures("day", "2026-11-22", 10_000_000, 2_500_000, 100_000),
                              WindowFigures("month", "2026-11", None, 7_000_000)]).status

@@ -34,6 +34,8 @@ _COUNTERS = {  # usage hash field -> status.usage key
     "tokens_cached": "tokensCached",
     "cost_micros": None,  # reported as spend, not as a counter
     "cache_hits": "cacheHits",
+    "saved_micros": None,  # reported as savedUsd, a decimal string
+    "retries": "retries",
     "errors": "errors",
     "model_drift": "modelDrift",
 }
@@ -117,6 +119,7 @@ def usage_block(counters: Mapping[str, int]) -> dict[str, Any]:
                              for field_name, key in _COUNTERS.items() if key}
     refused = {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith("refused:")}
     dry = {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith("dryrun_refused:")}
+    usage["savedUsd"] = micros_to_usd(int(counters.get("saved_micros", 0)))
     usage["blocked"] = sum(refused.values())
     usage["blockedByReason"] = dict(sorted(refused.items()))
     usage["wouldBlock"] = sum(dry.values())

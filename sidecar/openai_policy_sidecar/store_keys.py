@@ -56,7 +56,11 @@ def reservation_deadlines_key(namespace: str, name: str) -> str:
 
 
 def usage_key(namespace: str, name: str) -> str:
-    """A hash of monotonically increasing usage counters (requests, tokens, refusals by reason...)."""
+    """A hash of monotonically increasing usage counters, written by sidecars, read by the operator.
+
+    Fields: requests, tokens_input, tokens_output, tokens_cached, cost_micros, cache_hits,
+    saved_micros, retries, errors, model_drift, refused:<code>, dryrun_refused:<code>.
+    """
     return _key(namespace, name, "usage")
 
 

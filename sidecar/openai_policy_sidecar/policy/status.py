@@ -71,6 +71,10 @@ class UsageStatus(StatusModel):
     tokens_output: int = Field(default=0, ge=0, description="Output tokens billed by OpenAI.")
     tokens_cached: int = Field(default=0, ge=0, description="Cached input tokens (billed at the cached price).")
     cache_hits: int = Field(default=0, ge=0, description="Requests answered from the policy's response cache.")
+    saved_usd: str | None = Field(
+        default=None, pattern=r"^[0-9]+(\.[0-9]+)?$",
+        description="What cache hits would have cost upstream, in USD (a decimal string).")
+    retries: int = Field(default=0, ge=0, description="Upstream calls the sidecars retried (429, 5xx, connection errors).")
     errors: int = Field(default=0, ge=0, description="Upstream errors returned to callers.")
     model_drift: int = Field(
         default=0, ge=0, description="Responses whose model differed from the pinned one.")
