@@ -10,7 +10,7 @@ CACHE ?= $(or $(OPENAI_POLICY_CACHE),$(HOME)/.cache/openai-policy-operator)
 TIKTOKEN_DIR := $(CACHE)/tiktoken
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup venv redis control-plane tiktoken lint crds clean
+.PHONY: test demo setup venv redis control-plane tiktoken lint crds clean bench bench-quick bench-operator wrk
 
 # The same script builds the images' environments (Dockerfile.*), so CI tests what ships.
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/install-python-deps.sh
@@ -44,6 +44,23 @@ DEMO_ARGS ?=
 demo: setup
 	KUBEBUILDER_ASSETS="$$(scripts/setup-control-plane.sh)" TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" \
 	  $(PY) -m e2e.demo $(DEMO_ARGS)
+
+BENCH_ARGS ?=
+
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk is missing (Debian package wrk, needs root): the benchmark falls back to a slower Python load generator" >&2; fi; }
+
+bench: venv redis tiktoken wrk
+	TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" $(PY) bench/run_sidecar_bench.py $(BENCH_ARGS)
+
+bench-quick: venv redis tiktoken wrk
+	TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" $(PY) bench/run_sidecar_bench.py --quick --no-litellm $(BENCH_ARGS)
+
+bench-operator: setup
+	KUBEBUILDER_ASSETS="$$(scripts/setup-control-plane.sh)" TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" \
+	  $(PY) bench/operator_bench.py $(BENCH_ARGS)
 
 crds: venv
 	$(PY) -m openai_policy_operator.crd --write
