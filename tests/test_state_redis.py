@@ -144,3 +144,17 @@ async def test_policy_updates_survive_a_restart(redis, store):
     await store.publish_policy_document(REF, {"metadata": {"generation": 2}})
     assert await asyncio.wait_for(next_update, 10) == 2
     await updates.aclose()
+
+
+async def test_more_calls_than_connections_wait_for_one_instead_of_failing(redis):
+    store = RedisStore(redis.url, max_connections=2)
+    try:
+        ledger = BudgetLedger(store, REF, budget(hour=1))
+        reservations = await asyncio.gather(*(ledger.reserve(1_000) for _ in range(40)))
+        await asyncio.gather(*(ledger.settle(r, 500) for r in reservations))
+        usage = {u.window: u for u in await ledger.usage()}["hour"]
+        assert (usage.spent_micros, usage.reserved_micros) == (20_000, 0)
+        assert len(store._client.connection_pool._in_use_connections) == 0
+        assert len(store._client.connection_pool._available_connections) <= 2
+    finally:
+        await store.close()

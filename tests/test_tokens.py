@@ -302,3 +302,80 @@ def test_missing_encoding_file_is_refused_not_downloaded(tmp_path, monkeypatch):
 
     with pytest.raises(TokenizerFilesError):
         count_text_tokens("hello", "gpt-4o")
+
+
+# -- memory: what a loaded encoding keeps, and which encodings a policy needs ------------------
+
+
+def test_loaded_encodings_drop_the_python_ranks_and_still_encode_decode_and_pickle():
+    import pickle
+
+    encoding = tokens.get_encoding("o200k_base")
+    assert not hasattr(encoding, "_mergeable_ranks")  # the Rust core holds them
+    ids = encoding.encode_ordinary("hello world")
+    assert ids == [24912, 2375] and encoding.decode(ids) == "hello world"
+    assert encoding.encode("<|endoftext|>", allowed_special="all") == [encoding.eot_token]
+    assert encoding.n_vocab > 200_000
+    clone = pickle.loads(pickle.dumps(encoding))  # registered: pickled by name, no ranks needed
+    assert clone.name == "o200k_base" and clone.encode_ordinary("hello world") == ids
+
+
+@pytest.mark.parametrize(
+    ("allow", "pin", "fallback", "expected"),
+    [
+        (["*"], {}, None, ("o200k_base", "cl100k_base")),
+        (["gpt-4o-mini*"], {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"}, None, ("o200k_base",)),
+        (["gpt-4o*", "gpt-5*", "o3*", "o*"], {}, None, ("o200k_base",)),
+        (["gpt-4*"], {}, None, ("o200k_base", "cl100k_base")),  # gpt-4-turbo and gpt-4o alike
+        (["gpt-4-*"], {}, None, ("cl100k_base",)),
+        (["text-embedding-*"], {}, None, ("cl100k_base",)),
+        (["gpt-4o"], {}, "gpt-3.5-turbo", ("o200k_base", "cl100k_base")),  # the fallback counts
+        (["chat"], {"chat": "gpt-4-0613"}, None, ("o200k_base", "cl100k_base")),  # pin target
+        (["ft:gpt-4:acme:*"], {}, None, ("cl100k_base",)),
+        (["ft:*"], {}, None, ("o200k_base", "cl100k_base")),
+        (["gpt-?o"], {}, None, ("o200k_base", "cl100k_base")),
+        ([], {}, None, ()),
+    ],
+)
+def test_encodings_a_policy_can_need(allow, pin, fallback, expected):
+    # a stand-in for spec.models: the policy model would refuse some of these combinations
+    from types import SimpleNamespace
+
+    models = SimpleNamespace(allow=allow, pin=pin, fallback=fallback)
+    assert tokens.encodings_for_models(models) == expected
+
+
+def test_encodings_of_a_validated_models_spec():
+    from openai_policy_sidecar.policy.spec import ModelsSpec
+
+    models = ModelsSpec.model_validate({"allow": ["gpt-4o", "gpt-3.5-turbo"], "fallback": "gpt-3.5-turbo"})
+    assert tokens.encodings_for_models(models) == ("o200k_base", "cl100k_base")
+    assert tokens.encodings_for_models(ModelsSpec.model_validate({"allow": ["o4-mini"]})) == ("o200k_base",)
+
+
+def test_dry_run_and_no_policy_need_every_encoding():
+    from openai_policy_sidecar.policy.spec import ModelsSpec
+
+    models = ModelsSpec.model_validate({"allow": ["gpt-4o"]})
+    assert tokens.encodings_for_models(models, dry_run=True) == ("o200k_base", "cl100k_base")
+    assert tokens.encodings_for_models(None) == ("o200k_base", "cl100k_base")
+
+
+def test_prepare_verifies_every_file_but_loads_only_what_the_policy_needs(monkeypatch):
+    from openai_policy_sidecar.policy.spec import ModelsSpec
+
+    verified, loaded = [], []
+    monkeypatch.setattr(tokens.tokenizer_files, "verify", lambda encodings: verified.append(encodings))
+    monkeypatch.setattr(tokens, "get_encoding", loaded.append)
+    models = ModelsSpec.model_validate({"allow": ["gpt-4o-mini"]})
+    assert tokens.prepare(models) == ("o200k_base",)
+    assert verified == [("o200k_base", "cl100k_base")] and loaded == ["o200k_base"]
+
+
+def test_prepare_refuses_a_missing_file_even_when_the_policy_does_not_need_it(tmp_path, monkeypatch):
+    from openai_policy_sidecar.policy.spec import ModelsSpec
+    from openai_policy_sidecar.tokenizer_files import TokenizerFilesError
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    with pytest.raises(TokenizerFilesError):
+        tokens.prepare(ModelsSpec.model_validate({"allow": ["gpt-4o"]}))

@@ -2,6 +2,10 @@
 
 ``MemoryStore`` (one replica, standalone) and ``RedisStore`` (shared, atomic by Lua scripts)
 implement the same :class:`Store` protocol with identical semantics.
+
+On the request path, :func:`admit` checks the rate limits and reserves the budget in one store
+call (one Redis round trip, one Lua script) with the outcomes of ``RateLimiter.check`` followed
+by ``BudgetLedger.reserve``; both of those remain available on their own.
 """
 
 from .admission import Admission, admit
