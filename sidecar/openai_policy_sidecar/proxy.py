@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from typing import Any
 
 import aiohttp
@@ -62,9 +61,9 @@ from .stages import budget as budget_stage
 from .stages.clamp import choices, clamp_output
 from .stages.input_limit import check_input_tokens
 from .stages.models import ModelChoice, choose_model, is_drift, should_downgrade
-from .stages.rate_limit import check_rate
+from .stages.rate_limit import check_rate, refusal_for_decision
 from .stages.suspend import check_suspend
-from .state import BudgetLedger, Reservation, StoreUnavailable
+from .state import BudgetLedger, Reservation, StoreUnavailable, admit, new_reservation_id
 from .state.windows import current_buckets
 from .streaming import StreamMeter, add_include_usage, split_events
 from .tokens import TokenCountError, count_input_tokens
@@ -86,14 +85,12 @@ class Proxy:
         upstream: Upstream,
         metrics: Metrics,
         *,
-        concurrent_limits: bool = False,
         guards: Guards | None = None,
         attribution: dict[str, str | None] | None = None,
     ) -> None:
         self.source = source
         self.upstream = upstream
         self.metrics = metrics
-        self.concurrent_limits = concurrent_limits  # True with a remote store: see _rate_and_budget
         self.guards = guards or Guards(source.store, metrics, upstream, source.keys, shared_cache=False)
         self.attribution = attribution or {}  # workload and namespace, for the access line
 
@@ -289,17 +286,25 @@ class Proxy:
         """
         ledger: BudgetLedger = runtime.ledger
         ctx.ledger = ledger
+        held: tuple[Reservation | None, errors.Refusal | None] = (None, None)
         if worst is None:
             rate = await self._check_rate(runtime, ctx.user, tokens)
-            held: tuple[Reservation | None, errors.Refusal | None] = (None, None)
-        elif self.concurrent_limits:
-            rate, held = await asyncio.gather(
-                self._check_rate(runtime, ctx.user, tokens), self._try_reserve(ledger, worst)
-            )
         else:
-            rate = await self._check_rate(runtime, ctx.user, tokens)
-            refused_now = rate[0] is not None and not ctx.dry_run
-            held = (None, None) if refused_now else await self._try_reserve(ledger, worst)
+            admission = await admit(
+                runtime.limiter, ledger, ctx.user, tokens, worst, reserve_when_rate_refused=ctx.dry_run
+            )
+            if admission.rate_error is not None:
+                self.metrics.child(self.metrics.store_errors, "rate_limit").inc()
+                rate = (errors.store_unavailable(), {})
+            else:
+                rate = refusal_for_decision(admission.rate)
+            if admission.budget_error is not None:
+                self.metrics.child(self.metrics.store_errors, "budget_reserve").inc()
+                held = (None, errors.store_unavailable())
+            elif admission.budget_exceeded is not None:
+                held = (None, budget_stage.refusal_for(admission.budget_exceeded))
+            else:
+                held = (admission.reservation, None)
         rate_refusal, ctx.rate_headers = rate
         reservation, budget_refusal = held
         if reservation is not None:
@@ -318,17 +323,6 @@ class Proxy:
         except StoreUnavailable:  # the limiter falls back to local counters unless it fails closed
             self.metrics.child(self.metrics.store_errors, "rate_limit").inc()
             return errors.store_unavailable(), {}
-
-    async def _try_reserve(self, ledger: BudgetLedger, worst: int) -> tuple[Reservation | None, errors.Refusal | None]:
-        """Hold the worst case. The ledger itself falls back to a local share when the policy says
-        localShare; StoreUnavailable reaching us means the policy fails closed."""
-        try:
-            return await budget_stage.reserve(ledger, worst), None
-        except StoreUnavailable:
-            self.metrics.child(self.metrics.store_errors, "budget_reserve").inc()
-            return None, errors.store_unavailable()
-        except errors.Refusal as refusal:
-            return None, refusal
 
     async def _finish_budget(self, ctx: RequestContext) -> None:
         """Settle to the real cost, or release when upstream billed nothing; exactly once."""
@@ -683,4 +677,4 @@ def _saved_micros(runtime: Runtime, model: str, usage: dict[str, Any] | None) ->
 def _unheld(ledger: BudgetLedger) -> Reservation:
     """A dry-run stand-in for a refused reservation: holds nothing, but settling it still adds the
     real cost to spent (the store settles an id it does not hold as pure spend)."""
-    return Reservation("dryrun-" + uuid.uuid4().hex, 0, tuple(current_buckets(ledger.limits)))
+    return Reservation("dryrun-" + new_reservation_id(), 0, tuple(current_buckets(ledger.limits)))

@@ -24,8 +24,7 @@ from .policy_source import KeySource, PolicySource
 from .proxy import Proxy
 from .reporting import Reporter
 from .state import MemoryStore, RedisStore
-from .tokenizer_files import ENCODINGS
-from .tokens import get_encoding
+from .tokens import prepare
 from .upstream import Upstream
 
 log = logging.getLogger("openai_policy_sidecar.server")
@@ -99,7 +98,7 @@ class Sidecar:
         self.guards = Guards(self.store, self.metrics, self.upstream, self.source.keys, shared_cache=shared)
         attribution = config.attribution()
         self.proxy = Proxy(
-            self.source, self.upstream, self.metrics, concurrent_limits=shared, guards=self.guards,
+            self.source, self.upstream, self.metrics, guards=self.guards,
             attribution=attribution,
         )
         self.reporter = Reporter(
@@ -130,8 +129,8 @@ class Sidecar:
         """Load policy and key (raises PolicyError / OSError on a bad or missing policy file)."""
         self.source.load_initial()
         # Load both encodings now (≈0.5 s each), not on the first request that needs them.
-        for encoding in ENCODINGS:
-            get_encoding(encoding)
+        runtime = self.source.runtime
+        prepare(runtime.spec.models if runtime else None, dry_run=bool(runtime and runtime.dry_run))
 
     async def start(self) -> None:
         if self.source.runtime is None:

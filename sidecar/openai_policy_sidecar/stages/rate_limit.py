@@ -9,7 +9,11 @@ from .. import errors
 
 async def check_rate(limiter: Any, user: str | None, tokens: int) -> tuple[errors.Refusal | None, dict[str, str]]:
     """Ask the limiter; return (refusal or None, the x-ratelimit-* headers to send back)."""
-    decision = await limiter.check(user, tokens)
+    return refusal_for_decision(await limiter.check(user, tokens))
+
+
+def refusal_for_decision(decision: Any) -> tuple[errors.Refusal | None, dict[str, str]]:
+    """(refusal or None, the x-ratelimit-* headers to send back) for a RateDecision."""
     # Retry-After is set by the refusal itself (with retry-after-ms); keep one spelling only.
     headers = {k: v for k, v in decision.headers().items() if k.lower() != "retry-after"}
     if decision.allowed:
