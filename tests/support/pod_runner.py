@@ -378,20 +378,28 @@ class LocalPod:
 
     # -- processes ----------------------------------------------------------------------
 
-    def _command(self, container: dict[str, Any]) -> list[str]:
-        command = list(container.get("command") or self.image_commands.get(container.get("image", ""), []))
-        if not command:
+    def _command(self, container: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """(the image's local entrypoint, the parts the pod spec gives).
+
+        Only the pod spec's parts name paths inside the pod, so only they are rewritten: the
+        local entrypoint is a host path already (and may itself sit under a mount path like /tmp).
+        """
+        if container.get("command"):
+            return [], list(container["command"]) + list(container.get("args", []))
+        entrypoint = list(self.image_commands.get(container.get("image", ""), []))
+        if not entrypoint:
             raise PodRunnerError(
                 f"container {container['name']!r} has no command and image {container.get('image')!r} "
                 "has no local entrypoint (pass image_commands)"
             )
-        return command + list(container.get("args", []))
+        return entrypoint, list(container.get("args", []))
 
     def _start_container(self, container: dict[str, Any]) -> RunningContainer:
         mounts = self._mount_rewrites(container)
         container_env = self._env(container)
-        argv = self._rewrite_argv([self._rewrite(_expand(part, container_env), mounts)
-                                   for part in self._command(container)])
+        entrypoint, spec_parts = self._command(container)
+        argv = entrypoint + self._rewrite_argv([self._rewrite(_expand(part, container_env), mounts)
+                                                for part in spec_parts])
         env = {
             "PATH": os.pathsep.join([*self.path_prefix, os.environ.get("PATH", "")]),
             "HOME": str(self.workdir),
