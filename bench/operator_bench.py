@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,15 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support: the same control plane and Redis the tests use
 
 from tests.support.control_plane import ControlPlane  # noqa: E402
+from tests.support.managed_process import free_port  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 GROUPS = 10  # namespaces; each holds policies/GROUPS policies with disjoint selectors
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -19,6 +19,7 @@ import tiktoken
 from tests.support.fake_openai import DEFAULT_REPLY, FakeOpenAI
 from tests.support.fake_openai_faults import FaultError
 from tests.support.fake_openai_http import request
+from tests.support.managed_process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the cluster."}]
@@ -419,11 +420,6 @@ async def test_running_in_process_on_the_current_loop(tiktoken_cache_dir):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", fake.port), timeout=1).close()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_standalone_process_is_quiet_and_scriptable_over_http(tiktoken_cache_dir):

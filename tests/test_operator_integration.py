@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,12 @@ import yaml
 from openai_policy_operator import names, rbac
 from openai_policy_sidecar.policy import load_policy
 from tests.support.control_plane import ApiError
+from tests.support.managed_process import free_port
 from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "openaipolicies.openaipolicy.dev.yaml"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:

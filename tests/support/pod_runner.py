@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,18 +38,13 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from tests.support.managed_process import _die_with_parent
+from tests.support.managed_process import _die_with_parent, free_port
 
 LOOPBACK_HOSTS = ("127.0.0.1", "0.0.0.0", "localhost")
 # The kubelet writes projected tokens valid for an hour and refreshes them at 80 % of their life.
 TOKEN_SECONDS = 3600
 TOKEN_REFRESH_FRACTION = 0.8
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
