@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from kubernetes import config as k8s_config
 from tests.support.control_plane import ControlPlane
 from tests.support.managed_process import pid_alive
 from tests.support.pod_runner import LocalPod, PodRunnerError, _expand
+from tests.support.polling import wait_for
 
 # A pod's app: reports what it sees (env and mounted files) as one JSON line, then exits.
 REPORT_SCRIPT = """
@@ -78,17 +79,6 @@ while True:
         last = text
     time.sleep(0.05)
 """
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import yaml
 
 from openai_policy_sidecar.server import Sidecar, SidecarConfig
 from tests.support.managed_process import free_ports
+from tests.support.polling import wait_for  # noqa: F401 - re-exported for the sidecar tests
 
 TEST_KEY = "sk-proj-TESTKEY-0123456789abcdefSECRET"
 REPO = Path(__file__).resolve().parents[2]
@@ -160,17 +161,6 @@ class SidecarProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(interval)
 
 
 async def settled_usage(sidecar: Sidecar, requests: int, ref: tuple[str, str] = ("default", "demo"),
