@@ -24,7 +24,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -34,6 +33,7 @@ from e2e.kube import condition, get_json, wait_for
 from e2e.stack import ROOT, LocalStack, image_commands
 from e2e.workload import Workload, client_records, deploy, label_for_injection, stored_pod
 from tests.support.control_plane import ControlPlane
+from tests.support.fake_openai_admin import answers_health
 from tests.support.managed_process import ManagedProcess, free_port
 from tests.support.pod_runner import LocalPod
 from tests.support.redis_server import RedisServer
@@ -98,11 +98,7 @@ class Demo:
         def healthy() -> bool:
             assert self.fake is not None
             self.fake.check_alive()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/health", timeout=1) as response:
-                    return response.status == 200
-            except OSError:
-                return False
+            return answers_health(port)
 
         wait_for(healthy, 30, "the fake OpenAI upstream", 0.1)
         say(f"fake OpenAI upstream at http://127.0.0.1:{port}/v1 (set OPENAI_API_KEY to use the real API)")

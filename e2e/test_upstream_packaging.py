@@ -15,6 +15,7 @@ from kubernetes import config as k8s_config
 from e2e.kube import apply, pods_with_label, wait_for
 from e2e.stack import SIDECAR_IMAGE, image_commands
 from e2e.upstream import FAKE_NAME, FAKE_PORT, InClusterUpstream
+from tests.support.fake_openai_admin import answers_health
 from tests.support.pod_runner import LocalPod
 
 pytestmark = pytest.mark.skipif(os.environ.get("OPENAI_POLICY_E2E_CLUSTER", "local") != "local",
@@ -38,11 +39,7 @@ def test_in_cluster_fake_runs_from_its_configmap(control_plane, namespace, tikto
 
         def healthy() -> bool:
             assert local.containers["fake"].process.poll() is None, local.logs("fake")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/health", timeout=1) as response:
-                    return response.status == 200
-            except OSError:
-                return False
+            return answers_health(port)
 
         wait_for(healthy, 30, "the fake to answer", 0.1)
         body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -6,6 +6,7 @@ GET /_fake/requests (only with --record); GET /_fake/usage; POST /_fake/reset; G
 
 from __future__ import annotations
 
+import urllib.request
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -15,6 +16,15 @@ from tests.support.fake_openai_payloads import error_body
 
 if TYPE_CHECKING:
     from tests.support.fake_openai import FakeOpenAI
+
+
+def answers_health(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a standalone fake on ``host:port`` answers its health check (False until it listens)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/_fake/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def admin_routes(fake: FakeOpenAI) -> list[web.RouteDef]:
