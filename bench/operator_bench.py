@@ -26,11 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.support: the same control plane and Redis the tests use
+sys.path.insert(0, str(ROOT))  # openai_policy_devkit: the same control plane and Redis the tests use
 
-from tests.support.control_plane import ControlPlane  # noqa: E402
-from tests.support.managed_process import free_port  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
+from openai_policy_devkit.control_plane import ControlPlane  # noqa: E402
+from openai_policy_devkit.managed_process import free_port  # noqa: E402
+from openai_policy_devkit.redis_server import RedisServer  # noqa: E402
 
 GROUPS = 10  # namespaces; each holds policies/GROUPS policies with disjoint selectors
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/run_sidecar_bench.py [--quick] [--targets direct,sidecar-memory,...]
         [--issue4] [--profile] [--load-generator auto|wrk|python] [--output FILE]
 
-Targets, all against the same fake upstream (tests/support/fake_openai.py, zero delay):
+Targets, all against the same fake upstream (devkit/openai_policy_devkit/fake_openai.py, zero delay):
   direct           the fake itself                     (the floor)
   sidecar-memory   openai-policy-sidecar, in-memory state, bench/policy-core.yaml
   sidecar-redis    the same with --redis-url (a throwaway redis-server)
@@ -36,11 +36,11 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # tests.support (fake upstream, redis-server, process helpers)
+    sys.path.insert(0, str(REPO))  # openai_policy_devkit (fake upstream, redis-server, process helpers)
 
 from sidecar_bench import litellm_peer, loadgen, procstat, report, services  # noqa: E402
 
-from tests.support.redis_server import RedisServer  # noqa: E402
+from openai_policy_devkit.redis_server import RedisServer  # noqa: E402
 
 CORE_POLICY = BENCH / "policy-core.yaml"
 ALL_STAGES_POLICY = BENCH / "policy-all-stages.yaml"

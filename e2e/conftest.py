@@ -5,8 +5,8 @@ both directories are collected (pytest loads a plugin module once).
 """
 
 pytest_plugins = [
-    "tests.support.environment",
-    "tests.support.fake_openai_fixture",
-    "tests.support.redis_fixture",
-    "tests.support.control_plane_fixture",
+    "openai_policy_devkit.environment",
+    "openai_policy_devkit.fake_openai_fixture",
+    "openai_policy_devkit.redis_fixture",
+    "openai_policy_devkit.control_plane_fixture",
 ]

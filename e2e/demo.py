@@ -32,11 +32,11 @@ from typing import Any
 from e2e.kube import condition, get_json, wait_for
 from e2e.stack import ROOT, LocalStack, image_commands
 from e2e.workload import Workload, client_records, deploy, label_for_injection, stored_pod
-from tests.support.control_plane import ControlPlane
-from tests.support.fake_openai_admin import answers_health
-from tests.support.managed_process import ManagedProcess, free_port
-from tests.support.pod_runner import LocalPod
-from tests.support.redis_server import RedisServer
+from openai_policy_devkit.control_plane import ControlPlane
+from openai_policy_devkit.fake_openai_admin import answers_health
+from openai_policy_devkit.managed_process import ManagedProcess, free_port
+from openai_policy_devkit.pod_runner import LocalPod
+from openai_policy_devkit.redis_server import RedisServer
 
 POLICY = "demo-budget"
 BUDGET_USD = 0.25
@@ -91,7 +91,7 @@ class Demo:
     def start_fake_upstream(self) -> str:
         port = free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self.fake = ManagedProcess("fake-openai", [sys.executable, "-m", "tests.support.fake_openai", "--port", str(port)],
+        self.fake = ManagedProcess("fake-openai", [sys.executable, "-m", "openai_policy_devkit.fake_openai", "--port", str(port)],
                                    self.workdir / "logs" / "fake-openai.log", env=env, cwd=self.workdir)
         self.fake.start()
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from e2e.kube import KubeconfigCluster, Kubectl, get_json, pods_with_label, wait_for
 from e2e.stack import SIDECAR_IMAGE, LocalStack, image_commands
 from e2e.upstream import InClusterUpstream, LocalUpstream, Upstream
-from tests.support.pod_runner import LocalPod
+from openai_policy_devkit.pod_runner import LocalPod
 
 SIDECAR = "openai-policy-proxy"
 ADMIN_PORT = 8781  # the sidecar's /metrics

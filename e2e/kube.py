@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.support.polling import wait_for  # noqa: F401 - re-exported for the e2e modules
+from openai_policy_devkit.polling import wait_for  # noqa: F401 - re-exported for the e2e modules
 
 
 class Kubectl(Protocol):

@@ -1,7 +1,7 @@
 """The chart, installed with helm into the local control plane, and its operator run locally.
 
 What runs is what the chart renders: ``helm install`` stores the operator Deployment, the
-controller-manager creates its Pods, and :class:`~tests.support.pod_runner.LocalPod` runs one of
+controller-manager creates its Pods, and :class:`~openai_policy_devkit.pod_runner.LocalPod` runs one of
 them (its args, env and volumes as stored) with the chart's ServiceAccount credentials, so the
 chart's RBAC is what the operator has. Three things stand in for what a node and its network
 would do, and nothing else:
@@ -29,8 +29,8 @@ from typing import Any
 from kubernetes import config as k8s_config
 
 from e2e.kube import get_json, pods_with_label, wait_for
-from tests.support.control_plane import ControlPlane
-from tests.support.pod_runner import LocalPod
+from openai_policy_devkit.control_plane import ControlPlane
+from openai_policy_devkit.pod_runner import LocalPod
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "openai-policy-operator"

@@ -35,7 +35,7 @@ from e2e.kube import KubeconfigCluster, condition, get_json, get_oaip_row, get_o
 from e2e.stack import LocalStack
 from e2e.upstream import Upstream
 from e2e.workload import Workload, client_records, deploy, label_for_injection, stored_pod
-from tests.support.managed_process import pid_alive
+from openai_policy_devkit.managed_process import pid_alive
 
 FLAVOUR = os.environ.get("OPENAI_POLICY_E2E_CLUSTER", "local")
 PLACEHOLDER_KEY = "sk-openai-policy-placeholder"  # openai_policy_operator.names.PLACEHOLDER_API_KEY

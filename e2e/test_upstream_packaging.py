@@ -15,8 +15,8 @@ from kubernetes import config as k8s_config
 from e2e.kube import apply, pods_with_label, wait_for
 from e2e.stack import SIDECAR_IMAGE, image_commands
 from e2e.upstream import FAKE_NAME, FAKE_PORT, InClusterUpstream
-from tests.support.fake_openai_admin import answers_health
-from tests.support.pod_runner import LocalPod
+from openai_policy_devkit.fake_openai_admin import answers_health
+from openai_policy_devkit.pod_runner import LocalPod
 
 pytestmark = pytest.mark.skipif(os.environ.get("OPENAI_POLICY_E2E_CLUSTER", "local") != "local",
                                 reason="checks the kind flavour's manifests on the local control plane")
@@ -53,7 +53,7 @@ def test_in_cluster_fake_runs_from_its_configmap(control_plane, namespace, tikto
         assert {k.lower(): v for k, v in recorded["headers"].items()}["authorization"] == "Bearer sk-x"
         # It could only have imported them from the volume: cwd is not the repo and PYTHONSAFEPATH is set.
         code_dir = local.volumes["code"].path
-        assert (code_dir / "tests" / "support" / "fake_openai.py").is_file()
+        assert (code_dir / "openai_policy_devkit" / "fake_openai.py").is_file()
     finally:
         local.stop()
         api_client.close()

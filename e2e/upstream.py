@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from e2e.kube import Kubectl, apply, get_json, wait_for
 
-SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "support"
-# What `python -m tests.support.fake_openai` imports (not the pytest fixture or the schema checks).
+SUPPORT = Path(__file__).resolve().parents[1] / "devkit" / "openai_policy_devkit"
+# What `python -m openai_policy_devkit.fake_openai` imports (not the pytest fixture or the schema checks).
 FAKE_MODULES = ("fake_openai.py", "fake_openai_admin.py", "fake_openai_faults.py", "fake_openai_payloads.py",
                 "fake_openai_requests.py", "fake_openai_tokens.py")
 FAKE_NAME = "fake-openai"
@@ -33,7 +33,7 @@ class Upstream(Protocol):
 
 
 class LocalUpstream:
-    """The in-process fake (tests/support/fake_openai_fixture.py)."""
+    """The in-process fake (devkit/openai_policy_devkit/fake_openai_fixture.py)."""
 
     def __init__(self, fake: Any) -> None:
         self.fake = fake
@@ -56,9 +56,8 @@ class InClusterUpstream:
     def manifests(self) -> list[dict[str, Any]]:
         files = {name: (SUPPORT / name).read_text() for name in FAKE_MODULES}
         files["__init__.py"] = ""
-        items = [{"key": "__init__.py", "path": "tests/__init__.py"},
-                 {"key": "__init__.py", "path": "tests/support/__init__.py"},
-                 *({"key": name, "path": f"tests/support/{name}"} for name in FAKE_MODULES)]
+        items = [{"key": "__init__.py", "path": "openai_policy_devkit/__init__.py"},
+                 *({"key": name, "path": f"openai_policy_devkit/{name}"} for name in FAKE_MODULES)]
         labels = {"app": FAKE_NAME}
         return [
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": FAKE_NAME, "namespace": self.namespace},
@@ -69,7 +68,7 @@ class InClusterUpstream:
                  "metadata": {"labels": {**labels, "openaipolicy.dev/inject": "false"},
                               "annotations": {"openaipolicy.dev/inject": "false"}},
                  "spec": {"containers": [{
-                     "name": "fake", "image": self.image, "command": ["python", "-m", "tests.support.fake_openai"],
+                     "name": "fake", "image": self.image, "command": ["python", "-m", "openai_policy_devkit.fake_openai"],
                      "args": ["--host", "0.0.0.0", "--port", str(FAKE_PORT), "--record"],
                      "env": [{"name": "PYTHONPATH", "value": "/fake"}],
                      "ports": [{"name": "http", "containerPort": FAKE_PORT}],

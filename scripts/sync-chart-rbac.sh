@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes the chart's RBAC rules (charts/openai-policy-operator/files/rbac.yaml) from the
 # operator's own source of truth, openai_policy_operator.rbac.rules(), so that the chart grants
-# exactly what the operator's tests run with. tests/test_chart.py fails when they differ.
+# exactly what the operator's tests run with. tests/delivery/test_chart.py fails when they differ.
 # Usage: scripts/sync-chart-rbac.sh [--check]   (--check: change nothing, exit 1 on a difference)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,8 +1,8 @@
-"""Fixtures shared by every test live in tests/support; this file only registers them."""
+"""Fixtures shared by every test live in the openai_policy_devkit package; this file only registers them."""
 
 pytest_plugins = [
-    "tests.support.environment",
-    "tests.support.fake_openai_fixture",
-    "tests.support.redis_fixture",
-    "tests.support.control_plane_fixture",
+    "openai_policy_devkit.environment",
+    "openai_policy_devkit.fake_openai_fixture",
+    "openai_policy_devkit.redis_fixture",
+    "openai_policy_devkit.control_plane_fixture",
 ]

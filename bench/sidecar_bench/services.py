@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.managed_process import ManagedProcess, ProcessFailed, free_port, tail
+from openai_policy_devkit.managed_process import ManagedProcess, ProcessFailed, free_port, tail
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_KEY = "sk-bench-upstream-key-not-real"
@@ -90,9 +90,9 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def start_fake(workdir: Path) -> Service:
-    """The fake OpenAI upstream, zero delay, no per-request records (python -m tests.support.fake_openai)."""
+    """The fake OpenAI upstream, zero delay, no per-request records (python -m openai_policy_devkit.fake_openai)."""
     port = free_port()
-    service = Service("fake-openai", [sys.executable, "-m", "tests.support.fake_openai", "--port", str(port)],
+    service = Service("fake-openai", [sys.executable, "-m", "openai_policy_devkit.fake_openai", "--port", str(port)],
                       workdir, env=child_env())
     service.url = f"http://127.0.0.1:{port}/v1"
     service.start()

@@ -5,7 +5,7 @@
     python -m openai_policy_operator.crd --check    # exit 1 if either file is stale
 
 Everything in the schema (descriptions, defaults, enums, bounds, CEL rules) comes from
-``openai_policy_sidecar.policy``; this module only adds what belongs to the CRD itself: names,
+``openai_policy_api``; this module only adds what belongs to the CRD itself: names,
 the status subresource and the ``kubectl get`` columns.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from openai_policy_sidecar.policy import (
+from openai_policy_api import (
     GROUP,
     KIND,
     PLURAL,
@@ -29,7 +29,7 @@ from openai_policy_sidecar.policy import (
     PolicySpec,
     PolicyStatus,
 )
-from openai_policy_sidecar.policy.openapi import structural_schema
+from openai_policy_api.openapi import structural_schema
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_PATH = Path("crds") / f"{CRD_NAME}.yaml"

@@ -17,9 +17,9 @@ import kopf
 
 from . import names
 from .config import OperatorSettings
+from .field_reports import Reporter
 from .kube import Kube
 from .reconcile import Reconciler, summary_of
-from .reporting import Reporter
 from .status import merge_patch, status_changed
 from .webhook import INJECT, Admission
 from .webhook_server import PolicyWebhookServer
@@ -33,7 +33,7 @@ class Runtime:
 
     settings: OperatorSettings
     kube: Kube
-    store: Any | None  # openai_policy_sidecar.state.RedisStore, or None without Redis
+    store: Any | None  # openai_policy_store.RedisStore, or None without Redis
     reconciler: Reconciler
     reporter: Reporter
     admission: Admission
@@ -42,7 +42,7 @@ class Runtime:
     def build(cls, settings: OperatorSettings, kube: Kube) -> Runtime:
         store = None
         if settings.redis_url:
-            from openai_policy_sidecar.state import RedisStore
+            from openai_policy_store import RedisStore
 
             store = RedisStore(settings.redis_url)
         return cls(settings, kube, store, Reconciler(kube, store), Reporter(store, settings.heartbeat_stale_seconds),

@@ -5,7 +5,7 @@ its Event), never an exception escaping to kopf: a bad policy is a user's proble
 ``kubectl describe``, not a stack trace in the operator's log.
 
 Spend survives a delete/re-create: Redis keys are derived from the policy's namespace and name
-(``openai_policy_sidecar.store_keys``), not its uid, so re-creating a policy continues the same
+(``openai_policy_store.keyspace``), not its uid, so re-creating a policy continues the same
 budget buckets and cannot be used to reset a monthly budget. Deleting a policy removes only what
 it owns in the cluster (the ConfigMap, via ownerReferences and the garbage collector); its
 counters expire with their window buckets.
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from openai_policy_sidecar.policy import OpenAIPolicy, PolicyError, load_policy
+from openai_policy_api import OpenAIPolicy, PolicyError, load_policy
 
 from . import names
 from .kube import ApiException, Kube
@@ -59,7 +59,7 @@ class Reconciler:
 
     def __init__(self, kube: Kube, store: Any | None, resync_seconds: float = 60.0) -> None:
         self.kube = kube
-        self.store = store  # openai_policy_sidecar.state.Store, or None without Redis
+        self.store = store  # openai_policy_store.Store, or None without Redis
         # ref -> (generation whose ConfigMap is applied, when). Re-applied every resync_seconds so that
         # a ConfigMap deleted or edited by hand is restored without watching every ConfigMap.
         self.resync_seconds = resync_seconds

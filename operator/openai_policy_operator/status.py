@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
-from openai_policy_sidecar.money import micros_to_usd
-from openai_policy_sidecar.policy.status import PodsStatus, WindowSpend, pods_summary, spend_summary
+from openai_policy_api.status import PodsStatus, WindowSpend, pods_summary, spend_summary
+from openai_policy_store.money import micros_to_usd
 
 READY = "Ready"
 ENFORCED = "Enforced"

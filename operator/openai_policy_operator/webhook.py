@@ -21,9 +21,9 @@ from typing import Any
 
 from . import names
 from .config import OperatorSettings
-from .injection import InjectionResult, InjectionTarget, injection_patch, is_injected, workload_name
 from .kube import Kube
 from .selectors import SelectorError, matches
+from .sidecar_injection import InjectionResult, InjectionTarget, injection_patch, is_injected, workload_name
 
 logger = logging.getLogger(__name__)
 

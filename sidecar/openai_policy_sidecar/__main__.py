@@ -19,9 +19,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from openai_policy_api import PolicyError
+
 from . import tokenizer_files
 from .access_log import configure_logging
-from .policy import PolicyError
 from .server import Sidecar, SidecarConfig
 
 log = logging.getLogger("openai_policy_sidecar")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from openai_policy_store.money import micros_to_usd
+
 from .access_log import write_access_line
 from .context import RequestContext
 from .metrics import Metrics
-from .money import micros_to_usd
-from .runtime import Runtime
+from .snapshot import Runtime
 
 log = logging.getLogger("openai_policy_sidecar.accounting")
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .metrics import Metrics
 from .policy_source import PolicySource
-from .reporting import Reporter
+from .report_loop import Reporter
 
 
 async def readiness(source: PolicySource, store: Any, store_configured: bool, reporter: Reporter | None = None) -> tuple[bool, dict[str, Any]]:

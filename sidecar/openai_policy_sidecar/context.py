@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors
-from .usage import Usage
+from . import refusals
+from .reported_usage import Usage
 
 # Unique without a syscall per request: a random per-process prefix and a counter (uuid4 reads
 # /dev/urandom each time, measurable at thousands of requests per second).
@@ -49,7 +49,7 @@ class RequestContext:
     cost_micros: int | None = None
     status: int = 0
     decision: str = "forwarded"
-    refusal: errors.Refusal | None = None
+    refusal: refusals.Refusal | None = None
     dry_run_refusals: list[str] = field(default_factory=list)
     upstream_request_id: str | None = None
     upstream_seconds: float = 0.0
@@ -75,7 +75,7 @@ class RequestContext:
         """Remember a guardrail finding (its kind and the action taken; never the matched text)."""
         self.guardrails.append({"guardrail": guardrail, "type": kind, "action": action, "count": count})
 
-    def enforce(self, refusal: errors.Refusal | None) -> None:
+    def enforce(self, refusal: refusals.Refusal | None) -> None:
         """Raise the refusal, or in dry-run mode only remember that we would have refused."""
         if refusal is None:
             return

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openai_policy_api import PolicyError, load_policy
+
 from .metrics import Metrics
-from .policy import PolicyError, load_policy
-from .runtime import Runtime, build_runtime
+from .snapshot import Runtime, build_runtime
 
 log = logging.getLogger("openai_policy_sidecar.policy_source")
 

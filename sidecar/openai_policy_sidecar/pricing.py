@@ -24,10 +24,10 @@ from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from .money import decimal_micros_ceil, to_decimal
+from openai_policy_store.money import decimal_micros_ceil, to_decimal
 
 if TYPE_CHECKING:  # the policy model imports nothing from here; avoid a cycle at import time
-    from .policy import PolicySpec
+    from openai_policy_api import PolicySpec
 
 # A trailing snapshot date: -2024-08-06 (current style) or -0125 / -1106 (older MMDD style).
 _VERSION_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")

@@ -26,14 +26,18 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from . import errors
+from openai_policy_store import BudgetLedger, Reservation, StoreUnavailable, admit, new_reservation_id
+from openai_policy_store.windows import current_buckets
+
+from . import refusals
 from .accounting import record
 from .context import RequestContext
+from .durable import Guards
 from .guardrails import check_injection, check_input_moderation, check_output_moderation, check_pii
-from .guards import Guards
 from .metrics import Metrics
 from .policy_source import PolicySource
 from .pricing import UnknownModelPrice
+from .reported_usage import from_response
 from .request_parse import ParsedRequest, parse, read_body
 from .resilience import (
     AdmissionQueue,
@@ -56,19 +60,16 @@ from .response_cache import (
     replay_stream,
     response_entry,
 )
-from .runtime import Runtime
+from .snapshot import Runtime
 from .stages import budget as budget_stage
 from .stages.clamp import choices, clamp_output
 from .stages.input_limit import check_input_tokens
 from .stages.models import ModelChoice, choose_model, is_drift, should_downgrade
 from .stages.rate_limit import check_rate, refusal_for_decision
 from .stages.suspend import check_suspend
-from .state import BudgetLedger, Reservation, StoreUnavailable, admit, new_reservation_id
-from .state.windows import current_buckets
 from .streaming import StreamMeter, add_include_usage, split_events
 from .tokens import TokenCountError, count_input_tokens
 from .upstream import Upstream, downstream_headers, join_url, upstream_headers
-from .usage import from_response
 
 log = logging.getLogger("openai_policy_sidecar.proxy")
 
@@ -106,7 +107,7 @@ class Proxy:
         try:
             try:
                 response = await self._handle(request, runtime, ctx)
-            except errors.Refusal as refusal:
+            except refusals.Refusal as refusal:
                 response = self._refuse(ctx, refusal)
             except asyncio.CancelledError:
                 # The handler was cancelled (client gone, shutdown): never leak the reservation.
@@ -116,8 +117,8 @@ class Proxy:
                 log.exception("internal error handling %s %s", request.method, request.path)
                 response = self._refuse(
                     ctx,
-                    errors.Refusal(
-                        500, "internal_error", "The sidecar failed to handle this request.", type=errors.SERVER
+                    refusals.Refusal(
+                        500, "internal_error", "The sidecar failed to handle this request.", type=refusals.SERVER
                     ),
                 )
             # Send the reply before settling and recording: the caller does not wait for the
@@ -136,7 +137,7 @@ class Proxy:
             self.metrics.in_flight.dec()  # after the bookkeeping: in flight = not yet settled
         return response
 
-    def _refuse(self, ctx: RequestContext, refusal: errors.Refusal) -> web.Response:
+    def _refuse(self, ctx: RequestContext, refusal: refusals.Refusal) -> web.Response:
         ctx.refusal = refusal
         ctx.status = refusal.status
         ctx.decision = f"refused:{refusal.code}"
@@ -148,7 +149,7 @@ class Proxy:
     async def _handle(self, request: web.Request, runtime: Runtime, ctx: RequestContext) -> web.StreamResponse:
         spec = runtime.spec
         if not (request.path == "/v1" or request.path.startswith("/v1/")):
-            raise errors.not_found(request.path)
+            raise refusals.not_found(request.path)
         raw = await read_body(request, spec.requests.max_body_bytes)
         parsed = parse(request.method, request.path, request.query_string, request.headers, raw)
         ctx.endpoint, ctx.stream = parsed.endpoint, parsed.stream
@@ -159,7 +160,7 @@ class Proxy:
             raise suspended
         key = self.source.keys.key
         if not key:
-            raise errors.api_key_missing()
+            raise refusals.api_key_missing()
         if parsed.metered:
             body = await self._enforce_metered(ctx, runtime, parsed)
         else:
@@ -186,7 +187,7 @@ class Proxy:
         except UnknownModelPrice:
             priced = False
             ctx.enforce(
-                errors.model_not_allowed(
+                refusals.model_not_allowed(
                     choice.sent,
                     "It has no known price, so its spend could not be metered: add it to spec.pricing.models.",
                 )
@@ -195,7 +196,7 @@ class Proxy:
         try:
             input_tokens = count_input_tokens(endpoint, body, choice.sent)
         except TokenCountError as error:  # a shape no OpenAI endpoint accepts: say which field
-            raise errors.invalid_request(
+            raise refusals.invalid_request(
                 f"Invalid request body: {error}", param=error.param, code="invalid_type"
             ) from None
         except Exception as error:  # an exotic input shape: never under-count, never crash
@@ -227,16 +228,16 @@ class Proxy:
         for kind, count in sorted(pii.counts.items()):
             ctx.finding("pii", kind, pii.action, count)
         if pii.blocked:
-            ctx.enforce(errors.from_stage_error(pii.exception()))
+            ctx.enforce(refusals.from_stage_error(pii.exception()))
         injection = check_injection(endpoint, body, safety.prompt_injection)
         if injection.found:
             ctx.finding("prompt_injection", "prompt_injection", injection.action, len(injection.matches))
         if injection.blocked:
-            ctx.enforce(errors.from_stage_error(injection.exception()))
+            ctx.enforce(refusals.from_stage_error(injection.exception()))
         moderation = await check_input_moderation(self.guards.moderation, endpoint, body, safety.moderation)
         self._moderation_findings(ctx, moderation)
         if moderation.blocked:
-            ctx.enforce(errors.from_stage_error(moderation.exception()))
+            ctx.enforce(refusals.from_stage_error(moderation.exception()))
 
     @staticmethod
     def _moderation_findings(ctx: RequestContext, moderation: Any) -> None:
@@ -252,7 +253,7 @@ class Proxy:
             return parsed.raw
         try:
             choice = choose_model(runtime.spec.models, parsed.model, downgrade=False)
-        except errors.Refusal as refusal:
+        except refusals.Refusal as refusal:
             ctx.enforce(refusal)
             ctx.model_sent = parsed.model
             return parsed.raw
@@ -270,7 +271,7 @@ class Proxy:
         downgrade = should_downgrade(fraction, spec.budget.downgrade_at_percent, spec.models.fallback)
         try:
             choice = choose_model(spec.models, requested, downgrade)
-        except errors.Refusal as refusal:
+        except refusals.Refusal as refusal:
             ctx.enforce(refusal)  # dry-run: carry on with the model asked for
             choice = ModelChoice(requested=requested, sent=requested, pinned=False, downgraded=False)
         ctx.model_sent, ctx.pinned, ctx.downgraded = choice.sent, choice.pinned, choice.downgraded
@@ -286,7 +287,7 @@ class Proxy:
         """
         ledger: BudgetLedger = runtime.ledger
         ctx.ledger = ledger
-        held: tuple[Reservation | None, errors.Refusal | None] = (None, None)
+        held: tuple[Reservation | None, refusals.Refusal | None] = (None, None)
         if worst is None:
             rate = await self._check_rate(runtime, ctx.user, tokens)
         else:
@@ -295,12 +296,12 @@ class Proxy:
             )
             if admission.rate_error is not None:
                 self.metrics.child(self.metrics.store_errors, "rate_limit").inc()
-                rate = (errors.store_unavailable(), {})
+                rate = (refusals.store_unavailable(), {})
             else:
                 rate = refusal_for_decision(admission.rate)
             if admission.budget_error is not None:
                 self.metrics.child(self.metrics.store_errors, "budget_reserve").inc()
-                held = (None, errors.store_unavailable())
+                held = (None, refusals.store_unavailable())
             elif admission.budget_exceeded is not None:
                 held = (None, budget_stage.refusal_for(admission.budget_exceeded))
             else:
@@ -317,12 +318,12 @@ class Proxy:
 
     async def _check_rate(
         self, runtime: Runtime, user: str | None, tokens: int
-    ) -> tuple[errors.Refusal | None, dict[str, str]]:
+    ) -> tuple[refusals.Refusal | None, dict[str, str]]:
         try:
             return await check_rate(runtime.limiter, user, tokens)
         except StoreUnavailable:  # the limiter falls back to local counters unless it fails closed
             self.metrics.child(self.metrics.store_errors, "rate_limit").inc()
-            return errors.store_unavailable(), {}
+            return refusals.store_unavailable(), {}
 
     async def _finish_budget(self, ctx: RequestContext) -> None:
         """Settle to the real cost, or release when upstream billed nothing; exactly once."""
@@ -398,7 +399,7 @@ class Proxy:
                     try:
                         task.result()
                     except QueueFull as full:
-                        raise errors.from_stage_error(full) from None
+                        raise refusals.from_stage_error(full) from None
                     return True
                 transport = request.transport
                 if transport is None or transport.is_closing():
@@ -472,7 +473,7 @@ class Proxy:
                 if entry is not None:
                     return await self._serve_cached(request, ctx, runtime, entry)
                 ctx.upstream_error = "circuit_open"
-                raise errors.circuit_open(outcome.error.retry_after, str(outcome.error))
+                raise refusals.circuit_open(outcome.error.retry_after, str(outcome.error))
             raise _upstream_failure(ctx, started, outcome.error or RuntimeError("no reply"), limits.timeout_seconds)
         response = outcome.result
         try:
@@ -532,7 +533,7 @@ class Proxy:
         self._moderation_findings(ctx, moderation)
         if moderation.blocked:
             ctx.cache_key = None  # a refused answer is never cached
-            ctx.enforce(errors.from_stage_error(moderation.exception()))
+            ctx.enforce(refusals.from_stage_error(moderation.exception()))
 
     def _meter_body(self, ctx: RequestContext, runtime: Runtime, payload: bytes) -> None:
         try:
@@ -625,14 +626,14 @@ class Proxy:
         return payload
 
 
-def _upstream_failure(ctx: RequestContext, started: float, error: BaseException, timeout: float) -> errors.Refusal:
+def _upstream_failure(ctx: RequestContext, started: float, error: BaseException, timeout: float) -> refusals.Refusal:
     """The refusal for an upstream that timed out or could not be reached (before any reply byte)."""
     ctx.upstream_seconds = time.perf_counter() - started
     if isinstance(error, TimeoutError):
         ctx.upstream_error = "upstream_timeout"
-        return errors.upstream_timeout(timeout)
+        return refusals.upstream_timeout(timeout)
     ctx.upstream_error = "upstream_unreachable"
-    return errors.upstream_unreachable(error.__class__.__name__)
+    return refusals.upstream_unreachable(error.__class__.__name__)
 
 
 async def _abandon(task: asyncio.Future[None], queue: AdmissionQueue) -> None:
@@ -647,7 +648,7 @@ async def _abandon(task: asyncio.Future[None], queue: AdmissionQueue) -> None:
 
 async def _write_stream_error(out: web.StreamResponse, code: str, message: str) -> bool:
     """An OpenAI-shaped error event at the end of a cut stream; False when the caller is gone."""
-    event = {"error": {"message": message, "type": errors.SERVER, "param": None, "code": code}}
+    event = {"error": {"message": message, "type": refusals.SERVER, "param": None, "code": code}}
     try:
         await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
     except (ConnectionError, aiohttp.ClientConnectionResetError):

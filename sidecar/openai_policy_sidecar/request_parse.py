@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import errors
+from . import refusals
 
 # Path → endpoint name used by tokens.count_input_tokens and the price/usage logic.
 METERED_PATHS = {
@@ -48,7 +48,7 @@ class ParsedRequest:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """Read at most ``limit`` bytes of body; a larger body is refused with an OpenAI-shaped 413."""
-    too_large = errors.input_too_large(
+    too_large = refusals.input_too_large(
         f"The request body is larger than this policy allows ({limit} bytes, spec.requests.maxBodyBytes).",
         status=413,
     )
@@ -70,8 +70,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _type_error(param: str, expected: str, value: object) -> errors.Refusal:
-    return errors.invalid_request(
+def _type_error(param: str, expected: str, value: object) -> refusals.Refusal:
+    return refusals.invalid_request(
         f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)}.",
         param=param,
         code="invalid_type",
@@ -118,12 +118,12 @@ TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 def validate_body(endpoint: str, body: object) -> dict[str, Any]:
     """Check the shape a metered endpoint needs; return the body as a dict."""
     if not isinstance(body, dict):
-        raise errors.invalid_request(
+        raise refusals.invalid_request(
             f"The request body must be a JSON object, but got {_json_type(body)}.", code="invalid_json"
         )
     for name in _REQUIRED[endpoint]:
         if name not in body or body[name] is None:
-            raise errors.invalid_request(
+            raise refusals.invalid_request(
                 f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
             )
     for name, types in _TYPES.items():
@@ -140,13 +140,13 @@ def validate_body(endpoint: str, body: object) -> dict[str, Any]:
         if not _is_int(value):
             raise _type_error(name, "an integer", value)
         if value < 1:
-            raise errors.invalid_request(
+            raise refusals.invalid_request(
                 f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {value} instead.",
                 param=name,
                 code="integer_below_min_value",
             )
     if not body["model"]:
-        raise errors.invalid_request("Invalid 'model': empty string.", param="model", code="invalid_value")
+        raise refusals.invalid_request("Invalid 'model': empty string.", param="model", code="invalid_value")
     return body
 
 
@@ -154,7 +154,7 @@ def decode_json(raw: bytes) -> object:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise errors.invalid_request(
+        raise refusals.invalid_request(
             f"We could not parse the JSON body of your request: {error.__class__.__name__}: {error}. "
             "(HINT: The OpenAI API expects a JSON payload.)",
             code="invalid_json",
@@ -175,7 +175,7 @@ def pick_user(body: Mapping[str, Any] | None, headers: Mapping[str, str]) -> str
 
 
 def parse(method: str, path: str, query: str, headers: Mapping[str, str], raw: bytes) -> ParsedRequest:
-    """Validate a request already read into memory; raises ``errors.Refusal`` with a 400 when malformed."""
+    """Validate a request already read into memory; raises ``refusals.Refusal`` with a 400 when malformed."""
     endpoint = METERED_PATHS.get(path.rstrip("/")) if method == "POST" else None
     body: dict[str, Any] | None = None
     content_type = headers.get("Content-Type", "")

@@ -64,7 +64,7 @@ class CacheBackend(Protocol):
 
 
 class _CacheStore(Protocol):
-    """The part of ``openai_policy_sidecar.state.Store`` the cache uses."""
+    """The part of ``openai_policy_store.Store`` the cache uses."""
 
     async def cache_get(self, ref: tuple[str, str], digest: str) -> bytes | None: ...
 

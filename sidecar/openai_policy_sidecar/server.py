@@ -16,14 +16,15 @@ from typing import Any
 
 from aiohttp import web
 
+from openai_policy_store import MemoryStore, RedisStore
+
 from . import access_log
 from .admin import admin_app
-from .guards import Guards
+from .durable import Guards
 from .metrics import Metrics
 from .policy_source import KeySource, PolicySource
 from .proxy import Proxy
-from .reporting import Reporter
-from .state import MemoryStore, RedisStore
+from .report_loop import Reporter
 from .tokens import prepare
 from .upstream import Upstream
 

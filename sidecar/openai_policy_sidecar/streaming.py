@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .usage import Usage, parse_usage
+from .reported_usage import Usage, parse_usage
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n")
 _TERMINAL_RESPONSE_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')

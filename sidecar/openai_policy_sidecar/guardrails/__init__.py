@@ -6,7 +6,6 @@ never raises for a finding, so that the proxy decides (dry-run reports, enforce 
 ``outcome.exception()``).
 """
 
-from .injection import InjectionDetector, InjectionOutcome, PromptInjectionDetected, check_injection
 from .moderation import (
     ContentFlagged,
     ModerationClient,
@@ -17,6 +16,7 @@ from .moderation import (
     check_output_moderation,
 )
 from .pii import PII_TYPES, PiiDetected, PiiMatch, PiiOutcome, check_pii, find_pii, redact_text
+from .prompt_injection import InjectionDetector, InjectionOutcome, PromptInjectionDetected, check_injection
 from .text_extraction import TextSlot, iter_output_texts, iter_texts, rewrite_texts
 
 __all__ = [

@@ -7,13 +7,14 @@ worst case fits in what is left after settled spend *and* every reservation in f
 
 from __future__ import annotations
 
-from .. import errors
-from ..money import micros_to_usd
-from ..state import BudgetExceeded
+from openai_policy_store import BudgetExceeded
+from openai_policy_store.money import micros_to_usd
+
+from .. import refusals
 
 
-def refusal_for(exceeded: BudgetExceeded) -> errors.Refusal:
-    return errors.budget_exceeded(
+def refusal_for(exceeded: BudgetExceeded) -> refusals.Refusal:
+    return refusals.budget_exceeded(
         exceeded.window,
         micros_to_usd(exceeded.limit_micros),
         micros_to_usd(exceeded.spent_micros),

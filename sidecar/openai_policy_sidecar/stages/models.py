@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .. import errors
+from .. import refusals
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def choose_model(models: Any, requested: str, downgrade: bool) -> ModelChoice:
     author's own choice and is therefore always allowed. Pinning applies to the fallback too.
     """
     if not is_allowed(requested, list(models.allow)):
-        raise errors.model_not_allowed(requested, f"Allowed models: {', '.join(models.allow) or 'none'}.")
+        raise refusals.model_not_allowed(requested, f"Allowed models: {', '.join(models.allow) or 'none'}.")
     chosen = models.fallback if downgrade and models.fallback else requested
     pinned_to = models.pin.get(chosen)
     return ModelChoice(

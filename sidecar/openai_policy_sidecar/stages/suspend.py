@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .. import errors
+from .. import refusals
 
 
-def check_suspend(suspended: bool) -> errors.Refusal | None:
-    return errors.policy_suspended() if suspended else None
+def check_suspend(suspended: bool) -> refusals.Refusal | None:
+    return refusals.policy_suspended() if suspended else None

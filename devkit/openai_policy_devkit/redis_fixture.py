@@ -1,0 +1,21 @@
+"""pytest fixture `redis`: a fresh redis-server per test (devkit/openai_policy_devkit/redis_server.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from openai_policy_devkit.managed_process import pid_alive
+from openai_policy_devkit.redis_server import RedisServer
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        pid = server.pid
+        server.close()
+    assert pid is None or not pid_alive(pid), f"redis-server {pid} still running after close()"

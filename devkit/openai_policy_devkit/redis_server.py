@@ -1,0 +1,107 @@
+"""A throwaway redis-server on a free loopback port, with stop/start/restart for fault tests.
+
+No persistence: a restart loses the data, as a crashed Redis without AOF would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from openai_policy_devkit.managed_process import ManagedProcess, ProcessFailed, free_port
+
+
+class RedisServer:
+    """`.url` is "redis://127.0.0.1:PORT/0"; the port stays the same across restarts."""
+
+    def __init__(self, port: int | None = None, *, binary: str | None = None, start_timeout: float = 10.0) -> None:
+        found = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(found).exists():
+            raise RuntimeError("redis-server is not installed: run `make test` (or apt-get install redis-server)")
+        self.binary = found
+        self.port = port or free_port()
+        self.start_timeout = start_timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix="oaip-redis-"))
+        self.log_path = self.workdir / "redis.log"
+        self._process: ManagedProcess | None = None
+        self._clients: list[redis.Redis] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.running
+
+    def start(self) -> RedisServer:
+        argv = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.workdir),
+            "--daemonize", "no",
+            "--logfile", "",  # stdout, which ManagedProcess sends to redis.log
+        ]  # fmt: skip
+        self._process = ManagedProcess("redis-server", argv, self.log_path)
+        self._process.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self._answers_ping():
+            self._process.check_alive()
+            if time.monotonic() > deadline:
+                self._process.stop()
+                raise ProcessFailed(self._process.failure_message(f"redis-server not answering on {self.port}"))
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+
+    def restart(self) -> None:
+        """Stop and start on the same port (data is lost)."""
+        self.stop()
+        self.start()
+
+    def client(self) -> redis.Redis:
+        """A synchronous client, closed when the server is closed."""
+        client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Stop the server, close clients made by client(), and remove the temporary directory."""
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _answers_ping(self) -> bool:
+        # A raw socket, not redis-py: no retries or pools to reason about while it starts.
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,60 @@
+"""Reading what the sidecars reported (usage, heartbeats, spend) and turning it into a status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from openai_policy_api import OpenAIPolicy
+from openai_policy_store import BudgetLedger
+
+from .status import PolicyFacts, ReadyState, StatusReport, WindowFigures, build_status, comparable
+
+logger = logging.getLogger(__name__)
+
+
+def facts_from_body(body: Mapping[str, Any]) -> PolicyFacts:
+    """Facts from the raw resource, for a policy the model refuses (its status must still render)."""
+    spec = body.get("spec") or {}
+    return PolicyFacts(generation=int((body.get("metadata") or {}).get("generation") or 1),
+                       suspended=bool(spec.get("suspend", False)), mode=str(spec.get("mode", "enforce")),
+                       alert_at_percent=int((spec.get("budget") or {}).get("alertAtPercent", 80)))
+
+
+class Reporter:
+    def __init__(self, store: Any | None, stale_after: float) -> None:  # store: openai_policy_store.Store
+        self.store = store
+        self.stale_after = stale_after
+
+    async def report(self, body: Mapping[str, Any], policy: OpenAIPolicy | None, ready: ReadyState,
+                     injected_pods: int, now: float | None = None) -> StatusReport:
+        meta = body["metadata"]
+        ref = (meta["namespace"], meta["name"])
+        previous = comparable(body.get("status"))
+        facts = PolicyFacts.of(policy, int(meta.get("generation") or 1)) if policy else facts_from_body(body)
+        usage: Mapping[str, int] = {}
+        heartbeats: Mapping[str, Mapping[str, Any]] = {}
+        windows: list[WindowFigures] = []
+        if self.store is not None:
+            try:
+                usage = await self.store.read_usage(ref)
+                heartbeats = await self.store.read_heartbeats(ref)
+                if policy is not None:
+                    ledger = BudgetLedger(self.store, ref, policy.spec.budget)
+                    windows = [WindowFigures.of(w) for w in await ledger.usage()]
+            except Exception as error:  # noqa: BLE001 - the store is down: say so, keep the last figures
+                logger.warning("reading usage of %s/%s failed: %s", *ref, error)
+                stale = build_status(facts=facts, ready=ReadyState(
+                    False, "StoreUnavailable", f"cannot read usage from the state store ({type(error).__name__}: "
+                    f"{error}); figures are from the last successful read"), usage={}, heartbeats={}, windows=[],
+                    injected_pods=injected_pods, previous=previous, now=now or time.time(),
+                    stale_after=self.stale_after)
+                for key in ("spend", "usage", "pods", "summary"):
+                    if key in previous:
+                        stale.status[key] = previous[key]
+                return stale
+        return build_status(facts=facts, ready=ready, usage=usage, heartbeats=heartbeats, windows=windows,
+                            injected_pods=injected_pods, previous=previous, now=now or time.time(),
+                            stale_after=self.stale_after)

@@ -1,0 +1,35 @@
+"""Shared state: budgets, rate limits, usage, heartbeats, policy publication and cache.
+
+``MemoryStore`` (one replica, standalone) and ``RedisStore`` (shared, atomic by Lua scripts)
+implement the same :class:`Store` protocol with identical semantics.
+
+On the request path, :func:`admit` checks the rate limits and reserves the budget in one store
+call (one Redis round trip, one Lua script) with the outcomes of ``RateLimiter.check`` followed
+by ``BudgetLedger.reserve``; both of those remain available on their own.
+"""
+
+from .admit import Admission, admit
+from .budget import BudgetLedger, Reservation, WindowUsage, new_reservation_id
+from .exceptions import BudgetExceeded, StoreUnavailable
+from .memory import MemoryStore
+from .protocol import Store
+from .rate_limits import RateDecision, RateLimiter
+from .redis_store import RedisStore
+from .usage_writer import UsageReporter
+
+__all__ = [
+    "Admission",
+    "BudgetExceeded",
+    "BudgetLedger",
+    "MemoryStore",
+    "RateDecision",
+    "RateLimiter",
+    "RedisStore",
+    "Reservation",
+    "Store",
+    "StoreUnavailable",
+    "UsageReporter",
+    "WindowUsage",
+    "admit",
+    "new_reservation_id",
+]

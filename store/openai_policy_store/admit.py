@@ -1,0 +1,166 @@
+"""Rate limits and budget reservation in one store call: one Redis round trip instead of two.
+
+:func:`admit` does what ``RateLimiter.check`` followed by ``BudgetLedger.reserve`` do, with the
+same outcomes, atomically: the rate limits are consumed all-or-none; only when they allow (or,
+for a dry run, which forwards the call anyway, regardless) is the worst-case cost reserved. A
+budget refusal leaves the rate limits consumed, as the two calls in a row do.
+
+Failures come back as values rather than exceptions, because the caller needs to know *which*
+part refused or could not be asked. When the store is unreachable each part falls back exactly
+as its own call would: the limiter to its local counters unless it fails closed, the ledger to
+its local share when the policy says ``localShare``; otherwise the error is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from .budget import BudgetLedger, Reservation, new_reservation_id
+from .exceptions import BudgetExceeded, StoreUnavailable
+from .protocol import BucketLimit, RateCounter, ReserveOutcome
+from .rate_limits import COUNTER_TTL_SECONDS, RateDecision, RateLimiter, decide, minute_and_reset
+
+
+@dataclass
+class Admission:
+    """What :func:`admit` decided.
+
+    ``rate``: the rate-limit decision, None when it could not be made (``rate_error``).
+    ``reservation``: the money held; None when the budget refused (``budget_exceeded``), could not
+    be asked (``budget_error``) or was not asked (the rate limits refused, not a dry run).
+    """
+
+    rate: RateDecision | None = None
+    reservation: Reservation | None = None
+    budget_exceeded: BudgetExceeded | None = None
+    rate_error: StoreUnavailable | None = None
+    budget_error: StoreUnavailable | None = None
+
+    @property
+    def rate_allowed(self) -> bool:
+        return self.rate is not None and self.rate.allowed
+
+
+async def admit(
+    limiter: RateLimiter,
+    ledger: BudgetLedger,
+    user: str | None,
+    tokens: int,
+    amount_micros: int,
+    *,
+    reserve_when_rate_refused: bool = False,
+    now: datetime | None = None,
+) -> Admission:
+    """Check ``tokens`` against the rate limits of ``user`` and the policy, then hold ``amount_micros``.
+
+    Never raises :class:`StoreUnavailable` or :class:`BudgetExceeded` (see :class:`Admission`).
+    """
+    if amount_micros < 0:
+        raise ValueError("a reservation cannot be negative")
+    if limiter.store is not ledger.store or tuple(limiter.ref) != tuple(ledger.ref):
+        return await _one_by_one(limiter, ledger, user, tokens, amount_micros, reserve_when_rate_refused, now)
+    counters = limiter.counters(user, max(0, int(tokens)))
+    minute, reset = minute_and_reset(now)
+    buckets = ledger.buckets(now)
+    reservation_id = new_reservation_id()
+    try:
+        rate_outcome, reserve_outcome = await ledger.store.rate_and_reserve(
+            ledger.ref,
+            minute,
+            counters,
+            COUNTER_TTL_SECONDS,
+            buckets,
+            amount_micros,
+            reservation_id,
+            ledger.hold_seconds,
+            reserve_when_rate_refused,
+        )
+    except StoreUnavailable as error:
+        return await _store_down(limiter, ledger, error, counters, minute, reset, amount_micros,
+                                 reserve_when_rate_refused, now)
+    if ledger.unsynced_count:
+        await ledger.push_unsynced()
+    admission = Admission(rate=decide(counters, rate_outcome, reset))
+    if reserve_outcome is not None:
+        _booked(admission, ledger, reserve_outcome, reservation_id, amount_micros, buckets, local=False)
+    return admission
+
+
+def _booked(
+    admission: Admission,
+    ledger: BudgetLedger,
+    outcome: ReserveOutcome,
+    reservation_id: str,
+    amount_micros: int,
+    buckets: tuple[BucketLimit, ...],
+    *,
+    local: bool,
+) -> None:
+    if outcome.ok:
+        admission.reservation = Reservation(reservation_id, amount_micros, buckets, local=local)
+        return
+    assert outcome.window is not None
+    ledger.last_fraction_used = max(ledger.last_fraction_used, 1.0)
+    admission.budget_exceeded = BudgetExceeded(
+        outcome.window, outcome.limit_micros, outcome.spent_micros, outcome.reserved_micros
+    )
+
+
+async def _store_down(
+    limiter: RateLimiter,
+    ledger: BudgetLedger,
+    error: StoreUnavailable,
+    counters: list[RateCounter],
+    minute: str,
+    reset: float,
+    amount_micros: int,
+    reserve_when_rate_refused: bool,
+    now: datetime | None,
+) -> Admission:
+    """The shared store did not answer: each part falls back as its own call would, or reports."""
+    admission = Admission()
+    if not counters:
+        admission.rate = RateDecision(allowed=True)
+    elif limiter.may_fall_back:
+        outcome = await limiter.fallback.rate_consume(limiter.ref, minute, counters, COUNTER_TTL_SECONDS)
+        admission.rate = decide(counters, outcome, reset)
+    else:
+        admission.rate_error = error
+    if not ledger.may_fall_back:
+        # Both calls would have hit the same dead store: report both (the caller counts each).
+        admission.budget_error = error
+    elif admission.rate_allowed or reserve_when_rate_refused:
+        buckets = ledger.buckets(now, local=True)
+        reservation_id = new_reservation_id()
+        outcome = await ledger.fallback.budget_reserve(
+            ledger.ref, buckets, amount_micros, reservation_id, ledger.hold_seconds
+        )
+        _booked(admission, ledger, outcome, reservation_id, amount_micros, buckets, local=True)
+    return admission
+
+
+async def _one_by_one(
+    limiter: RateLimiter,
+    ledger: BudgetLedger,
+    user: str | None,
+    tokens: int,
+    amount_micros: int,
+    reserve_when_rate_refused: bool,
+    now: datetime | None,
+) -> Admission:
+    """Limiter and ledger on different stores: the two calls in a row, with the same outcomes."""
+    admission = Admission()
+    try:
+        admission.rate = await limiter.check(user, tokens, now)
+    except StoreUnavailable as error:
+        admission.rate_error = error
+    if not (admission.rate_allowed or reserve_when_rate_refused):
+        return admission
+    try:
+        admission.reservation = await ledger.reserve(amount_micros, now)
+    except BudgetExceeded as exceeded:
+        admission.budget_exceeded = exceeded
+    except StoreUnavailable as error:
+        admission.budget_error = error
+    return admission

@@ -1,0 +1,315 @@
+"""Budget ledger: reserve a call's worst-case cost before it runs, settle the real cost after.
+
+Windows are UTC calendar buckets (hour, day, month). A reservation is all-or-none across every
+window: the store checks ``spent + reserved + amount <= limit`` for each limited window and
+reserves in all of them atomically. Spend is tracked in every window even without a limit (the
+operator reports it). A call that was swept (see ``hold_seconds``) still settles its real cost.
+
+When the shared store is unreachable, ``spec.budget.onStoreUnavailable`` decides:
+
+* ``failClosed`` (the default): :meth:`BudgetLedger.reserve` raises :class:`StoreUnavailable`
+  and the proxy refuses the call. The budget is a hard limit on money; while the shared ledger
+  is unreachable no pod can know what the others spent, so the only way to keep the promise
+  "concurrent requests can never spend past a limit" is to stop spending. An outage of Redis
+  costs availability, never money.
+* ``localShare``: each pod keeps serving from an in-memory ledger limited to
+  ``localSharePercent`` of every limit (per pod, per window), and pushes the spend it recorded
+  to the shared ledger when the store is back. N pods can overspend by at most
+  N x localSharePercent of a limit during an outage: availability bought with bounded money.
+
+With ``failClosed`` the ledger raises and leaves the decision to its caller (the proxy maps it
+to a refusal); with ``localShare`` it falls back by itself, so callers see no StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
+from typing import Any
+
+from .exceptions import BudgetExceeded, StoreUnavailable
+from .memory import MemoryStore
+from .money import usd_to_micros
+from .protocol import BucketLimit, Ref, Store
+from .windows import current_buckets
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOLD_SECONDS = 900.0
+_MAX_UNSYNCED = 10_000
+
+
+@dataclass(frozen=True)
+class WindowUsage:
+    """One window's current bucket. ``limit_micros`` is None for a window without a limit."""
+
+    window: str
+    bucket: str
+    limit_micros: int | None
+    spent_micros: int
+    reserved_micros: int
+
+    @property
+    def remaining_micros(self) -> int | None:
+        if self.limit_micros is None:
+            return None
+        return max(0, self.limit_micros - self.spent_micros - self.reserved_micros)
+
+
+@dataclass
+class Reservation:
+    """Money held for one call in flight. ``local``: held in the fallback ledger (store was down)."""
+
+    id: str
+    amount_micros: int
+    buckets: tuple[BucketLimit, ...] = ()  # empty: nothing held; a settle books into the current buckets
+    local: bool = False
+    done: bool = field(default=False, repr=False)
+
+    @property
+    def windows(self) -> dict[str, str]:
+        return {b.window: b.bucket for b in self.buckets}
+
+
+class _ReservationIds:
+    """Unique reservation ids without a uuid4 per request: a random per-process prefix and a counter.
+
+    Ids share one Redis hash per policy across every pod, so they must not collide between
+    processes: 64 random bits per process (re-drawn in a forked child) make that as unlikely as
+    with uuid4, and the counter keeps them unique within the process. Short ids also keep the
+    reservations hash small.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = secrets.token_hex(8) + "."
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+_ids = _ReservationIds()
+
+
+def new_reservation_id() -> str:
+    """A reservation id unique across processes (cheap: no uuid4, no syscall)."""
+    return _ids.next()
+
+
+def limits_from_spec(budget: Any | None, percent: int = 100) -> dict[str, int]:
+    """``{window: limit micros}`` from ``spec.budget.limits`` (the smallest if a window repeats)."""
+    limits: dict[str, int] = {}
+    for entry in getattr(budget, "limits", None) or []:
+        micros = usd_to_micros(entry.usd) * percent // 100
+        limits[entry.window] = min(micros, limits.get(entry.window, micros))
+    return limits
+
+
+class BudgetLedger:
+    """Budget enforcement for one policy over a :class:`Store`.
+
+    ``hold_seconds`` is how long a reservation may stay unsettled before the store sweeps it
+    back into the budget (a pod that crashed mid-call). 15 minutes by default: longer than any
+    call the policy lets run (timeouts, retries up to ``maxRetryDurationSeconds``, streams kept
+    alive by ``streamIdleTimeoutSeconds``), short enough that a dead pod's money returns soon.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        ref: Ref,
+        budget: Any | None,
+        *,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
+        fallback: MemoryStore | None = None,
+    ) -> None:
+        self.store = store
+        self.ref = ref
+        self.budget = budget
+        self.hold_seconds = hold_seconds
+        self.limits = limits_from_spec(budget)
+        self.fail_closed = getattr(budget, "on_store_unavailable", "failClosed") != "localShare"
+        self.local_limits = limits_from_spec(budget, getattr(budget, "local_share_percent", 10))
+        self._fallback = (
+            fallback if fallback is not None else (store if isinstance(store, MemoryStore) else MemoryStore())
+        )
+        # (reservation id or "", ((window, bucket), ...)) -> (buckets, micros not yet in the store)
+        self._unsynced: dict[
+            tuple[str, tuple[tuple[str, str], ...]], tuple[tuple[BucketLimit, ...], int]
+        ] = {}
+        self._bucket_cache: dict[bool, tuple[int, tuple[BucketLimit, ...]]] = {}
+        self.last_fraction_used = 0.0
+
+    def _buckets(self, now: datetime | None, local: bool = False) -> tuple[BucketLimit, ...]:
+        """The current buckets; for the real clock, computed at most once per second (hot path)."""
+        limits = self.local_limits if local else self.limits
+        if now is not None:
+            return current_buckets(limits, now)
+        second = int(time.time())
+        cached = self._bucket_cache.get(local)
+        if cached is not None and cached[0] == second:
+            return cached[1]
+        buckets = current_buckets(limits)
+        self._bucket_cache[local] = (second, buckets)
+        return buckets
+
+    def buckets(self, now: datetime | None = None, *, local: bool = False) -> tuple[BucketLimit, ...]:
+        """The current buckets with this ledger's limits (``local``: the local-share limits)."""
+        return self._buckets(now, local)
+
+    @property
+    def has_limits(self) -> bool:
+        return bool(self.limits)
+
+    def _may_fall_back(self) -> bool:
+        return not self.fail_closed and self._fallback is not self.store
+
+    @property
+    def may_fall_back(self) -> bool:
+        """True when an unreachable store makes this ledger use its local share (``localShare``)."""
+        return self._may_fall_back()
+
+    @property
+    def fallback(self) -> MemoryStore:
+        return self._fallback
+
+    async def reserve(self, amount_micros: int, now: datetime | None = None) -> Reservation:
+        """Hold ``amount_micros`` in every window, or raise :class:`BudgetExceeded` (nothing held).
+
+        Raises :class:`StoreUnavailable` when the store is down and the policy fails closed.
+        """
+        if amount_micros < 0:
+            raise ValueError("a reservation cannot be negative")
+        buckets = self._buckets(now)
+        reservation_id = _ids.next()
+        try:
+            outcome = await self.store.budget_reserve(
+                self.ref, buckets, amount_micros, reservation_id, self.hold_seconds
+            )
+            local = False
+        except StoreUnavailable:
+            if not self._may_fall_back():
+                raise
+            buckets = self._buckets(now, local=True)
+            outcome = await self._fallback.budget_reserve(
+                self.ref, buckets, amount_micros, reservation_id, self.hold_seconds
+            )
+            local = True
+        else:
+            if self._unsynced:
+                await self._push_unsynced()
+        if not outcome.ok:
+            assert outcome.window is not None
+            self.last_fraction_used = max(self.last_fraction_used, 1.0)
+            raise BudgetExceeded(
+                outcome.window, outcome.limit_micros, outcome.spent_micros, outcome.reserved_micros
+            )
+        return Reservation(reservation_id, amount_micros, buckets, local=local)
+
+    async def settle(self, reservation: Reservation, actual_micros: int) -> None:
+        """Turn the reservation into ``actual_micros`` of spend (which may exceed what was held).
+
+        Never raises for an unreachable store: the spend is kept and pushed on a later success
+        (a finished call's cost must not be lost), and the hold expires by itself.
+        """
+        if reservation.done:
+            return
+        reservation.done = True
+        actual = max(0, int(actual_micros))
+        if not reservation.buckets:  # holds nothing (e.g. a dry-run refusal): only book the spend
+            reservation.buckets = self._buckets(None)
+        if reservation.local:
+            await self._fallback.budget_settle(self.ref, reservation.buckets, reservation.id, actual)
+            self._remember("", reservation.buckets, actual)
+            return
+        try:
+            await self.store.budget_settle(self.ref, reservation.buckets, reservation.id, actual)
+        except StoreUnavailable as error:
+            log.warning("budget settle deferred, store unavailable: %s", error)
+            self._remember(reservation.id, reservation.buckets, actual)
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give the held money back (the call failed before costing anything). Never raises."""
+        if reservation.done:
+            return
+        reservation.done = True
+        if not reservation.buckets:
+            return
+        target = self._fallback if reservation.local else self.store
+        try:
+            await target.budget_release(self.ref, reservation.buckets, reservation.id)
+        except StoreUnavailable as error:
+            log.warning("budget release skipped, store unavailable (the hold will expire): %s", error)
+
+    def _remember(self, reservation_id: str, buckets: tuple[BucketLimit, ...], actual: int) -> None:
+        """Keep spend the shared store has not seen, to push on a later success.
+
+        Spend of local reservations (unknown to the shared store) merges per bucket, so however long
+        an outage lasts this stays a handful of entries. A deferred shared settle keeps its id (so the
+        push also drops the shared hold) until too many pile up; then it merges too, and its hold is
+        left to expire. Nothing is ever dropped.
+        """
+        if len(self._unsynced) >= _MAX_UNSYNCED:
+            reservation_id = ""
+        key = (reservation_id, tuple((b.window, b.bucket) for b in buckets))
+        previous = self._unsynced.get(key)
+        self._unsynced[key] = (buckets, actual + (previous[1] if previous else 0))
+
+    async def push_unsynced(self, batch: int = 50) -> None:
+        """Push spend the shared store has not seen yet (after a success, so it is reachable)."""
+        await self._push_unsynced(batch)
+
+    async def _push_unsynced(self, batch: int = 50) -> None:
+        """Push up to ``batch`` pending entries (bounded: this runs on a request's path)."""
+        for key in list(islice(self._unsynced, batch)):
+            buckets, actual = self._unsynced[key]
+            try:
+                await self.store.budget_settle(self.ref, buckets, key[0], actual)
+            except StoreUnavailable:
+                return
+            del self._unsynced[key]
+
+    @property
+    def unsynced_count(self) -> int:
+        return len(self._unsynced)
+
+    async def usage(self, now: datetime | None = None) -> list[WindowUsage]:
+        """Spent and reserved in the current bucket of each window (hour, day, month).
+
+        Falls back to the local ledger (with local limits) when the store is down and the policy
+        allows falling back; otherwise raises :class:`StoreUnavailable`.
+        """
+        limits = self.limits
+        try:
+            spends = await self.store.budget_read(self.ref, self._buckets(now))
+        except StoreUnavailable:
+            if not self._may_fall_back():
+                raise
+            limits = self.local_limits
+            spends = await self._fallback.budget_read(self.ref, self._buckets(now, local=True))
+        usage = [
+            WindowUsage(s.window, s.bucket, limits.get(s.window), s.spent_micros, s.reserved_micros)
+            for s in spends
+        ]
+        self.last_fraction_used = _fraction(usage)
+        return usage
+
+    async def fraction_used(self, now: datetime | None = None) -> float:
+        """The largest (spent + reserved) / limit over the limited windows; 0.0 without limits."""
+        return _fraction(await self.usage(now))
+
+
+def _fraction(usage: list[WindowUsage]) -> float:
+    fractions = [(u.spent_micros + u.reserved_micros) / u.limit_micros for u in usage if u.limit_micros]
+    return max(fractions, default=0.0)

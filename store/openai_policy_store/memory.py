@@ -1,0 +1,319 @@
+"""In-memory store: the same semantics as :class:`RedisStore`, for one replica or standalone use.
+
+Atomicity comes from asyncio itself: every operation runs to completion without an ``await``
+in its critical section, so no other task can interleave (the equivalent of a Lua script).
+It is not thread-safe; use it from one event loop. Keys are the same ``store_keys`` names as in
+Redis and expire on the same schedule (lazily on access, plus a periodic purge so memory stays
+flat under a stream of per-minute and per-user keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from . import keyspace
+from .key_cache import KeyNames
+from .protocol import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
+from .windows import current_buckets
+
+_PURGE_EVERY = 1024  # writes between sweeps for expired keys
+
+
+class _Reservation:
+    __slots__ = ("amount", "buckets", "deadline")
+
+    def __init__(self, amount: int, buckets: dict[str, str], deadline: float) -> None:
+        self.amount = amount
+        self.buckets = buckets  # window -> bucket at reservation time
+        self.deadline = deadline
+
+
+class MemoryStore:
+    """A :class:`~openai_policy_store.protocol.Store` kept in this process."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._ints: dict[str, int] = {}
+        self._expiry: dict[str, float] = {}
+        self._hashes: dict[str, dict[str, str]] = {}
+        self._strings: dict[str, bytes] = {}
+        self._reservations: dict[str, dict[str, _Reservation]] = {}
+        # Per policy, (deadline, id) in deadline order: a sweep costs O(expired), not O(in flight).
+        self._deadlines: dict[str, list[tuple[float, str]]] = {}
+        self._subscribers: dict[str, set[asyncio.Queue[int]]] = {}
+        self._writes = 0
+        self._names = KeyNames()
+        self.closed = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _alive(self, key: str) -> bool:
+        deadline = self._expiry.get(key)
+        if deadline is not None and deadline <= self._clock():
+            self._delete(key)
+            return False
+        return True
+
+    def _delete(self, key: str) -> None:
+        self._ints.pop(key, None)
+        self._strings.pop(key, None)
+        self._hashes.pop(key, None)
+        self._expiry.pop(key, None)
+
+    def _get(self, key: str) -> int:
+        deadline = self._expiry.get(key)
+        if deadline is not None and deadline <= self._clock():
+            self._delete(key)
+            return 0
+        return self._ints.get(key, 0)
+
+    def _incr(self, key: str, amount: int, ttl_seconds: float | None = None) -> int:
+        value = self._get(key) + amount
+        self._ints[key] = value
+        if ttl_seconds is not None:
+            self._expiry[key] = self._clock() + ttl_seconds
+        self._wrote()
+        return value
+
+    def _decr_reserved(self, key: str, amount: int) -> None:
+        if amount <= 0 or key not in self._ints or not self._alive(key):
+            return
+        left = self._ints[key] - amount
+        if left < 0:  # never negative; a missing key means zero
+            self._delete(key)
+        else:
+            self._ints[key] = left
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes % _PURGE_EVERY == 0:
+            now = self._clock()
+            for key in [k for k, deadline in self._expiry.items() if deadline <= now]:
+                self._delete(key)
+
+    def key_count(self) -> int:
+        """Live keys (for tests of memory growth)."""
+        return len(self._ints) + len(self._strings) + len(self._hashes)
+
+    async def ping(self) -> bool:
+        return not self.closed
+
+    async def close(self) -> None:
+        self.closed = True
+
+    # -- budgets ----------------------------------------------------------------------------
+    def _sweep(self, ref: Ref, buckets: Sequence[BucketLimit]) -> None:
+        key = self._names.reservations(ref)[0]
+        heap = self._deadlines.get(key)
+        if not heap:
+            return
+        records = self._reservations.get(key, {})
+        now = self._clock()
+        current = {b.window: b.bucket for b in buckets}
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            rec = records.pop(rid, None)
+            if rec is None:  # settled or released meanwhile
+                continue
+            for window, bucket in rec.buckets.items():
+                if current.get(window) == bucket:
+                    self._decr_reserved(self._names.budget(ref, window, bucket)[1], rec.amount)
+
+    async def budget_reserve(
+        self,
+        ref: Ref,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+    ) -> ReserveOutcome:
+        return self._reserve(ref, buckets, amount_micros, reservation_id, hold_seconds)
+
+    def _reserve(
+        self,
+        ref: Ref,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+    ) -> ReserveOutcome:
+        self._sweep(ref, buckets)
+        names = [self._names.budget(ref, b.window, b.bucket) for b in buckets]
+        for b, (spend_key, reserved_key) in zip(buckets, names, strict=True):
+            if b.limit_micros is None:
+                continue
+            spent = self._get(spend_key)
+            reserved = self._get(reserved_key)
+            if spent + reserved + amount_micros > b.limit_micros:
+                return ReserveOutcome(False, b.window, b.limit_micros, spent, reserved)
+        for b, (_, reserved_key) in zip(buckets, names, strict=True):
+            self._incr(reserved_key, amount_micros, b.ttl_seconds)
+        key = self._names.reservations(ref)[0]
+        deadline = self._clock() + hold_seconds
+        self._reservations.setdefault(key, {})[reservation_id] = _Reservation(
+            amount_micros, {b.window: b.bucket for b in buckets}, deadline
+        )
+        heap = self._deadlines.setdefault(key, [])
+        heapq.heappush(heap, (deadline, reservation_id))
+        if len(heap) > 2 * len(self._reservations[key]) + 1024:
+            # Settled ids linger in the heap until their deadline; compact so memory stays flat.
+            live = self._reservations[key]
+            self._deadlines[key] = heap = [entry for entry in heap if entry[1] in live]
+            heapq.heapify(heap)
+        return ReserveOutcome(True)
+
+    def _drop(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
+        records = self._reservations.get(self._names.reservations(ref)[0])
+        rec = records.pop(reservation_id, None) if records and reservation_id else None
+        if rec is None:
+            return
+        for b in buckets:
+            if rec.buckets.get(b.window) == b.bucket:
+                self._decr_reserved(self._names.budget(ref, b.window, b.bucket)[1], rec.amount)
+
+    async def budget_settle(
+        self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
+    ) -> None:
+        self._drop(ref, buckets, reservation_id)
+        for b in buckets:
+            self._incr(self._names.budget(ref, b.window, b.bucket)[0], actual_micros, b.ttl_seconds)
+
+    async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
+        self._drop(ref, buckets, reservation_id)
+
+    async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[WindowSpend]:
+        self._sweep(ref, buckets)
+        return [
+            WindowSpend(
+                b.window,
+                b.bucket,
+                self._get(self._names.budget(ref, b.window, b.bucket)[0]),
+                self._get(self._names.budget(ref, b.window, b.bucket)[1]),
+            )
+            for b in buckets
+        ]
+
+    async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, WindowSpend]:
+        return {s.window: s for s in await self.budget_read(ref, current_buckets({}, now))}
+
+    # -- rate limits ------------------------------------------------------------------------
+    async def rate_consume(
+        self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
+    ) -> RateOutcome:
+        return self._consume(ref, minute, counters, ttl_seconds)
+
+    async def rate_and_reserve(
+        self,
+        ref: Ref,
+        minute: str,
+        counters: Sequence[RateCounter],
+        ttl_seconds: int,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+        reserve_when_rate_refused: bool = False,
+    ) -> tuple[RateOutcome, ReserveOutcome | None]:
+        rate = self._consume(ref, minute, counters, ttl_seconds)
+        if not (rate.allowed or reserve_when_rate_refused):
+            return rate, None
+        return rate, self._reserve(ref, buckets, amount_micros, reservation_id, hold_seconds)
+
+    def _consume(self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int) -> RateOutcome:
+        if not counters:
+            return RateOutcome(True, None, ())
+        keys = [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]
+        found = tuple(self._get(k) for k in keys)
+        for index, (counter, value) in enumerate(zip(counters, found, strict=True)):
+            if value + counter.increment > counter.limit:
+                return RateOutcome(False, index, found)
+        counts = tuple(
+            self._incr(k, c.increment, ttl_seconds if k not in self._ints else None)
+            for k, c in zip(keys, counters, strict=True)
+        )
+        return RateOutcome(True, None, counts)
+
+    # -- usage and heartbeats ---------------------------------------------------------------
+    async def incr_usage(self, ref: Ref, counters: Mapping[str, int]) -> None:
+        usage = self._hashes.setdefault(keyspace.usage_key(*ref), {})
+        for field, amount in counters.items():
+            usage[field] = str(int(usage.get(field, "0")) + int(amount))
+
+    async def read_usage(self, ref: Ref) -> dict[str, int]:
+        return {k: int(v) for k, v in self._hashes.get(keyspace.usage_key(*ref), {}).items()}
+
+    async def write_heartbeat(self, ref: Ref, pod: str, payload: Mapping[str, Any]) -> None:
+        self._hashes.setdefault(keyspace.heartbeats_key(*ref), {})[pod] = json.dumps(dict(payload))
+
+    async def read_heartbeats(self, ref: Ref) -> dict[str, dict[str, Any]]:
+        return _parse_heartbeats(self._hashes.get(keyspace.heartbeats_key(*ref), {}))
+
+    async def remove_heartbeats(self, ref: Ref, pods: Sequence[str]) -> None:
+        beats = self._hashes.get(keyspace.heartbeats_key(*ref), {})
+        for pod in pods:
+            beats.pop(pod, None)
+
+    # -- policy publication -----------------------------------------------------------------
+    async def get_policy_document(self, ref: Ref) -> dict[str, Any] | None:
+        raw = self._strings.get(keyspace.policy_key(*ref))
+        return json.loads(raw) if raw is not None else None
+
+    async def publish_policy_document(self, ref: Ref, document: Mapping[str, Any]) -> None:
+        generation = document_generation(document)
+        self._strings[keyspace.policy_key(*ref)] = json.dumps(dict(document)).encode()
+        for queue in self._subscribers.get(keyspace.policy_channel(*ref), ()):
+            queue.put_nowait(generation)
+
+    async def policy_updates(self, ref: Ref) -> AsyncIterator[int]:
+        channel = keyspace.policy_channel(*ref)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        self._subscribers.setdefault(channel, set()).add(queue)
+        try:
+            current = await self.get_policy_document(ref)
+            last = document_generation(current) if current else None
+            if last is not None:
+                yield last
+            while True:
+                generation = await queue.get()
+                if generation != last:
+                    last = generation
+                    yield generation
+        finally:
+            self._subscribers[channel].discard(queue)
+
+    # -- response cache ---------------------------------------------------------------------
+    async def cache_get(self, ref: Ref, digest: str) -> bytes | None:
+        key = keyspace.cache_key(*ref, digest)
+        return self._strings.get(key) if self._alive(key) else None
+
+    async def cache_set(self, ref: Ref, digest: str, value: bytes, ttl_seconds: float) -> None:
+        key = keyspace.cache_key(*ref, digest)
+        self._strings[key] = bytes(value)
+        self._expiry[key] = self._clock() + ttl_seconds
+        self._wrote()
+
+
+def document_generation(document: Mapping[str, Any]) -> int:
+    """``metadata.generation`` of a policy document (published documents must carry one)."""
+    metadata = document.get("metadata") if isinstance(document, Mapping) else None
+    generation = metadata.get("generation") if isinstance(metadata, Mapping) else None
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise ValueError("a published policy document needs an integer metadata.generation")
+    return generation
+
+
+def _parse_heartbeats(raw: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    beats: dict[str, dict[str, Any]] = {}
+    for pod, text in raw.items():
+        try:
+            value = json.loads(text)
+        except ValueError:
+            continue  # a corrupt entry must not hide every other pod's heartbeat
+        if isinstance(value, dict):
+            beats[pod] = value
+    return beats

@@ -1,0 +1,189 @@
+"""Per-minute rate limits: requests and tokens, for the policy as a whole and per user.
+
+Counters are fixed UTC-minute buckets (``store_keys.ratelimit_key(..., minute)``), checked and
+incremented all-or-none by the store: a refused request consumes nothing. (A fixed window lets
+a burst straddle a minute boundary at up to twice the rate for a moment; the upstream's own
+limits are per minute too, and one counter per minute costs a single key operation.)
+
+A request without a user identity is limited by the policy-wide limits only.
+
+When the shared store is down, :class:`StoreUnavailable` propagates by default so that the caller
+applies the policy's ``onStoreUnavailable``; with ``fail_closed=False`` the limiter falls back to
+in-memory counters of its own (each pod then enforces the full limits alone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .exceptions import StoreUnavailable
+from .memory import MemoryStore
+from .protocol import RateCounter, RateOutcome, Ref, Store
+
+COUNTER_TTL_SECONDS = 120  # a minute bucket plus slack for clock skew between pods
+_SAFE_USER = re.compile(r"^[A-Za-z0-9._@+=-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """One counter after the check: the scope and unit it limits, its limit and what is left."""
+
+    scope: str
+    unit: str
+    limit: int
+    remaining: int
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The outcome of a check. When refused, scope/unit/limit/remaining name the limit that refused;
+    when allowed, the tightest one. ``retryable`` is False when the request alone exceeds a limit
+    (waiting cannot help: e.g. more tokens than the per-minute token limit)."""
+
+    allowed: bool
+    scope: str | None = None
+    unit: str | None = None
+    limit: int | None = None
+    remaining: int | None = None
+    reset_seconds: float = 0.0
+    retryable: bool = True
+    states: tuple[LimitState, ...] = ()
+
+    @property
+    def retry_after_seconds(self) -> int:
+        return max(1, math.ceil(self.reset_seconds))
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI-style headers: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the
+        tightest counter of each unit, plus ``retry-after`` (whole seconds) when refused."""
+        headers: dict[str, str] = {}
+        for unit in ("requests", "tokens"):
+            states = [s for s in self.states if s.unit == unit]
+            if not states:
+                continue
+            tightest = min(states, key=lambda s: (s.remaining, s.limit))
+            headers[f"x-ratelimit-limit-{unit}"] = str(tightest.limit)
+            headers[f"x-ratelimit-remaining-{unit}"] = str(tightest.remaining)
+            headers[f"x-ratelimit-reset-{unit}"] = format_duration(self.reset_seconds)
+        if not self.allowed:
+            headers["retry-after"] = str(self.retry_after_seconds)
+        return headers
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's reset format: ``250ms``, ``7s``, ``1m0s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+def user_scope(user: str) -> str:
+    """``user:<id>``; ids that are long or carry unusual characters are replaced by a digest."""
+    if _SAFE_USER.match(user):
+        return f"user:{user}"
+    return "user:#" + hashlib.sha256(user.encode()).hexdigest()[:32]
+
+
+class RateLimiter:
+    """Rate limits of one policy (``spec.rate_limits``; None: no limits)."""
+
+    def __init__(self, store: Store, ref: Ref, rate_limits: Any | None, *, fail_closed: bool = True) -> None:
+        self.store = store
+        self.ref = ref
+        self.rate_limits = rate_limits
+        self.fail_closed = fail_closed
+        self._fallback = store if isinstance(store, MemoryStore) else MemoryStore()
+
+    def counters(self, user: str | None, tokens: int) -> list[RateCounter]:
+        limits = self.rate_limits
+        if limits is None:
+            return []
+        counters: list[RateCounter] = []
+        if limits.requests_per_minute is not None:
+            counters.append(RateCounter("policy", "requests", limits.requests_per_minute, 1))
+        if limits.tokens_per_minute is not None:
+            counters.append(RateCounter("policy", "tokens", limits.tokens_per_minute, tokens))
+        per_user = getattr(limits, "per_user", None)
+        if per_user is not None and user:
+            scope = user_scope(user)
+            if per_user.requests_per_minute is not None:
+                counters.append(RateCounter(scope, "requests", per_user.requests_per_minute, 1))
+            if getattr(per_user, "tokens_per_minute", None) is not None:
+                counters.append(RateCounter(scope, "tokens", per_user.tokens_per_minute, tokens))
+        return counters
+
+    async def check(self, user: str | None, tokens: int, now: datetime | None = None) -> RateDecision:
+        """Count this request (and its ``tokens``) against every applicable limit, or refuse it."""
+        counters = self.counters(user, max(0, int(tokens)))
+        if not counters:
+            return RateDecision(allowed=True)
+        minute, reset = minute_and_reset(now)
+        try:
+            outcome = await self.store.rate_consume(self.ref, minute, counters, COUNTER_TTL_SECONDS)
+        except StoreUnavailable:
+            if not self.may_fall_back:
+                raise
+            outcome = await self._fallback.rate_consume(self.ref, minute, counters, COUNTER_TTL_SECONDS)
+        return decide(counters, outcome, reset)
+
+    @property
+    def may_fall_back(self) -> bool:
+        return not self.fail_closed and self._fallback is not self.store
+
+    @property
+    def fallback(self) -> MemoryStore:
+        return self._fallback
+
+
+_minute_cache: tuple[int, str] = (-1, "")
+
+
+def minute_and_reset(now: datetime | None = None) -> tuple[str, float]:
+    """The UTC minute bucket of ``now`` (default: the clock) and the seconds left in it."""
+    global _minute_cache
+    if now is None:
+        # Hot path: the epoch time says both (UTC has no leap seconds here); the bucket's name is
+        # formatted once per minute, not once per request.
+        seconds = time.time()
+        index = int(seconds // 60)
+        cached_index, minute = _minute_cache
+        if cached_index != index:
+            minute = datetime.fromtimestamp(index * 60, UTC).strftime("%Y-%m-%dT%H:%M")
+            _minute_cache = (index, minute)
+        return minute, 60.0 - (seconds - index * 60)
+    return now.strftime("%Y-%m-%dT%H:%M"), 60.0 - (now.second + now.microsecond / 1_000_000)
+
+
+def decide(counters: list[RateCounter], outcome: RateOutcome, reset: float) -> RateDecision:
+    """The decision for ``counters`` from what the store answered."""
+    if not counters:
+        return RateDecision(allowed=True)
+    states = tuple(
+        LimitState(c.scope, c.unit, c.limit, max(0, c.limit - count))
+        for c, count in zip(counters, outcome.counts, strict=True)
+    )
+    if outcome.allowed:
+        tightest = min(states, key=lambda s: s.remaining / s.limit if s.limit else 0.0)
+        return RateDecision(
+            True, tightest.scope, tightest.unit, tightest.limit, tightest.remaining, reset, True, states
+        )
+    index = outcome.refused_index or 0
+    refused, counter = states[index], counters[index]
+    return RateDecision(
+        False,
+        refused.scope,
+        refused.unit,
+        refused.limit,
+        refused.remaining,
+        reset,
+        counter.increment <= counter.limit,
+        states,
+    )

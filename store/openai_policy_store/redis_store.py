@@ -1,0 +1,355 @@
+"""Redis store: shared state for every replica, atomic by Lua scripts.
+
+Every key of one policy carries the hash tag ``{namespace/name}`` (``store_keys``), so each
+multi-key script touches one slot and works on Redis Cluster. Connections use short socket
+timeouts and at most one retry: when Redis is down an operation raises :class:`StoreUnavailable`
+within about a second instead of hanging a request.
+
+redis-py is imported when the first ``RedisStore`` is made, not with this module: a sidecar
+without Redis (in-memory state) never loads it, which keeps ~6 MiB out of its RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from . import keyspace, lua
+from .exceptions import StoreUnavailable
+from .key_cache import KeyNames
+from .memory import _parse_heartbeats, document_generation
+from .protocol import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
+from .windows import current_buckets
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _RedisPy:
+    """The parts of redis-py this store uses, imported together on first use."""
+
+    aioredis: Any  # the redis.asyncio module
+    retry: Callable[[], Any]  # a fresh Retry policy: one retry, no backoff
+    retry_on: tuple[type[BaseException], ...]
+    # Errors that mean "the store is not usable right now" (as opposed to a bug in a script).
+    unavailable: tuple[type[BaseException], ...]
+
+
+@functools.cache
+def _redis_py() -> _RedisPy:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ReadOnlyError, RedisClusterException, TryAgainError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return _RedisPy(
+        aioredis=aioredis,
+        retry=lambda: Retry(NoBackoff(), 1),
+        retry_on=(RedisConnectionError, RedisTimeoutError),
+        unavailable=(
+            RedisConnectionError,  # includes BusyLoadingError and "no connection available"
+            RedisTimeoutError,
+            ReadOnlyError,  # a replica that has not been promoted yet
+            TryAgainError,
+            RedisClusterException,
+            OSError,
+            asyncio.TimeoutError,
+        ),
+    )
+
+
+class RedisStore:
+    """A :class:`~openai_policy_store.protocol.Store` in Redis (``redis://`` / ``rediss://`` URL)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float = 1.0,
+        connect_timeout: float = 0.5,
+        operation_timeout: float = 3.0,
+        max_connections: int = 64,
+    ) -> None:
+        self.url = url
+        self.operation_timeout = operation_timeout
+        self._redis_py = redis_py = _redis_py()
+        self._unavailable = redis_py.unavailable
+        self._options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            # One retry absorbs a pooled connection that a Redis restart closed; more would
+            # only delay the StoreUnavailable a caller needs to hear about.
+            "retry": redis_py.retry(),
+            "retry_on_error": list(redis_py.retry_on),
+        }
+        # At most ``max_connections`` calls hold a connection at once; more wait for a free one
+        # (within the operation timeout). The semaphore does what BlockingConnectionPool does, at a
+        # fraction of its cost per call (a condition variable and a timer each time); the plain
+        # pool under it never runs out, so it never raises "Too many connections".
+        pool = redis_py.aioredis.ConnectionPool.from_url(url, max_connections=max_connections, **self._options)
+        self._slots = asyncio.Semaphore(max_connections)
+        self._client = redis_py.aioredis.Redis(connection_pool=pool)
+        self._reserve = self._client.register_script(lua.RESERVE)
+        self._settle = self._client.register_script(lua.SETTLE)
+        self._read = self._client.register_script(lua.READ)
+        self._rate = self._client.register_script(lua.RATE)
+        self._rate_and_reserve = self._client.register_script(lua.RATE_AND_RESERVE)
+        self._names = KeyNames()
+
+    async def _run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self.operation_timeout), self._slots:
+                return await call()
+        except self._unavailable as error:
+            raise StoreUnavailable(
+                f"redis unavailable during {what}: {error or type(error).__name__}"
+            ) from error
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._run("ping", self._client.ping))
+        except StoreUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        await self._client.connection_pool.disconnect()
+
+    # -- budgets ----------------------------------------------------------------------------
+    def _budget_keys(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[str]:
+        return list(self._names.budget_list(ref, buckets))
+
+    @staticmethod
+    def _reserve_args(
+        buckets: Sequence[BucketLimit], amount_micros: int, reservation_id: str, hold_seconds: float
+    ) -> list[str | int]:
+        args: list[str | int] = [int(amount_micros), reservation_id, int(hold_seconds * 1000), len(buckets)]
+        for b in buckets:
+            args += [
+                b.window,
+                b.bucket,
+                -1 if b.limit_micros is None else int(b.limit_micros),
+                int(b.ttl_seconds),
+            ]
+        return args
+
+    @staticmethod
+    def _reserve_outcome(buckets: Sequence[BucketLimit], ok: int, index: int, spent: int, reserved: int) -> ReserveOutcome:
+        if ok:
+            return ReserveOutcome(True)
+        refused = buckets[int(index) - 1]
+        return ReserveOutcome(
+            False, refused.window, int(refused.limit_micros or 0), int(spent), int(reserved)
+        )
+
+    async def budget_reserve(
+        self,
+        ref: Ref,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+    ) -> ReserveOutcome:
+        args = self._reserve_args(buckets, amount_micros, reservation_id, hold_seconds)
+        keys = self._budget_keys(ref, buckets)
+        ok, index, spent, reserved = await self._run(
+            "budget reserve", lambda: self._reserve(keys=keys, args=args)
+        )
+        return self._reserve_outcome(buckets, ok, index, spent, reserved)
+
+    async def rate_and_reserve(
+        self,
+        ref: Ref,
+        minute: str,
+        counters: Sequence[RateCounter],
+        ttl_seconds: int,
+        buckets: Sequence[BucketLimit],
+        amount_micros: int,
+        reservation_id: str,
+        hold_seconds: float,
+        reserve_when_rate_refused: bool = False,
+    ) -> tuple[RateOutcome, ReserveOutcome | None]:
+        keys = self._budget_keys(ref, buckets)
+        keys += [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]
+        args = self._reserve_args(buckets, amount_micros, reservation_id, hold_seconds)
+        args += [int(ttl_seconds), len(counters)]
+        for c in counters:
+            args += [int(c.limit), int(c.increment)]
+        args.append("1" if reserve_when_rate_refused else "0")
+        out = await self._run("rate limit and budget reserve", lambda: self._rate_and_reserve(keys=keys, args=args))
+        allowed, index, state = bool(out[0]), int(out[1]), int(out[2])
+        rate = RateOutcome(allowed, None if allowed else index - 1, tuple(int(v) for v in out[6:]))
+        if state < 0:
+            return rate, None
+        return rate, self._reserve_outcome(buckets, state, out[3], out[4], out[5])
+
+    async def _settle_or_release(
+        self, what: str, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
+    ) -> None:
+        args: list[str | int] = [reservation_id, int(actual_micros), len(buckets)]
+        for b in buckets:
+            args += [b.window, b.bucket, int(b.ttl_seconds)]
+        keys = self._budget_keys(ref, buckets)
+        await self._run(what, lambda: self._settle(keys=keys, args=args))
+
+    async def budget_settle(
+        self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
+    ) -> None:
+        await self._settle_or_release("budget settle", ref, buckets, reservation_id, actual_micros)
+
+    async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
+        await self._settle_or_release("budget release", ref, buckets, reservation_id, 0)
+
+    async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[WindowSpend]:
+        args: list[str | int] = [len(buckets)]
+        for b in buckets:
+            args += [b.window, b.bucket]
+        keys = self._budget_keys(ref, buckets)
+        values = await self._run("budget read", lambda: self._read(keys=keys, args=args))
+        return [
+            WindowSpend(b.window, b.bucket, int(values[2 * i]), int(values[2 * i + 1]))
+            for i, b in enumerate(buckets)
+        ]
+
+    async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, WindowSpend]:
+        return {s.window: s for s in await self.budget_read(ref, current_buckets({}, now))}
+
+    # -- rate limits ------------------------------------------------------------------------
+    async def rate_consume(
+        self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
+    ) -> RateOutcome:
+        keys = [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]
+        args: list[int] = [int(ttl_seconds)]
+        for c in counters:
+            args += [int(c.limit), int(c.increment)]
+        out = await self._run("rate limit", lambda: self._rate(keys=keys, args=args))
+        allowed, index = bool(out[0]), int(out[1])
+        return RateOutcome(allowed, None if allowed else index - 1, tuple(int(v) for v in out[2:]))
+
+    # -- usage and heartbeats ---------------------------------------------------------------
+    async def incr_usage(self, ref: Ref, counters: Mapping[str, int]) -> None:
+        if not counters:
+            return
+        key = keyspace.usage_key(*ref)
+
+        async def call() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for field, amount in counters.items():
+                    pipe.hincrby(key, field, int(amount))
+                await pipe.execute()
+
+        await self._run("usage flush", call)
+
+    async def read_usage(self, ref: Ref) -> dict[str, int]:
+        raw = await self._run("usage read", lambda: self._client.hgetall(keyspace.usage_key(*ref)))
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    async def write_heartbeat(self, ref: Ref, pod: str, payload: Mapping[str, Any]) -> None:
+        text = json.dumps(dict(payload))
+        await self._run("heartbeat", lambda: self._client.hset(keyspace.heartbeats_key(*ref), pod, text))
+
+    async def read_heartbeats(self, ref: Ref) -> dict[str, dict[str, Any]]:
+        raw = await self._run("heartbeat read", lambda: self._client.hgetall(keyspace.heartbeats_key(*ref)))
+        return _parse_heartbeats({_text(k): _text(v) for k, v in raw.items()})
+
+    async def remove_heartbeats(self, ref: Ref, pods: Sequence[str]) -> None:
+        if pods:
+            await self._run(
+                "heartbeat remove", lambda: self._client.hdel(keyspace.heartbeats_key(*ref), *pods)
+            )
+
+    # -- policy publication -----------------------------------------------------------------
+    async def get_policy_document(self, ref: Ref) -> dict[str, Any] | None:
+        raw = await self._run("policy read", lambda: self._client.get(keyspace.policy_key(*ref)))
+        return json.loads(raw) if raw is not None else None
+
+    async def publish_policy_document(self, ref: Ref, document: Mapping[str, Any]) -> None:
+        generation = document_generation(document)
+        text = json.dumps(dict(document))
+
+        async def call() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(keyspace.policy_key(*ref), text)
+                pipe.publish(keyspace.policy_channel(*ref), str(generation))
+                await pipe.execute()
+
+        await self._run("policy publish", call)
+
+    async def policy_updates(
+        self, ref: Ref, *, reconnect_delay: float = 0.5, max_reconnect_delay: float = 10.0
+    ) -> AsyncIterator[int]:
+        """Yield the stored generation on every (re)subscription, then each published one.
+
+        Survives Redis restarts: it resubscribes with backoff and re-reads the stored document,
+        so a generation published while it was disconnected is not missed.
+        """
+        channel = keyspace.policy_channel(*ref)
+        last: int | None = None
+        delay = reconnect_delay
+        while True:
+            client = self._redis_py.aioredis.Redis.from_url(self.url, health_check_interval=5, **self._options)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                document = await client.get(keyspace.policy_key(*ref))
+                delay = reconnect_delay
+                generation = _stored_generation(document)
+                if generation is not None and generation != last:
+                    last = generation
+                    yield generation
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        continue
+                    try:
+                        generation = int(_text(message["data"]))
+                    except ValueError:
+                        log.warning("ignoring a malformed policy generation on %s", channel)
+                        continue
+                    if generation != last:
+                        last = generation
+                        yield generation
+            except self._unavailable as error:
+                log.warning("policy subscription on %s lost (%s); retrying in %.1fs", channel, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_reconnect_delay)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except self._unavailable:
+                    pass
+
+    # -- response cache ---------------------------------------------------------------------
+    async def cache_get(self, ref: Ref, digest: str) -> bytes | None:
+        return await self._run("cache get", lambda: self._client.get(keyspace.cache_key(*ref, digest)))
+
+    async def cache_set(self, ref: Ref, digest: str, value: bytes, ttl_seconds: float) -> None:
+        key = keyspace.cache_key(*ref, digest)
+        ttl_ms = max(1, int(ttl_seconds * 1000))
+        await self._run("cache set", lambda: self._client.set(key, value, px=ttl_ms))
+
+
+def _stored_generation(raw: bytes | None) -> int | None:
+    """The generation of a stored document; None when absent or unreadable (never kills a subscription)."""
+    if raw is None:
+        return None
+    try:
+        return document_generation(json.loads(raw))
+    except ValueError:
+        log.warning("ignoring a stored policy document without a readable metadata.generation")
+        return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
