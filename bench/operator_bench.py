@@ -35,7 +35,6 @@ from openai_policy_devkit.redis_server import RedisServer  # noqa: E402
 GROUPS = 10  # namespaces; each holds policies/GROUPS policies with disjoint selectors
 
 
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -57,8 +56,11 @@ def webhook_histogram(cp: ControlPlane) -> dict[float, float]:
     text = cp.kubectl("get", "--raw", "/metrics").stdout
     buckets: dict[float, float] = {}
     for line in text.splitlines():
-        if line.startswith("apiserver_admission_webhook_admission_duration_seconds_bucket") and \
-                'operation="CREATE"' in line and 'type="admit"' in line:
+        if (
+            line.startswith("apiserver_admission_webhook_admission_duration_seconds_bucket")
+            and 'operation="CREATE"' in line
+            and 'type="admit"' in line
+        ):
             le = re.search(r'le="([^"]+)"', line).group(1)
             bound = float("inf") if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0) + float(line.rsplit(" ", 1)[1])
@@ -89,9 +91,17 @@ def main() -> None:
     try:
         cp.kubectl("apply", "-f", str(ROOT / "crds" / "openaipolicies.openaipolicy.dev.yaml"))
         deadline = time.monotonic() + 60
-        while not any(c["type"] == "Established" and c["status"] == "True" for c in (cp.api(
-                "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/openaipolicies.openaipolicy.dev")
-                .get("status") or {}).get("conditions") or []):
+        while not any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (
+                cp.api(
+                    "GET",
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/openaipolicies.openaipolicy.dev",
+                ).get("status")
+                or {}
+            ).get("conditions")
+            or []
+        ):
             assert time.monotonic() < deadline, "CRD not established"
             time.sleep(0.1)
         time.sleep(1)
@@ -99,26 +109,49 @@ def main() -> None:
         env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
         with log_path.open("wb") as log:
             operator = subprocess.Popen(
-                [sys.executable, "-m", "openai_policy_operator", "--standalone", "--redis-url", redis.url,
-                 "--webhook-listen", f"127.0.0.1:{port}", "--manage-webhook-configuration", "oaip-bench",
-                 "--status-interval", str(args.status_interval), "--cert-dir", str(workdir / "certs")],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-                cwd=ROOT)
+                [
+                    sys.executable,
+                    "-m",
+                    "openai_policy_operator",
+                    "--standalone",
+                    "--redis-url",
+                    redis.url,
+                    "--webhook-listen",
+                    f"127.0.0.1:{port}",
+                    "--manage-webhook-configuration",
+                    "oaip-bench",
+                    "--status-interval",
+                    str(args.status_interval),
+                    "--cert-dir",
+                    str(workdir / "certs"),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
         deadline = time.monotonic() + 60
         while cp.kubectl("get", "mutatingwebhookconfiguration", "oaip-bench", check=False).returncode:
             assert operator.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.2)
         rss_idle = rss_kib(operator.pid)
 
-        namespaces = [cp.create_namespace(f"bench-{g}", labels={"openaipolicy.dev/injection": "enabled"})
-                      for g in range(GROUPS)]
+        namespaces = [
+            cp.create_namespace(f"bench-{g}", labels={"openaipolicy.dev/injection": "enabled"})
+            for g in range(GROUPS)
+        ]
         ready_times: list[float] = []
         for i in range(args.policies):
             ns, app = namespaces[i % GROUPS], f"app-{i // GROUPS}"
-            body = {"apiVersion": "openaipolicy.dev/v1alpha1", "kind": "OpenAIPolicy",
-                    "metadata": {"name": f"p{i}", "namespace": ns},
-                    "spec": {"selector": {"matchLabels": {"app": app}},
-                             "budget": {"limits": [{"window": "month", "usd": 100}]}}}
+            body = {
+                "apiVersion": "openaipolicy.dev/v1alpha1",
+                "kind": "OpenAIPolicy",
+                "metadata": {"name": f"p{i}", "namespace": ns},
+                "spec": {
+                    "selector": {"matchLabels": {"app": app}},
+                    "budget": {"limits": [{"window": "month", "usd": 100}]},
+                },
+            }
             path = f"/apis/openaipolicy.dev/v1alpha1/namespaces/{ns}/openaipolicies"
             started = time.monotonic()
             cp.api("POST", path, body)
@@ -137,9 +170,12 @@ def main() -> None:
         def create(i: int) -> float:
             ns = namespaces[i % GROUPS]
             app = f"app-{(i // GROUPS) % (args.policies // GROUPS)}"
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": f"pod-{i}", "namespace": ns, "labels": {"app": app}},
-                   "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"pod-{i}", "namespace": ns, "labels": {"app": app}},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+            }
             started = time.monotonic()
             stored = cp.api("POST", f"/api/v1/namespaces/{ns}/pods", pod)
             elapsed = time.monotonic() - started
@@ -154,15 +190,29 @@ def main() -> None:
         cpu_after, wall_after = cpu_seconds(operator.pid), time.monotonic()
         result = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "policies": args.policies, "pods": args.pods, "status_interval_s": args.status_interval,
-            "apply_to_ready_s": {"p50": percentile(ready_times, 0.5), "p99": percentile(ready_times, 0.99),
-                                 "max": max(ready_times), "mean": statistics.mean(ready_times)},
-            "webhook_apiserver_s": {"p50_le": histogram_percentile(before, after, 0.5),
-                                    "p99_le": histogram_percentile(before, after, 0.99)},
-            "pod_create_s": {"p50": percentile(create_times, 0.5), "p99": percentile(create_times, 0.99),
-                             "throughput_per_s": args.pods / pods_wall, "client_threads": 4},
+            "policies": args.policies,
+            "pods": args.pods,
+            "status_interval_s": args.status_interval,
+            "apply_to_ready_s": {
+                "p50": percentile(ready_times, 0.5),
+                "p99": percentile(ready_times, 0.99),
+                "max": max(ready_times),
+                "mean": statistics.mean(ready_times),
+            },
+            "webhook_apiserver_s": {
+                "p50_le": histogram_percentile(before, after, 0.5),
+                "p99_le": histogram_percentile(before, after, 0.99),
+            },
+            "pod_create_s": {
+                "p50": percentile(create_times, 0.5),
+                "p99": percentile(create_times, 0.99),
+                "throughput_per_s": args.pods / pods_wall,
+                "client_threads": 4,
+            },
             "operator_rss_mib": {"idle": rss_idle / 1024, "loaded": rss_kib(operator.pid) / 1024},
-            "operator_cpu_percent_during_pods_and_timers": 100 * (cpu_after - cpu_before) / (wall_after - wall_before),
+            "operator_cpu_percent_during_pods_and_timers": 100
+            * (cpu_after - cpu_before)
+            / (wall_after - wall_before),
         }
         print(json.dumps(result, indent=2))
         if args.out:

@@ -56,15 +56,18 @@ def request_body(unique: bool) -> bytes:
     temperature 0 (cacheable when issue 4's cache is on). `unique` leaves the placeholder the load
     generator replaces with a per-request counter."""
     marker = loadgen.UNIQUE_PLACEHOLDER if unique else "0"
-    return json.dumps({
-        "model": MODEL_ALIAS,
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
-            {"role": "user", "content": f"Say hello to the benchmark, request {marker}."},
-        ],
-        "max_tokens": 1000,
-        "temperature": 0,
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "model": MODEL_ALIAS,
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
+                {"role": "user", "content": f"Say hello to the benchmark, request {marker}."},
+            ],
+            "max_tokens": 1000,
+            "temperature": 0,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 @dataclass
@@ -81,14 +84,27 @@ class Plan:
 
     @classmethod
     def full(cls, seconds: float, rss_requests: int, repeats: int) -> Plan:
-        return cls(warmup_requests=3000, run_requests=0, run_seconds=seconds,
-                   rss_samples=(rss_requests // 2, rss_requests), litellm_run_seconds=seconds,
-                   litellm_warmup_requests=200, repeats=repeats)
+        return cls(
+            warmup_requests=3000,
+            run_requests=0,
+            run_seconds=seconds,
+            rss_samples=(rss_requests // 2, rss_requests),
+            litellm_run_seconds=seconds,
+            litellm_warmup_requests=200,
+            repeats=repeats,
+        )
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(warmup_requests=50, run_requests=150, run_seconds=20.0, rss_samples=(400, 600),
-                   litellm_run_seconds=5.0, litellm_warmup_requests=20, repeats=1)
+        return cls(
+            warmup_requests=50,
+            run_requests=150,
+            run_seconds=20.0,
+            rss_samples=(400, 600),
+            litellm_run_seconds=5.0,
+            litellm_warmup_requests=20,
+            repeats=1,
+        )
 
 
 class Bench:
@@ -106,22 +122,41 @@ class Bench:
 
     # -- one load run, with CPU accounting of the processes involved ---------------------------------
 
-    def measure(self, url: str, concurrency: int, proxy_pid: int | None, *, max_requests: int,
-                max_seconds: float, unique: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    def measure(
+        self,
+        url: str,
+        concurrency: int,
+        proxy_pid: int | None,
+        *,
+        max_requests: int,
+        max_seconds: float,
+        unique: bool,
+    ) -> tuple[dict[str, Any], dict[str, float]]:
         assert self.fake is not None
         pids = {"fake": self.fake.pid, **({"proxy": proxy_pid} if proxy_pid else {})}
         before = {name: procstat.cpu_seconds(pid) for name, pid in pids.items()}
-        result = self.load.run(url + "/chat/completions", request_body(unique), concurrency,
-                               max_requests=max_requests, max_seconds=max_seconds, unique=unique,
-                               workdir=self.workdir)
+        result = self.load.run(
+            url + "/chat/completions",
+            request_body(unique),
+            concurrency,
+            max_requests=max_requests,
+            max_seconds=max_seconds,
+            unique=unique,
+            workdir=self.workdir,
+        )
         served = max(result.requests, 1)
-        cpu = {name: round((procstat.cpu_seconds(pid) - before[name]) / served * 1e6, 1) for name, pid in pids.items()}
+        cpu = {
+            name: round((procstat.cpu_seconds(pid) - before[name]) / served * 1e6, 1)
+            for name, pid in pids.items()
+        }
         cpu["generator"] = round(result.generator_cpu_s / served * 1e6, 1)
         return result.to_json(), cpu
 
     # -- one target ----------------------------------------------------------------------------------
 
-    def median_run(self, attempts: list[tuple[dict[str, Any], dict[str, float]]]) -> tuple[dict[str, Any], dict[str, float]]:
+    def median_run(
+        self, attempts: list[tuple[dict[str, Any], dict[str, float]]]
+    ) -> tuple[dict[str, Any], dict[str, float]]:
         """Combine repeated runs: each figure (req/s, each percentile, CPU/request) is the median of
         its own values over the runs; every run's req/s, p50 and p99 are kept for the record."""
         first, _ = attempts[0]
@@ -133,34 +168,79 @@ class Bench:
         combined["errors"] = sum(run["errors"] for run in runs)
         combined["duration_s"] = round(sum(run["duration_s"] for run in runs), 3)
         combined["rps"] = statistics.median(run["rps"] for run in runs)
-        combined["latency_us"] = {key: statistics.median(run["latency_us"][key] for run in runs)
-                                  for key in first["latency_us"]}
+        combined["latency_us"] = {
+            key: statistics.median(run["latency_us"][key] for run in runs) for key in first["latency_us"]
+        }
         combined["generator_cpu_s"] = round(sum(run["generator_cpu_s"] for run in runs), 3)
-        combined["repeats"] = [{"rps": run["rps"], "p50_us": run["latency_us"]["p50"], "p99_us": run["latency_us"]["p99"]}
-                               for run in runs]
-        cpu = {key: round(statistics.median(attempt[1][key] for attempt in attempts), 1) for key in attempts[0][1]}
+        combined["repeats"] = [
+            {"rps": run["rps"], "p50_us": run["latency_us"]["p50"], "p99_us": run["latency_us"]["p99"]}
+            for run in runs
+        ]
+        cpu = {
+            key: round(statistics.median(attempt[1][key] for attempt in attempts), 1)
+            for key in attempts[0][1]
+        }
         return combined, cpu
 
-    def repeated(self, url: str, concurrency: int, proxy_pid: int | None, run_seconds: float, *, unique: bool,
-                 paired: bool) -> tuple[tuple[dict[str, Any], dict[str, float]], dict[str, Any] | None]:
+    def repeated(
+        self,
+        url: str,
+        concurrency: int,
+        proxy_pid: int | None,
+        run_seconds: float,
+        *,
+        unique: bool,
+        paired: bool,
+    ) -> tuple[tuple[dict[str, Any], dict[str, float]], dict[str, Any] | None]:
         """`repeats` runs of the target; when paired, each preceded by a run of the fake alone
         (interleaved A B A B ..., so that both see the same drift of a shared machine)."""
         assert self.fake is not None
         target_runs, baseline_runs = [], []
         for _ in range(self.plan.repeats):
             if paired:
-                baseline_runs.append(self.measure(self.fake.url, concurrency, None, max_requests=self.plan.run_requests,
-                                                  max_seconds=run_seconds, unique=False))
-            target_runs.append(self.measure(url, concurrency, proxy_pid, max_requests=self.plan.run_requests,
-                                            max_seconds=run_seconds, unique=unique))
+                baseline_runs.append(
+                    self.measure(
+                        self.fake.url,
+                        concurrency,
+                        None,
+                        max_requests=self.plan.run_requests,
+                        max_seconds=run_seconds,
+                        unique=False,
+                    )
+                )
+            target_runs.append(
+                self.measure(
+                    url,
+                    concurrency,
+                    proxy_pid,
+                    max_requests=self.plan.run_requests,
+                    max_seconds=run_seconds,
+                    unique=unique,
+                )
+            )
         baseline = self.median_run(baseline_runs)[0] if baseline_runs else None
         return self.median_run(target_runs), baseline
 
-    def run_target(self, target: str, url: str, proxy_pid: int | None, *, unique: bool, rss: bool,
-                   run_seconds: float, warmup_requests: int | None = None, paired: bool = True) -> dict[str, Any]:
+    def run_target(
+        self,
+        target: str,
+        url: str,
+        proxy_pid: int | None,
+        *,
+        unique: bool,
+        rss: bool,
+        run_seconds: float,
+        warmup_requests: int | None = None,
+        paired: bool = True,
+    ) -> dict[str, Any]:
         plan = self.plan
         served = 0
-        data: dict[str, Any] = {"url": url, "runs": {}, "cpu_us_per_request": {}, "loadavg_before": procstat.loadavg()}
+        data: dict[str, Any] = {
+            "url": url,
+            "runs": {},
+            "cpu_us_per_request": {},
+            "loadavg_before": procstat.loadavg(),
+        }
         warmup = plan.warmup_requests if warmup_requests is None else warmup_requests
         self.log(f"{target}: warm-up ({warmup} requests)")
         warm, _ = self.measure(url, 32, proxy_pid, max_requests=warmup, max_seconds=300, unique=unique)
@@ -174,8 +254,9 @@ class Bench:
                 for _ in range(10):  # bounded: each top-up run is counted, so one or two suffice
                     if served >= mark:
                         break
-                    top_up, _ = self.measure(url, 32, proxy_pid, max_requests=mark - served, max_seconds=900,
-                                             unique=unique)
+                    top_up, _ = self.measure(
+                        url, 32, proxy_pid, max_requests=mark - served, max_seconds=900, unique=unique
+                    )
                     served += top_up["requests"]
                     data["top_up_errors"] = data.get("top_up_errors", 0) + top_up["errors"]
                 sample = {"requests": served, "rss_bytes": procstat.rss_bytes(proxy_pid)}
@@ -185,17 +266,24 @@ class Bench:
             # With `paired`, the fake alone is measured in turns with the target: on a shared
             # 2-core machine the load of other processes drifts over minutes, and the ratios
             # (added latency, share of direct throughput) use these paired runs.
-            (result, cpu), baseline = self.repeated(url, concurrency, proxy_pid, run_seconds, unique=unique,
-                                                    paired=paired)
+            (result, cpu), baseline = self.repeated(
+                url, concurrency, proxy_pid, run_seconds, unique=unique, paired=paired
+            )
             if baseline is not None:
                 data.setdefault("baseline_runs", {})[f"c{concurrency}"] = baseline
             served += result["requests"]
             data["runs"][f"c{concurrency}"] = result
             data["cpu_us_per_request"][f"c{concurrency}"] = cpu
-            self.log(f"{target}: c={concurrency}: {result['requests']} requests, {result['rps']} req/s, "
-                     f"p50 {result['latency_us']['p50'] / 1000:.2f} ms, p99 {result['latency_us']['p99'] / 1000:.2f} ms, "
-                     f"errors {result['errors']}, CPU µs/req {cpu}"
-                     + (f" (paired direct: {data['baseline_runs'][f'c{concurrency}']['rps']} req/s)" if paired else ""))
+            self.log(
+                f"{target}: c={concurrency}: {result['requests']} requests, {result['rps']} req/s, "
+                f"p50 {result['latency_us']['p50'] / 1000:.2f} ms, p99 {result['latency_us']['p99'] / 1000:.2f} ms, "
+                f"errors {result['errors']}, CPU µs/req {cpu}"
+                + (
+                    f" (paired direct: {data['baseline_runs'][f'c{concurrency}']['rps']} req/s)"
+                    if paired
+                    else ""
+                )
+            )
         if proxy_pid:
             data.setdefault("rss", {"samples": []})["at_end_bytes"] = procstat.rss_bytes(proxy_pid)
         data["served"] = served
@@ -209,7 +297,9 @@ class Bench:
         reply = json.loads(body) if body else {}
         model = reply.get("model")
         if status != 200 or model not in expect_models:
-            raise RuntimeError(f"probe of {url}: HTTP {status}, model {model!r} (want one of {expect_models!r}): {body[:300]!r}")
+            raise RuntimeError(
+                f"probe of {url}: HTTP {status}, model {model!r} (want one of {expect_models!r}): {body[:300]!r}"
+            )
         return {"status": status, "model": model, "usage": reply.get("usage", {}).get("total_tokens")}
 
     def cache_probe(self, url: str) -> dict[str, Any]:
@@ -217,8 +307,12 @@ class Bench:
         first = services.post_json(url + "/chat/completions", request_body(False))
         second = services.post_json(url + "/chat/completions", request_body(False))
         header = second[1].get("x-openai-policy-cache")
-        return {"first_status": first[0], "second_status": second[0], "cache_header": header,
-                "wired": header == "hit"}
+        return {
+            "first_status": first[0],
+            "second_status": second[0],
+            "cache_header": header,
+            "wired": header == "hit",
+        }
 
     # -- the whole run -------------------------------------------------------------------------------
 
@@ -264,8 +358,9 @@ class Bench:
         assert self.fake is not None
         seconds = self.plan.run_seconds
         if target == "direct":
-            data = self.run_target(target, self.fake.url, None, unique=False, rss=False, run_seconds=seconds,
-                                   paired=False)
+            data = self.run_target(
+                target, self.fake.url, None, unique=False, rss=False, run_seconds=seconds, paired=False
+            )
             data["probe"] = self.probe(self.fake.url, MODEL_ALIAS)
             return data
         if target == "litellm":
@@ -281,27 +376,34 @@ class Bench:
                     self.notes.append(
                         f"{target}: issue 4's stages are NOT wired into the sidecar yet (no "
                         f"`x-openai-policy-cache: hit` on a repeated deterministic request): these figures are "
-                        f"the core path under an all-stages policy, not issue 4's re-run.")
-            data |= self.run_target(target, sidecar.url, sidecar.pid, unique=unique, rss=not self.args.no_rss,
-                                    run_seconds=seconds)
+                        f"the core path under an all-stages policy, not issue 4's re-run."
+                    )
+            data |= self.run_target(
+                target, sidecar.url, sidecar.pid, unique=unique, rss=not self.args.no_rss, run_seconds=seconds
+            )
             if target in self.profiled:
                 data["profile"] = self.profile(target, sidecar)
             data["sidecar_counted"] = counted = services.sidecar_counters(sidecar.admin_url)
             # Every request the load generator saw answered must have been metered by the sidecar
             # (probes and the profiling run add a few more, never fewer).
             if counted["requests"] < data["served"] or counted["refusals"]:
-                self.notes.append(f"{target}: the sidecar counted {counted['requests']} requests "
-                                  f"({counted['refusals']} refused) for {data['served']} served by the harness")
+                self.notes.append(
+                    f"{target}: the sidecar counted {counted['requests']} requests "
+                    f"({counted['refusals']} refused) for {data['served']} served by the harness"
+                )
         return data
 
     @contextlib.contextmanager
     def sidecar(self, target: str, template: Path, *, redis: bool):  # -> Iterator[services.Service]
         redis_server = RedisServer().start() if redis else None
-        policy = services.write_policy(template, self.fake.url if self.fake else "", self.workdir / f"{target}.yaml")
+        policy = services.write_policy(
+            template, self.fake.url if self.fake else "", self.workdir / f"{target}.yaml"
+        )
         sidecar = None
         try:
-            sidecar = services.start_sidecar(target, policy, self.workdir,
-                                             redis_url=redis_server.url if redis_server else None)
+            sidecar = services.start_sidecar(
+                target, policy, self.workdir, redis_url=redis_server.url if redis_server else None
+            )
             self.log(f"{target}: sidecar pid {sidecar.pid} at {sidecar.url}")
             yield sidecar
         except Exception:
@@ -327,9 +429,16 @@ class Bench:
         try:
             # LiteLLM reports the model group the client asked for (the alias), not the dated model it sent.
             data = {"version": version, "probe": self.probe(service.url, PINNED_MODEL, MODEL_ALIAS)}
-            data |= self.run_target("litellm", service.url, service.pid, unique=False, rss=False,
-                                    run_seconds=self.plan.litellm_run_seconds,
-                                    warmup_requests=self.plan.litellm_warmup_requests, paired=False)
+            data |= self.run_target(
+                "litellm",
+                service.url,
+                service.pid,
+                unique=False,
+                rss=False,
+                run_seconds=self.plan.litellm_run_seconds,
+                warmup_requests=self.plan.litellm_warmup_requests,
+                paired=False,
+            )
             if "litellm" in self.profiled:
                 data["profile"] = self.profile("litellm", service)
             return data
@@ -346,10 +455,27 @@ class Bench:
         RESULTS.mkdir(exist_ok=True)
         out = RESULTS / f"profile-{target}.txt"
         seconds = max(5, int(self.plan.run_seconds))
-        spy = subprocess.Popen([str(py_spy), "record", "--pid", str(sidecar.pid), "--duration", str(seconds),
-                                "--subprocesses",
-                                "--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        spy = subprocess.Popen(
+            [
+                str(py_spy),
+                "record",
+                "--pid",
+                str(sidecar.pid),
+                "--duration",
+                str(seconds),
+                "--subprocesses",
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         time.sleep(1.0)
         self.measure(sidecar.url, 32, sidecar.pid, max_requests=0, max_seconds=seconds, unique=False)
         spy_out, _ = spy.communicate(timeout=seconds + 60)
@@ -400,26 +526,48 @@ def save(results: dict[str, Any], output: Path | None, quick: bool) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a few hundred requests per target (harness check, not figures)")
-    parser.add_argument("--targets", default=",".join(CORE_TARGETS),
-                        help=f"comma-separated, from {', '.join(CORE_TARGETS + ISSUE4_TARGETS)}")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few hundred requests per target (harness check, not figures)"
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(CORE_TARGETS),
+        help=f"comma-separated, from {', '.join(CORE_TARGETS + ISSUE4_TARGETS)}",
+    )
     parser.add_argument("--no-litellm", action="store_true", help="drop the litellm target")
-    parser.add_argument("--issue4", action="store_true",
-                        help="add issue 4's re-run: every stage on (cache-miss path) and a cache-hit run")
+    parser.add_argument(
+        "--issue4",
+        action="store_true",
+        help="add issue 4's re-run: every stage on (cache-miss path) and a cache-hit run",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured c=1 / c=32 run")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="measured runs per concurrency (full mode), interleaved with the paired direct "
-                             "runs; each figure is the median over the runs")
-    parser.add_argument("--rss-requests", type=int, default=100_000,
-                        help="RSS is sampled at half this and at this many requests served")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="measured runs per concurrency (full mode), interleaved with the paired direct "
+        "runs; each figure is the median over the runs",
+    )
+    parser.add_argument(
+        "--rss-requests",
+        type=int,
+        default=100_000,
+        help="RSS is sampled at half this and at this many requests served",
+    )
     parser.add_argument("--no-rss", action="store_true", help="skip the RSS phase")
-    parser.add_argument("--profile", nargs="?", const="sidecar-memory", default="",
-                        help="py-spy these targets (comma-separated; default sidecar-memory) during an extra "
-                             "c=32 run: collapsed stacks in bench/results/profile-*.txt, top functions in the JSON")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="sidecar-memory",
+        default="",
+        help="py-spy these targets (comma-separated; default sidecar-memory) during an extra "
+        "c=32 run: collapsed stacks in bench/results/profile-*.txt, top functions in the JSON",
+    )
     parser.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--litellm-spec", default=litellm_peer.DEFAULT_SPEC)
-    parser.add_argument("--output", type=Path, default=None, help="JSON results file (default bench/results/...)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="JSON results file (default bench/results/...)"
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and configs of the run")
     return parser.parse_args(argv)
 

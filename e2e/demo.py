@@ -54,10 +54,16 @@ def interactive() -> bool:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m e2e.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="when not on a terminal: give up after this many seconds (exit 1)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="when not on a terminal: give up after this many seconds (exit 1)",
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between two status prints")
-    parser.add_argument("--workdir", type=Path, default=None, help="logs and state (default: a temporary directory)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="logs and state (default: a temporary directory)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the workdir (logs) afterwards")
     return parser.parse_args(argv)
 
@@ -90,9 +96,17 @@ class Demo:
 
     def start_fake_upstream(self) -> str:
         port = free_port()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self.fake = ManagedProcess("fake-openai", [sys.executable, "-m", "openai_policy_devkit.fake_openai", "--port", str(port)],
-                                   self.workdir / "logs" / "fake-openai.log", env=env, cwd=self.workdir)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        self.fake = ManagedProcess(
+            "fake-openai",
+            [sys.executable, "-m", "openai_policy_devkit.fake_openai", "--port", str(port)],
+            self.workdir / "logs" / "fake-openai.log",
+            env=env,
+            cwd=self.workdir,
+        )
         self.fake.start()
 
         def healthy() -> bool:
@@ -115,19 +129,34 @@ class Demo:
         assert self.cp is not None and self.stack is not None
         self.namespace = self.cp.create_namespace("demo")
         label_for_injection(self.cp, self.namespace)
-        workload = Workload(self.namespace, policy=POLICY, api_key=api_key, upstream=upstream, budget_usd=BUDGET_USD,
-                            client_args=["--interval", "0.5", "--max-tokens", "1000"])
-        say(f"namespace {self.namespace} (labelled openaipolicy.dev/injection=enabled): Secret, OpenAIPolicy "
+        workload = Workload(
+            self.namespace,
+            policy=POLICY,
+            api_key=api_key,
+            upstream=upstream,
+            budget_usd=BUDGET_USD,
+            client_args=["--interval", "0.5", "--max-tokens", "1000"],
+        )
+        say(
+            f"namespace {self.namespace} (labelled openaipolicy.dev/injection=enabled): Secret, OpenAIPolicy "
             f"{POLICY} (budget ${BUDGET_USD:.2f}/day, gpt-4o-mini pinned, 50 output tokens max), "
-            "Deployment governed-client")
+            "Deployment governed-client"
+        )
         deploy(self.cp, workload)
         pod = stored_pod(self.cp, self.namespace)
         injected = (pod["metadata"].get("annotations") or {}).get("openaipolicy.dev/injected")
         if injected != POLICY:
-            raise RuntimeError(f"the Pod was not injected by the webhook:\n{self.stack.operator_logs()[-3000:]}")
+            raise RuntimeError(
+                f"the Pod was not injected by the webhook:\n{self.stack.operator_logs()[-3000:]}"
+            )
         say(f"Pod {pod['metadata']['name']} stored with the sidecar injected; starting it locally")
-        self.pod = LocalPod(self.stack.api_client, self.namespace, pod["metadata"]["name"], self.workdir / "pod",
-                            image_commands=image_commands())
+        self.pod = LocalPod(
+            self.stack.api_client,
+            self.namespace,
+            pod["metadata"]["name"],
+            self.workdir / "pod",
+            image_commands=image_commands(),
+        )
         self.pod.start(probe_timeout=60)
         return workload
 
@@ -146,15 +175,21 @@ class Demo:
             if refused_at is None and any(r.get("code") == "budget_exceeded" for r in new):
                 refused_at = time.monotonic()
             refused_seen = refused_at is not None
-            print(f"\n--- {time.strftime('%H:%M:%S')}  kubectl get oaip -n {self.namespace} -o wide", flush=True)
-            print(self.cp.kubectl("get", "oaip", "-n", self.namespace, "-o", "wide").stdout.rstrip(), flush=True)
+            print(
+                f"\n--- {time.strftime('%H:%M:%S')}  kubectl get oaip -n {self.namespace} -o wide", flush=True
+            )
+            print(
+                self.cp.kubectl("get", "oaip", "-n", self.namespace, "-o", "wide").stdout.rstrip(), flush=True
+            )
             print(summarise(new), flush=True)
             policy = get_json(self.cp, "oaip", POLICY, "-n", self.namespace)
             exceeded = condition(policy, "BudgetExceeded")
             if exceeded and exceeded.get("status") == "True" and refused_seen and not announced:
                 announced = True
-                print(f"\nBudgetExceeded: {exceeded['status']} ({exceeded.get('reason')}): {exceeded.get('message')}",
-                      flush=True)
+                print(
+                    f"\nBudgetExceeded: {exceeded['status']} ({exceeded.get('reason')}): {exceeded.get('message')}",
+                    flush=True,
+                )
                 if timeout is not None:
                     return True
                 say("the budget is exceeded and calls are refused; Ctrl-C stops everything")
@@ -166,8 +201,10 @@ class Demo:
             late = refused_at is not None and now - refused_at > CONDITION_GRACE
             if timeout is not None and (now - started > timeout or late):
                 print(f"\nBudgetExceeded: {exceeded}", flush=True)
-                say(f"the budget was not reported exceeded (BudgetExceeded=True) within "
-                    f"{CONDITION_GRACE if late else timeout:g}s (refusals seen: {refused_seen})")
+                say(
+                    f"the budget was not reported exceeded (BudgetExceeded=True) within "
+                    f"{CONDITION_GRACE if late else timeout:g}s (refusals seen: {refused_seen})"
+                )
                 return False
             time.sleep(interval)
 
@@ -175,11 +212,13 @@ class Demo:
 
     def stop(self) -> None:
         """Reverse order; each step runs even if an earlier one failed."""
-        steps = [("the workload", lambda: self.pod and self.pod.stop()),
-                 ("the operator", lambda: self.stack and self.stack.stop(uninstall=False)),
-                 ("the fake upstream", lambda: self.fake and self.fake.stop()),
-                 ("redis", lambda: self.redis and self.redis.close()),
-                 ("the control plane", lambda: self.cp and self.cp.stop())]
+        steps = [
+            ("the workload", lambda: self.pod and self.pod.stop()),
+            ("the operator", lambda: self.stack and self.stack.stop(uninstall=False)),
+            ("the fake upstream", lambda: self.fake and self.fake.stop()),
+            ("redis", lambda: self.redis and self.redis.close()),
+            ("the control plane", lambda: self.cp and self.cp.stop()),
+        ]
         for what, step in steps:
             try:
                 step()
@@ -194,8 +233,10 @@ def summarise(records: list[dict[str, Any]]) -> str:
     runs: list[tuple[str, int, int]] = []  # (text, first n, last n)
     for record in records:
         if record.get("ok"):
-            text = (f"ok       model={record.get('model')} "
-                    f"tokens={record.get('prompt_tokens')}+{record.get('completion_tokens')}")
+            text = (
+                f"ok       model={record.get('model')} "
+                f"tokens={record.get('prompt_tokens')}+{record.get('completion_tokens')}"
+            )
         else:
             text = f"REFUSED  {record.get('status')} {record.get('code')}: {record.get('message')}"
         if runs and runs[-1][0] == text:
@@ -239,8 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo.start_redis()
             upstream = None if real_key else demo.start_fake_upstream()
             if real_key:
-                say("OPENAI_API_KEY is set: the policy's upstream is the public OpenAI API (a few cents of "
-                    "demo-priced budget; the real cost stays far below a cent)")
+                say(
+                    "OPENAI_API_KEY is set: the policy's upstream is the public OpenAI API (a few cents of "
+                    "demo-priced budget; the real cost stays far below a cent)"
+                )
             demo.start_stack()
             demo.deploy_workload(upstream, real_key or DEMO_FAKE_KEY)
             exceeded = demo.watch(args.interval, None if interactive() else args.timeout)

@@ -102,8 +102,13 @@ class LocalEnvironment:
         return LocalUpstream(self.fake)
 
     def run_pod(self, pod: dict[str, Any]) -> RunningPod:
-        local = LocalPod(self.stack.api_client, pod["metadata"]["namespace"], pod["metadata"]["name"],
-                         self.workdir / "pod", image_commands=image_commands())
+        local = LocalPod(
+            self.stack.api_client,
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            self.workdir / "pod",
+            image_commands=image_commands(),
+        )
         local.start(probe_timeout=60)
         return LocalRunningPod(local)
 
@@ -128,7 +133,9 @@ class ClusterRunningPod:
         self.name = name
 
     def logs(self, container: str) -> str:
-        return self.cluster.kubectl("logs", self.name, "-n", self.namespace, "-c", container, check=False).stdout
+        return self.cluster.kubectl(
+            "logs", self.name, "-n", self.namespace, "-c", container, check=False
+        ).stdout
 
     def sidecar_instance(self) -> tuple[Any, ...]:
         pod = get_json(self.cluster, "pod", self.name, "-n", self.namespace) or {}
@@ -160,8 +167,10 @@ class ClusterEnvironment:
         found = get_json(self.cluster, "deployments", "-n", self.release_namespace, "-l", selector) or {}
         items = found.get("items") or []
         if len(items) != 1:
-            raise RuntimeError(f"expected one operator Deployment of release {self.release} in "
-                               f"{self.release_namespace}, found {len(items)}")
+            raise RuntimeError(
+                f"expected one operator Deployment of release {self.release} in "
+                f"{self.release_namespace}, found {len(items)}"
+            )
         args = items[0]["spec"]["template"]["spec"]["containers"][0].get("args", [])
         return next(a.split("=", 1)[1] for a in args if a.startswith("--sidecar-image="))
 
@@ -169,8 +178,11 @@ class ClusterEnvironment:
         name = f"{prefix[:40].rstrip('-')}-{secrets.token_hex(3)}"
         self.cluster.kubectl("create", "namespace", name)
         self.namespaces.append(name)
-        wait_for(lambda: get_json(self.cluster, "serviceaccount", "default", "-n", name), 60,
-                 f"the default ServiceAccount of {name}")
+        wait_for(
+            lambda: get_json(self.cluster, "serviceaccount", "default", "-n", name),
+            60,
+            f"the default ServiceAccount of {name}",
+        )
         return name
 
     def upstream(self, namespace: str) -> Upstream:
@@ -195,8 +207,12 @@ class ClusterEnvironment:
     def operator_logs(self, tail: int = -1) -> str:
         selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator"
         pods = pods_with_label(self.cluster, self.release_namespace, selector)
-        return "\n".join(self.cluster.kubectl("logs", p["metadata"]["name"], "-n", self.release_namespace,
-                                              f"--tail={tail}", check=False).stdout for p in pods)
+        return "\n".join(
+            self.cluster.kubectl(
+                "logs", p["metadata"]["name"], "-n", self.release_namespace, f"--tail={tail}", check=False
+            ).stdout
+            for p in pods
+        )
 
     def close(self) -> None:
         for name in self.namespaces:

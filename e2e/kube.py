@@ -18,8 +18,9 @@ from openai_policy_devkit.polling import wait_for  # noqa: F401 - re-exported fo
 
 
 class Kubectl(Protocol):
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 60.0) -> subprocess.CompletedProcess[str]: ...
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]: ...
 
 
 class KubeconfigCluster:
@@ -29,10 +30,17 @@ class KubeconfigCluster:
         self.kubeconfig = str(kubeconfig or os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
         self.binary = kubectl_binary or shutil.which("kubectl") or "kubectl"
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([self.binary, f"--kubeconfig={self.kubeconfig}", *args], input=input,
-                                capture_output=True, text=True, timeout=timeout, check=False)
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result

@@ -44,16 +44,26 @@ BIN = Path(sys.executable).parent
 
 def image_commands() -> dict[str, list[str]]:
     """Each image's ENTRYPOINT (see the Dockerfiles), as installed in this virtualenv."""
-    return {OPERATOR_IMAGE: [str(BIN / "openai-policy-operator")],
-            SIDECAR_IMAGE: [str(BIN / "openai-policy-sidecar")]}
+    return {
+        OPERATOR_IMAGE: [str(BIN / "openai-policy-operator")],
+        SIDECAR_IMAGE: [str(BIN / "openai-policy-sidecar")],
+    }
 
 
 class LocalStack:
     """helm install + the operator's Pod run locally. ``start()``/``stop()``, or use ``with``."""
 
-    def __init__(self, control_plane: ControlPlane, redis_url: str, workdir: Path, *,
-                 release: str | None = None, namespace: str | None = None, status_interval: int = 1,
-                 log: Callable[[str], None] = lambda message: None) -> None:
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        redis_url: str,
+        workdir: Path,
+        *,
+        release: str | None = None,
+        namespace: str | None = None,
+        status_interval: int = 1,
+        log: Callable[[str], None] = lambda message: None,
+    ) -> None:
         self.cp = control_plane
         self.redis_url = redis_url
         self.workdir = workdir
@@ -84,8 +94,16 @@ class LocalStack:
             self.operator.stop()
             self.operator = None
         if self.installed and uninstall:
-            self.cp.helm("uninstall", self.release, "--namespace", self.namespace, "--wait", "--timeout", "60s",
-                         check=False)
+            self.cp.helm(
+                "uninstall",
+                self.release,
+                "--namespace",
+                self.namespace,
+                "--wait",
+                "--timeout",
+                "60s",
+                check=False,
+            )
             self.installed = False
         if self.api_client is not None:
             self.api_client.close()
@@ -102,11 +120,21 @@ class LocalStack:
     def install(self) -> None:
         self.log(f"helm install {self.release} {CHART.relative_to(ROOT)} --namespace {self.namespace}")
         self.cp.helm(
-            "install", self.release, str(CHART), "--namespace", self.namespace, "--create-namespace",
-            "--set", f"operator.image.tag={IMAGE_TAG}", "--set", f"sidecar.image.tag={IMAGE_TAG}",
+            "install",
+            self.release,
+            str(CHART),
+            "--namespace",
+            self.namespace,
+            "--create-namespace",
+            "--set",
+            f"operator.image.tag={IMAGE_TAG}",
+            "--set",
+            f"sidecar.image.tag={IMAGE_TAG}",
             # The external-Redis mode of the chart: our redis-server instead of the bundled Deployment.
-            "--set", f"redis.url={self.redis_url}",
-            "--set", f"operator.statusIntervalSeconds={self.status_interval}",
+            "--set",
+            f"redis.url={self.redis_url}",
+            "--set",
+            f"operator.statusIntervalSeconds={self.status_interval}",
         )
         self.installed = True
         self.api_client = k8s_config.new_client_from_config(config_file=str(self.cp.kubeconfig))
@@ -114,8 +142,11 @@ class LocalStack:
     def operator_pod(self, timeout: float = 60.0) -> dict[str, Any]:
         """One of the operator Pods the controller-manager created from the chart's Deployment."""
         selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator"
-        return wait_for(lambda: next(iter(pods_with_label(self.cp, self.namespace, selector)), None),
-                        timeout, "the chart's operator Pod to be created")
+        return wait_for(
+            lambda: next(iter(pods_with_label(self.cp, self.namespace, selector)), None),
+            timeout,
+            "the chart's operator Pod to be created",
+        )
 
     def start_operator(self) -> None:
         pod = self.operator_pod()
@@ -124,10 +155,18 @@ class LocalStack:
         self._serve_tls_on_loopback(tls_secret)
         # The operator authenticates exactly as the chart's ServiceAccount would in a cluster.
         kubeconfig = self.cp.service_account_kubeconfig(self.namespace, spec["serviceAccountName"])
-        self.log(f"starting the operator from Pod {pod['metadata']['name']} as "
-                 f"system:serviceaccount:{self.namespace}:{spec['serviceAccountName']}")
-        self.operator = LocalPod(self.api_client, self.namespace, pod["metadata"]["name"], self.workdir / "operator",
-                                 image_commands=image_commands(), extra_env={"KUBECONFIG": str(kubeconfig)})
+        self.log(
+            f"starting the operator from Pod {pod['metadata']['name']} as "
+            f"system:serviceaccount:{self.namespace}:{spec['serviceAccountName']}"
+        )
+        self.operator = LocalPod(
+            self.api_client,
+            self.namespace,
+            pod["metadata"]["name"],
+            self.workdir / "operator",
+            image_commands=image_commands(),
+            extra_env={"KUBECONFIG": str(kubeconfig)},
+        )
         self.operator.start()
         port = self.operator.host_port(WEBHOOK_POD_PORT)
         wait_for(lambda: self._webhook_answers(port), 60, "the operator's webhook to serve TLS", interval=0.2)
@@ -137,8 +176,11 @@ class LocalStack:
 
     def _serve_tls_on_loopback(self, secret_name: str) -> None:
         pair = self.cp.issue_serving_certificate(f"{self.release}-webhook")
-        data = {"tls.crt": pair.cert.read_bytes(), "tls.key": pair.key.read_bytes(),
-                "ca.crt": self.cp.ca_cert.read_bytes()}
+        data = {
+            "tls.crt": pair.cert.read_bytes(),
+            "tls.key": pair.key.read_bytes(),
+            "ca.crt": self.cp.ca_cert.read_bytes(),
+        }
         secret = self.cp.api("GET", f"/api/v1/namespaces/{self.namespace}/secrets/{secret_name}")
         secret["data"] = {key: base64.b64encode(value).decode() for key, value in data.items()}
         self.cp.api("PUT", f"/api/v1/namespaces/{self.namespace}/secrets/{secret_name}", secret)
@@ -147,7 +189,9 @@ class LocalStack:
         assert self.operator is not None
         process = self.operator.containers["operator"].process
         if process.poll() is not None:
-            raise AssertionError(f"the operator exited with {process.returncode}:\n{self.operator_logs()[-5000:]}")
+            raise AssertionError(
+                f"the operator exited with {process.returncode}:\n{self.operator_logs()[-5000:]}"
+            )
         context = ssl.create_default_context(cafile=str(self.cp.ca_cert))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
@@ -167,13 +211,19 @@ class LocalStack:
         for hook in config["webhooks"]:
             path = hook["clientConfig"].get("service", {}).get("path", "/")
             hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}", "caBundle": ca_bundle}
-        self.cp.api("PUT", f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"
-                           f"{self.webhook_configuration}", config)
+        self.cp.api(
+            "PUT",
+            f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"
+            f"{self.webhook_configuration}",
+            config,
+        )
 
     # -- introspection ------------------------------------------------------------------
 
     def operator_logs(self) -> str:
-        return self.operator.logs("operator") if self.operator and "operator" in self.operator.containers else ""
+        return (
+            self.operator.logs("operator") if self.operator and "operator" in self.operator.containers else ""
+        )
 
     def pids(self) -> list[int]:
         return self.operator.pids() if self.operator else []

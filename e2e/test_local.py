@@ -49,8 +49,11 @@ MAX_OUTPUT_TOKENS = 50
 @pytest.fixture
 def environment(request: pytest.FixtureRequest, tmp_path) -> Iterator[Environment]:
     if FLAVOUR == "kind":
-        env: Any = ClusterEnvironment(KubeconfigCluster(), os.environ["OPENAI_POLICY_E2E_NAMESPACE"],
-                                      os.environ["OPENAI_POLICY_E2E_RELEASE"])
+        env: Any = ClusterEnvironment(
+            KubeconfigCluster(),
+            os.environ["OPENAI_POLICY_E2E_NAMESPACE"],
+            os.environ["OPENAI_POLICY_E2E_RELEASE"],
+        )
         try:
             yield env
         finally:
@@ -84,8 +87,14 @@ class Flow:
         self.cluster = env.cluster
         self.namespace = env.create_namespace("e2e-governed")
         self.upstream: Upstream = env.upstream(self.namespace)
-        self.workload = Workload(self.namespace, api_key=FIRST_KEY, upstream=self.upstream.base_url, budget_usd=100,
-                                 client_args=["--interval", "0.2", "--max-tokens", "1000"], image=env.sidecar_image)
+        self.workload = Workload(
+            self.namespace,
+            api_key=FIRST_KEY,
+            upstream=self.upstream.base_url,
+            budget_usd=100,
+            client_args=["--interval", "0.2", "--max-tokens", "1000"],
+            image=env.sidecar_image,
+        )
         self.pod: RunningPod | None = None
 
     # -- helpers --------------------------------------------------------------------------
@@ -107,8 +116,16 @@ class Flow:
 
     def patch_policy(self, spec: dict[str, Any]) -> float:
         """Patch the spec; returns when (epoch seconds, the client's clock) it was accepted."""
-        self.cluster.kubectl("patch", "oaip", self.policy, "-n", self.namespace, "--type=merge",
-                             "-p", json.dumps({"spec": spec}))
+        self.cluster.kubectl(
+            "patch",
+            "oaip",
+            self.policy,
+            "-n",
+            self.namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": spec}),
+        )
         return time.time()
 
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -132,8 +149,9 @@ class Flow:
         wait_for(lambda: self.condition_true("Ready"), 15, "the policy's Ready condition")
         pod = stored_pod(self.cluster, self.namespace)
         annotations = pod["metadata"].get("annotations") or {}
-        assert annotations.get("openaipolicy.dev/injected") == self.policy, \
+        assert annotations.get("openaipolicy.dev/injected") == self.policy, (
             f"the stored Pod was not injected: {json.dumps(pod['metadata'])}\n{self.env.diagnostics()}"
+        )
         self.check_stored_pod_shape(pod)
         self.pod = self.env.run_pod(pod)
 
@@ -143,8 +161,11 @@ class Flow:
         spec = pod["spec"]
         sidecar = next(c for c in spec.get("initContainers", []) if c["name"] == SIDECAR)
         assert sidecar.get("restartPolicy") == "Always" and sidecar.get("startupProbe")
-        key_volumes = {v["name"] for v in spec["volumes"]
-                       if (v.get("secret") or {}).get("secretName") == "openai-api-key"}
+        key_volumes = {
+            v["name"]
+            for v in spec["volumes"]
+            if (v.get("secret") or {}).get("secretName") == "openai-api-key"
+        }
         assert key_volumes and any(m["name"] in key_volumes for m in sidecar["volumeMounts"])
         (app,) = spec["containers"]
         env = {e["name"]: e for e in app.get("env", [])}
@@ -153,8 +174,12 @@ class Flow:
         assert not any(m["name"] in key_volumes for m in app.get("volumeMounts", []))
 
     def governed_calls(self) -> None:
-        records = wait_for(lambda: [r for r in self.records() if r.get("ok")][:3], 60,
-                           f"three successful calls by the governed client\n{self.diagnostics()}", 0.2)
+        records = wait_for(
+            lambda: [r for r in self.records() if r.get("ok")][:3],
+            60,
+            f"three successful calls by the governed client\n{self.diagnostics()}",
+            0.2,
+        )
         assert all(r["model"] == PINNED for r in records), records
         upstream = self.chat_requests()
         assert upstream, "the upstream saw no chat completion"
@@ -169,8 +194,13 @@ class Flow:
         def reported() -> dict[str, str] | None:
             row = get_oaip_row(self.cluster, self.namespace, self.policy)
             requests = row.get("REQUESTS", "")
-            ok = row.get("ENFORCING") == "1/1" and requests.isdigit() and int(requests) >= 3 \
-                and row.get("SPEND", "").startswith("$") and not row["SPEND"].startswith("$0.00/")
+            ok = (
+                row.get("ENFORCING") == "1/1"
+                and requests.isdigit()
+                and int(requests) >= 3
+                and row.get("SPEND", "").startswith("$")
+                and not row["SPEND"].startswith("$0.00/")
+            )
             return row if ok else None
 
         row = wait_for(reported, 20, f"requests and spend in kubectl get oaip\n{self.diagnostics()}", 0.3)
@@ -181,11 +211,22 @@ class Flow:
     def rotate_key(self) -> None:
         assert self.pod is not None
         sidecar = self.pod.sidecar_instance()
-        self.cluster.kubectl("patch", "secret", "openai-api-key", "-n", self.namespace, "--type=merge",
-                             "-p", json.dumps({"stringData": {"api-key": SECOND_KEY}}))
-        wait_for(lambda: any(r["authorization"] == f"Bearer {SECOND_KEY}" for r in self.upstream.requests()),
-                 self.env.secret_propagation_seconds, f"the upstream to see the rotated key\n{self.diagnostics()}",
-                 0.3)
+        self.cluster.kubectl(
+            "patch",
+            "secret",
+            "openai-api-key",
+            "-n",
+            self.namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"stringData": {"api-key": SECOND_KEY}}),
+        )
+        wait_for(
+            lambda: any(r["authorization"] == f"Bearer {SECOND_KEY}" for r in self.upstream.requests()),
+            self.env.secret_propagation_seconds,
+            f"the upstream to see the rotated key\n{self.diagnostics()}",
+            0.3,
+        )
         assert self.pod.sidecar_instance() == sidecar, "the sidecar restarted to pick up the key"
         # Once switched, the old key is never used again.
         seen = [r["authorization"] for r in self.upstream.requests()]
@@ -198,19 +239,32 @@ class Flow:
         patched_at = self.patch_policy({"suspend": True})
 
         def first_refusal() -> dict[str, Any] | None:
-            return next((r for r in self.records() if r["time"] >= patched_at - 0.5
-                         and r.get("code") == "policy_suspended"), None)
+            return next(
+                (
+                    r
+                    for r in self.records()
+                    if r["time"] >= patched_at - 0.5 and r.get("code") == "policy_suspended"
+                ),
+                None,
+            )
 
         refusal = wait_for(first_refusal, 10, f"the app to see policy_suspended\n{self.diagnostics()}", 0.1)
         assert refusal["status"] == 403
-        assert refusal["time"] - patched_at < 2.0, f"first refusal {refusal['time'] - patched_at:.2f}s after the patch"
-        wait_for(lambda: [r for r in self.records() if r["time"] > patched_at + 2.5], 10, "requests after 2.5 s")
+        assert refusal["time"] - patched_at < 2.0, (
+            f"first refusal {refusal['time'] - patched_at:.2f}s after the patch"
+        )
+        wait_for(
+            lambda: [r for r in self.records() if r["time"] > patched_at + 2.5], 10, "requests after 2.5 s"
+        )
         late = [r for r in self.records() if r["time"] > patched_at + 2.0]
         assert late and all(r.get("code") == "policy_suspended" for r in late), late
         wait_for(lambda: self.condition_true("Suspended"), 15, "the Suspended condition")
         resumed_at = self.patch_policy({"suspend": False})
-        wait_for(lambda: any(r.get("ok") for r in self.records() if r["time"] > resumed_at), 10,
-                 "calls to pass again after resuming")
+        wait_for(
+            lambda: any(r.get("ok") for r in self.records() if r["time"] > resumed_at),
+            10,
+            "calls to pass again after resuming",
+        )
 
     def cross_budget(self) -> None:
         # A limit some 25 requests above the spend reported now (about 1.2 cents per request at
@@ -219,8 +273,12 @@ class Flow:
         # by up to a status interval included, so that the limit is crossed, not set under the spend.
         limit = round(float(self.day_spend()["usd"]) + 0.30, 2)
         self.patch_policy({"budget": {"limits": [{"window": "day", "usd": limit}]}})
-        refusal = wait_for(lambda: next((r for r in self.records() if r.get("code") == "budget_exceeded"), None),
-                           60, f"the client to see budget_exceeded\n{self.diagnostics()}", 0.2)
+        refusal = wait_for(
+            lambda: next((r for r in self.records() if r.get("code") == "budget_exceeded"), None),
+            60,
+            f"the client to see budget_exceeded\n{self.diagnostics()}",
+            0.2,
+        )
         assert refusal["status"] == 429 and refusal["ok"] is False
         # Blocked calls never reach the upstream, and the table counts them.
         seen = len(self.chat_requests())
@@ -237,16 +295,23 @@ class Flow:
         assert float(spent.lstrip("$")) <= limit, f"spend {spent} went past the limit {limit}"
         # While calls are refused for budget the condition says so, even though the settled spend
         # stays under the limit (reservations stop short of it by design).
-        found = wait_for(lambda: self.condition_true("BudgetExceeded"), 20,
-                         f"the BudgetExceeded condition while calls are refused\n{self.diagnostics()}", 0.3)
+        found = wait_for(
+            lambda: self.condition_true("BudgetExceeded"),
+            20,
+            f"the BudgetExceeded condition while calls are refused\n{self.diagnostics()}",
+            0.3,
+        )
         assert found.get("reason") == "LimitReached", found
 
     def delete_policy(self) -> None:
         configmap = f"{self.policy}-policy"
         assert get_json(self.cluster, "configmap", configmap, "-n", self.namespace) is not None
         self.cluster.kubectl("delete", "oaip", self.policy, "-n", self.namespace, "--wait=false")
-        wait_for(lambda: get_json(self.cluster, "configmap", configmap, "-n", self.namespace) is None, 30,
-                 "the policy's ConfigMap to be removed")
+        wait_for(
+            lambda: get_json(self.cluster, "configmap", configmap, "-n", self.namespace) is None,
+            30,
+            "the policy's ConfigMap to be removed",
+        )
 
     def no_key_leaks(self) -> None:
         assert self.pod is not None
@@ -255,7 +320,9 @@ class Flow:
             "the app's log": self.pod.logs("app"),
             "the sidecar's metrics": self.pod.sidecar_metrics(),
             "the operator's log": self.env.operator_logs(),
-            "the namespace's Events": self.cluster.kubectl("get", "events", "-n", self.namespace, "-o", "json").stdout,
+            "the namespace's Events": self.cluster.kubectl(
+                "get", "events", "-n", self.namespace, "-o", "json"
+            ).stdout,
             "the policy": json.dumps(self.get_policy()),
         }
         for where, text in places.items():

@@ -18,8 +18,10 @@ from e2e.upstream import FAKE_NAME, FAKE_PORT, InClusterUpstream
 from openai_policy_devkit.fake_openai_admin import answers_health
 from openai_policy_devkit.pod_runner import LocalPod
 
-pytestmark = pytest.mark.skipif(os.environ.get("OPENAI_POLICY_E2E_CLUSTER", "local") != "local",
-                                reason="checks the kind flavour's manifests on the local control plane")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("OPENAI_POLICY_E2E_CLUSTER", "local") != "local",
+    reason="checks the kind flavour's manifests on the local control plane",
+)
 
 
 @pytest.mark.timeout(120)
@@ -27,12 +29,21 @@ def test_in_cluster_fake_runs_from_its_configmap(control_plane, namespace, tikto
     upstream = InClusterUpstream(control_plane, namespace, SIDECAR_IMAGE)
     assert upstream.base_url == f"http://{FAKE_NAME}.{namespace}.svc.cluster.local:{FAKE_PORT}/v1"
     apply(control_plane, upstream.manifests())
-    pod = wait_for(lambda: next(iter(pods_with_label(control_plane, namespace, f"app={FAKE_NAME}")), None), 60,
-                   "the fake's Pod")
+    pod = wait_for(
+        lambda: next(iter(pods_with_label(control_plane, namespace, f"app={FAKE_NAME}")), None),
+        60,
+        "the fake's Pod",
+    )
     api_client = k8s_config.new_client_from_config(config_file=str(control_plane.kubeconfig))
     # Not the repo's copy: the process gets the modules from the mounted ConfigMap only.
-    local = LocalPod(api_client, namespace, pod["metadata"]["name"], tmp_path / "pod", image_commands=image_commands(),
-                     extra_env={"PYTHONPATH": "", "PYTHONSAFEPATH": "1"})
+    local = LocalPod(
+        api_client,
+        namespace,
+        pod["metadata"]["name"],
+        tmp_path / "pod",
+        image_commands=image_commands(),
+        extra_env={"PYTHONPATH": "", "PYTHONSAFEPATH": "1"},
+    )
     try:
         local.start()
         port = local.host_port(FAKE_PORT)
@@ -43,8 +54,11 @@ def test_in_cluster_fake_runs_from_its_configmap(control_plane, namespace, tikto
 
         wait_for(healthy, 30, "the fake to answer", 0.1)
         body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                         headers={"Authorization": "Bearer sk-x", "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=body,
+            headers={"Authorization": "Bearer sk-x", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert json.loads(response.read())["model"] == "gpt-4o-mini"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/requests", timeout=5) as response:

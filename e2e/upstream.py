@@ -16,8 +16,14 @@ from e2e.kube import Kubectl, apply, get_json, wait_for
 
 SUPPORT = Path(__file__).resolve().parents[1] / "devkit" / "openai_policy_devkit"
 # What `python -m openai_policy_devkit.fake_openai` imports (not the pytest fixture or the schema checks).
-FAKE_MODULES = ("fake_openai.py", "fake_openai_admin.py", "fake_openai_faults.py", "fake_openai_payloads.py",
-                "fake_openai_requests.py", "fake_openai_tokens.py")
+FAKE_MODULES = (
+    "fake_openai.py",
+    "fake_openai_admin.py",
+    "fake_openai_faults.py",
+    "fake_openai_payloads.py",
+    "fake_openai_requests.py",
+    "fake_openai_tokens.py",
+)
 FAKE_NAME = "fake-openai"
 FAKE_PORT = 8080
 
@@ -40,8 +46,10 @@ class LocalUpstream:
         self.base_url = fake.base_url
 
     def requests(self) -> list[UpstreamRequest]:
-        return [UpstreamRequest(path=r.path, authorization=r.headers.get("authorization"), json=r.json)
-                for r in list(self.fake.requests)]
+        return [
+            UpstreamRequest(path=r.path, authorization=r.headers.get("authorization"), json=r.json)
+            for r in list(self.fake.requests)
+        ]
 
 
 class InClusterUpstream:
@@ -56,28 +64,63 @@ class InClusterUpstream:
     def manifests(self) -> list[dict[str, Any]]:
         files = {name: (SUPPORT / name).read_text() for name in FAKE_MODULES}
         files["__init__.py"] = ""
-        items = [{"key": "__init__.py", "path": "openai_policy_devkit/__init__.py"},
-                 *({"key": name, "path": f"openai_policy_devkit/{name}"} for name in FAKE_MODULES)]
+        items = [
+            {"key": "__init__.py", "path": "openai_policy_devkit/__init__.py"},
+            *({"key": name, "path": f"openai_policy_devkit/{name}"} for name in FAKE_MODULES),
+        ]
         labels = {"app": FAKE_NAME}
         return [
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": FAKE_NAME, "namespace": self.namespace},
-             "data": files},
-            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": FAKE_NAME, "namespace": self.namespace},
-             "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
-                 # Never injected: it plays the OpenAI API, outside any policy.
-                 "metadata": {"labels": {**labels, "openaipolicy.dev/inject": "false"},
-                              "annotations": {"openaipolicy.dev/inject": "false"}},
-                 "spec": {"containers": [{
-                     "name": "fake", "image": self.image, "command": ["python", "-m", "openai_policy_devkit.fake_openai"],
-                     "args": ["--host", "0.0.0.0", "--port", str(FAKE_PORT), "--record"],
-                     "env": [{"name": "PYTHONPATH", "value": "/fake"}],
-                     "ports": [{"name": "http", "containerPort": FAKE_PORT}],
-                     "readinessProbe": {"httpGet": {"path": "/_fake/health", "port": FAKE_PORT}, "periodSeconds": 1},
-                     "volumeMounts": [{"name": "code", "mountPath": "/fake", "readOnly": True}],
-                 }], "volumes": [{"name": "code", "configMap": {"name": FAKE_NAME, "items": items}}]},
-             }}},
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": FAKE_NAME, "namespace": self.namespace},
-             "spec": {"selector": labels, "ports": [{"name": "http", "port": FAKE_PORT, "targetPort": FAKE_PORT}]}},
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": FAKE_NAME, "namespace": self.namespace},
+                "data": files,
+            },
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": FAKE_NAME, "namespace": self.namespace},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        # Never injected: it plays the OpenAI API, outside any policy.
+                        "metadata": {
+                            "labels": {**labels, "openaipolicy.dev/inject": "false"},
+                            "annotations": {"openaipolicy.dev/inject": "false"},
+                        },
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "fake",
+                                    "image": self.image,
+                                    "command": ["python", "-m", "openai_policy_devkit.fake_openai"],
+                                    "args": ["--host", "0.0.0.0", "--port", str(FAKE_PORT), "--record"],
+                                    "env": [{"name": "PYTHONPATH", "value": "/fake"}],
+                                    "ports": [{"name": "http", "containerPort": FAKE_PORT}],
+                                    "readinessProbe": {
+                                        "httpGet": {"path": "/_fake/health", "port": FAKE_PORT},
+                                        "periodSeconds": 1,
+                                    },
+                                    "volumeMounts": [
+                                        {"name": "code", "mountPath": "/fake", "readOnly": True}
+                                    ],
+                                }
+                            ],
+                            "volumes": [{"name": "code", "configMap": {"name": FAKE_NAME, "items": items}}],
+                        },
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": FAKE_NAME, "namespace": self.namespace},
+                "spec": {
+                    "selector": labels,
+                    "ports": [{"name": "http", "port": FAKE_PORT, "targetPort": FAKE_PORT}],
+                },
+            },
         ]
 
     def deploy(self, timeout: float = 180.0) -> None:
@@ -91,10 +134,16 @@ class InClusterUpstream:
 
     def requests(self) -> list[UpstreamRequest]:
         raw = self.cluster.kubectl(
-            "get", "--raw", f"/api/v1/namespaces/{self.namespace}/services/{FAKE_NAME}:{FAKE_PORT}/proxy/_fake/requests")
+            "get",
+            "--raw",
+            f"/api/v1/namespaces/{self.namespace}/services/{FAKE_NAME}:{FAKE_PORT}/proxy/_fake/requests",
+        )
         out = []
         for entry in json.loads(raw.stdout):
             headers = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
-            out.append(UpstreamRequest(path=entry["path"], authorization=headers.get("authorization"),
-                                       json=entry.get("json")))
+            out.append(
+                UpstreamRequest(
+                    path=entry["path"], authorization=headers.get("authorization"), json=entry.get("json")
+                )
+            )
         return out

@@ -57,18 +57,31 @@ class Workload:
     def manifests(self) -> list[dict[str, Any]]:
         ns = self.namespace
         return [
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME, "namespace": ns},
-             "stringData": {"api-key": self.api_key}},
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": APP_LABEL, "namespace": ns},
-             "data": {"governed_client.py": CLIENT_SCRIPT.read_text()}},
-            {"apiVersion": "openaipolicy.dev/v1alpha1", "kind": "OpenAIPolicy",
-             "metadata": {"name": self.policy, "namespace": ns}, "spec": self.policy_spec()},
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": SECRET_NAME, "namespace": ns},
+                "stringData": {"api-key": self.api_key},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": APP_LABEL, "namespace": ns},
+                "data": {"governed_client.py": CLIENT_SCRIPT.read_text()},
+            },
+            {
+                "apiVersion": "openaipolicy.dev/v1alpha1",
+                "kind": "OpenAIPolicy",
+                "metadata": {"name": self.policy, "namespace": ns},
+                "spec": self.policy_spec(),
+            },
             self.deployment(),
         ]
 
     def deployment(self) -> dict[str, Any]:
         return {
-            "apiVersion": "apps/v1", "kind": "Deployment",
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
             "metadata": {"name": APP_LABEL, "namespace": self.namespace},
             "spec": {
                 "replicas": 1,
@@ -76,14 +89,17 @@ class Workload:
                 "template": {
                     "metadata": {"labels": {"app": APP_LABEL}},
                     "spec": {
-                        "containers": [{
-                            "name": "app",
-                            "image": self.image,
-                            "command": ["python", "/opt/governed-client/governed_client.py"],
-                            "args": self.client_args,
-                            "volumeMounts": [{"name": "client", "mountPath": "/opt/governed-client",
-                                              "readOnly": True}],
-                        }],
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": self.image,
+                                "command": ["python", "/opt/governed-client/governed_client.py"],
+                                "args": self.client_args,
+                                "volumeMounts": [
+                                    {"name": "client", "mountPath": "/opt/governed-client", "readOnly": True}
+                                ],
+                            }
+                        ],
                         "volumes": [{"name": "client", "configMap": {"name": APP_LABEL}}],
                     },
                 },
@@ -101,8 +117,11 @@ def deploy(cluster: Kubectl, workload: Workload) -> None:
 
 def stored_pod(cluster: Kubectl, namespace: str, timeout: float = 60.0) -> dict[str, Any]:
     """The workload's Pod as the API server stored it (created by the ReplicaSet controller)."""
-    pods = wait_for(lambda: pods_with_label(cluster, namespace, f"app={APP_LABEL}"), timeout,
-                    "the Deployment's Pod to be created")
+    pods = wait_for(
+        lambda: pods_with_label(cluster, namespace, f"app={APP_LABEL}"),
+        timeout,
+        "the Deployment's Pod to be created",
+    )
     return pods[0]
 
 

@@ -40,8 +40,14 @@ class StatusModel(BaseModel):
     )
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None, message_expression: str | None = None,
-        reason: str = "FieldValueInvalid") -> dict[str, Any]:
+def cel(
+    rule: str,
+    message: str,
+    *,
+    field_path: str | None = None,
+    message_expression: str | None = None,
+    reason: str = "FieldValueInvalid",
+) -> dict[str, Any]:
     """One ``x-kubernetes-validations`` entry.
 
     The Python validators next to each rule enforce the same constraint exactly; the CEL rule

@@ -97,12 +97,18 @@ def _parse(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([Problem("", f"the document is not valid YAML or JSON{where}: {problem}")]) from None
+        raise PolicyError(
+            [Problem("", f"the document is not valid YAML or JSON{where}: {problem}")]
+        ) from None
     if len(documents) != 1:
-        raise PolicyError([Problem("", f"expected exactly one OpenAIPolicy document, found {len(documents)}")])
+        raise PolicyError(
+            [Problem("", f"expected exactly one OpenAIPolicy document, found {len(documents)}")]
+        )
     document = documents[0]
     if not isinstance(document, dict):
-        raise PolicyError([Problem("", "the document must be a mapping with apiVersion, kind, metadata and spec")])
+        raise PolicyError(
+            [Problem("", "the document must be a mapping with apiVersion, kind, metadata and spec")]
+        )
     return document
 
 

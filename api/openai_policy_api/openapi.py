@@ -74,7 +74,9 @@ def _unwrap_optional(node: dict[str, Any], path: str) -> dict[str, Any]:
     return {**options[0], **node}
 
 
-def _convert(node: dict[str, Any], definitions: dict[str, Any], *, defaults: bool, path: str) -> dict[str, Any]:
+def _convert(
+    node: dict[str, Any], definitions: dict[str, Any], *, defaults: bool, path: str
+) -> dict[str, Any]:
     node = _resolve(node, definitions)
     if "anyOf" in node:
         node = _resolve(_unwrap_optional(node, path), definitions)
@@ -85,8 +87,10 @@ def _convert(node: dict[str, Any], definitions: dict[str, Any], *, defaults: boo
         if key == "default" and not defaults:
             continue
         if key == "properties":
-            out[key] = {name: _convert(sub, definitions, defaults=defaults, path=f"{path}.{name}")
-                        for name, sub in value.items()}
+            out[key] = {
+                name: _convert(sub, definitions, defaults=defaults, path=f"{path}.{name}")
+                for name, sub in value.items()
+            }
         elif key == "items":
             out[key] = _convert(value, definitions, defaults=defaults, path=f"{path}[]")
         elif key == "additionalProperties":
@@ -128,7 +132,9 @@ def _pattern_as_rule(node: dict[str, Any]) -> None:
     pattern = node.pop("pattern")
     if "'" in pattern:
         raise NotStructural(f"pattern {pattern!r} cannot be written as a CEL raw string")
-    node.setdefault(CEL_RULES, []).append({"rule": f"self.matches(r'{pattern}')", "message": f"must be {hint}"})
+    node.setdefault(CEL_RULES, []).append(
+        {"rule": f"self.matches(r'{pattern}')", "message": f"must be {hint}"}
+    )
 
 
 def _paragraphs(text: str) -> str:

@@ -112,7 +112,9 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
 
 def describe_error(error: dict[str, Any], root: type[BaseModel]) -> list[Problem]:
     """One pydantic error (a dict from ``ValidationError.errors()``) as problems with paths."""
-    loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-union")))]
+    loc = [
+        p for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-union")))
+    ]
     kind = error["type"]
     ctx = error.get("ctx") or {}
     value = error.get("input")
@@ -152,7 +154,8 @@ def describe_error(error: dict[str, Any], root: type[BaseModel]) -> list[Problem
         "list_type": f"must be a list (got {_show(value)})",
         "too_short": _too_short(ctx, value),
         "too_long": _too_long(ctx, value),
-        "string_too_short": "must not be empty" if ctx.get("min_length") == 1
+        "string_too_short": "must not be empty"
+        if ctx.get("min_length") == 1
         else f"must be at least {ctx.get('min_length')} characters long",
         "string_too_long": f"must be at most {ctx.get('max_length')} characters long",
         "literal_error": _choice(str(ctx.get("expected", "")), value),
@@ -205,8 +208,13 @@ def _split(relative: str) -> list[str | int]:
     return parts
 
 
-def policy_error(exc: ValidationError, root: type[BaseModel], *, prefix: Sequence[str | int] = (),
-                 subject: str = "OpenAIPolicy") -> PolicyError:
+def policy_error(
+    exc: ValidationError,
+    root: type[BaseModel],
+    *,
+    prefix: Sequence[str | int] = (),
+    subject: str = "OpenAIPolicy",
+) -> PolicyError:
     """Convert a pydantic ``ValidationError`` raised while validating ``root``."""
     problems: list[Problem] = []
     for error in exc.errors(include_url=False):

@@ -21,35 +21,48 @@ def label_key_problem(key: str) -> str | None:
     if prefix and (len(prefix) > 253 or not _DNS.match(prefix)):
         return f"label key {key!r} has an invalid prefix: it must be a lowercase DNS name such as example.com"
     if not name or len(name) > 63 or not _LABEL_NAME.match(name):
-        return (f"label key {key!r} is invalid: the name part must be 1-63 letters, digits, '-', '_' or '.', "
-                "starting and ending with a letter or digit")
+        return (
+            f"label key {key!r} is invalid: the name part must be 1-63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
     return None
 
 
 def label_value_problem(value: str) -> str | None:
     """Why ``value`` is not a valid label value, or None."""
     if len(value) > 63 or not _LABEL_VALUE.match(value):
-        return (f"label value {value!r} is invalid: at most 63 letters, digits, '-', '_' or '.', "
-                "starting and ending with a letter or digit")
+        return (
+            f"label value {value!r} is invalid: at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
     return None
 
 
 class LabelSelectorRequirement(SpecModel):
     """One set-based requirement on a pod label, as in any Kubernetes LabelSelector."""
 
-    model_config = ConfigDict(json_schema_extra={CEL_RULES: [cel(
-        "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
-        "values must list at least one value when operator is In or NotIn, and must be empty when "
-        "operator is Exists or DoesNotExist",
-        field_path=".values",
-    )]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL_RULES: [
+                cel(
+                    "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+                    "values must list at least one value when operator is In or NotIn, and must be empty when "
+                    "operator is Exists or DoesNotExist",
+                    field_path=".values",
+                )
+            ]
+        }
+    )
 
     key: str = Field(min_length=1, max_length=317, description="The label key the requirement applies to.")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
-        description="How the label's value relates to `values`: In, NotIn, Exists or DoesNotExist.")
+        description="How the label's value relates to `values`: In, NotIn, Exists or DoesNotExist."
+    )
     values: list[str] = Field(
-        default_factory=list, max_length=64,
-        description="Label values; required (non-empty) for In and NotIn, must be empty for Exists and DoesNotExist.")
+        default_factory=list,
+        max_length=64,
+        description="Label values; required (non-empty) for In and NotIn, must be empty for Exists and DoesNotExist.",
+    )
 
     @field_validator("key")
     @classmethod
@@ -88,11 +101,15 @@ class LabelSelector(SpecModel):
     """
 
     match_labels: dict[str, str] = Field(
-        default_factory=dict, max_length=64,
-        description="Labels a pod must carry, each with exactly this value. All must match (AND).")
+        default_factory=dict,
+        max_length=64,
+        description="Labels a pod must carry, each with exactly this value. All must match (AND).",
+    )
     match_expressions: list[LabelSelectorRequirement] = Field(
-        default_factory=list, max_length=32,
-        description="Set-based requirements on pod labels. All must match (AND), together with matchLabels.")
+        default_factory=list,
+        max_length=32,
+        description="Set-based requirements on pod labels. All must match (AND), together with matchLabels.",
+    )
 
     @field_validator("match_labels")
     @classmethod

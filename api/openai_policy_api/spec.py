@@ -30,10 +30,19 @@ PiiType = Literal["email", "phone", "ssn", "creditCard", "ipAddress", "apiKey"]
 class SecretKeyRef(SpecModel):
     """A key of a Secret in the policy's own namespace."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
-                      description="Name of the Secret, in the same namespace as the policy.")
-    key: str = Field(default="api-key", min_length=1, max_length=253, pattern=SECRET_KEY,
-                     description="The key within the Secret's data that holds the OpenAI API key.")
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the Secret, in the same namespace as the policy.",
+    )
+    key: str = Field(
+        default="api-key",
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY,
+        description="The key within the Secret's data that holds the OpenAI API key.",
+    )
 
 
 class ApiKeySpec(SpecModel):
@@ -45,55 +54,83 @@ class ApiKeySpec(SpecModel):
     `OPENAI_API_KEY`).
     """
 
-    secret_ref: SecretKeyRef = Field(description="The Secret (same namespace as the policy) and key holding the API key.")
+    secret_ref: SecretKeyRef = Field(
+        description="The Secret (same namespace as the policy) and key holding the API key."
+    )
 
 
 class UpstreamSpec(SpecModel):
     """The OpenAI-compatible API that the sidecar forwards to."""
 
     base_url: str = Field(
-        default=DEFAULT_BASE_URL, alias="baseURL", max_length=2048, pattern=HTTP_URL,
+        default=DEFAULT_BASE_URL,
+        alias="baseURL",
+        max_length=2048,
+        pattern=HTTP_URL,
         description="Base URL of the upstream API, including the version path. Change it for a regional "
-                    "endpoint or an OpenAI-compatible gateway.")
+        "endpoint or an OpenAI-compatible gateway.",
+    )
     organization: str | None = Field(
-        default=None, max_length=256, pattern=NO_SPACES,
+        default=None,
+        max_length=256,
+        pattern=NO_SPACES,
         description="OpenAI organization id sent as the OpenAI-Organization header (e.g. org-...). "
-                    "Omit to use the key's default organization.")
+        "Omit to use the key's default organization.",
+    )
     project: str | None = Field(
-        default=None, max_length=256, pattern=NO_SPACES,
+        default=None,
+        max_length=256,
+        pattern=NO_SPACES,
         description="OpenAI project id sent as the OpenAI-Project header (e.g. proj_...). Use one project "
-                    "per environment so that usage and limits are separated.")
+        "per environment so that usage and limits are separated.",
+    )
 
 
 class ModelsSpec(SpecModel):
     """Which models workloads may call, how aliases are pinned, and what to fall back to."""
 
-    model_config = ConfigDict(json_schema_extra={CEL_RULES: [
-        cel("!has(self.pin) || !has(self.allow) || self.pin.all(alias, "
-            + cel_allowed("self.pin[alias]") + ")",
-            "every pinned target (a value in models.pin) must be allowed by models.allow",
-            field_path=".pin"),
-        cel("!has(self.fallback) || !has(self.allow) || " + cel_allowed("self.fallback"),
-            "models.fallback must be allowed by models.allow",
-            field_path=".fallback"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL_RULES: [
+                cel(
+                    "!has(self.pin) || !has(self.allow) || self.pin.all(alias, "
+                    + cel_allowed("self.pin[alias]")
+                    + ")",
+                    "every pinned target (a value in models.pin) must be allowed by models.allow",
+                    field_path=".pin",
+                ),
+                cel(
+                    "!has(self.fallback) || !has(self.allow) || " + cel_allowed("self.fallback"),
+                    "models.fallback must be allowed by models.allow",
+                    field_path=".fallback",
+                ),
+            ]
+        }
+    )
 
     allow: list[ModelPattern] = Field(
-        default_factory=lambda: ["*"], min_length=1, max_length=32,
+        default_factory=lambda: ["*"],
+        min_length=1,
+        max_length=32,
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Models that may be called, as exact ids or wildcard patterns (`*` any characters, "
-                    "`?` one character, `[abc]` one of a set), e.g. `gpt-4o-*`. A request for any other "
-                    "model is refused with model_not_allowed. Matched after pinning. Default: every model.")
+        "`?` one character, `[abc]` one of a set), e.g. `gpt-4o-*`. A request for any other "
+        "model is refused with model_not_allowed. Matched after pinning. Default: every model.",
+    )
     pin: dict[str, ModelId] = Field(
-        default_factory=dict, max_length=16,
+        default_factory=dict,
+        max_length=16,
         description="Aliases rewritten to a dated model version before the call, e.g. `gpt-4o: gpt-4o-2024-08-06`, "
-                    "so that production does not change behaviour when OpenAI moves an alias. The model "
-                    "the response reports is compared with the pinned one and a mismatch is counted as drift. "
-                    "Each target must be allowed by `allow`.")
+        "so that production does not change behaviour when OpenAI moves an alias. The model "
+        "the response reports is compared with the pinned one and a mismatch is counted as drift. "
+        "Each target must be allowed by `allow`.",
+    )
     fallback: ModelId | None = Field(
-        default=None, max_length=128,
+        default=None,
+        max_length=128,
         description="A cheaper model that requests switch to once spend crosses budget.downgradeAtPercent "
-                    "(e.g. gpt-4o-mini). Must be allowed by `allow`. Required when downgradeAtPercent is set.")
+        "(e.g. gpt-4o-mini). Must be allowed by `allow`. Required when downgradeAtPercent is set.",
+    )
 
     @field_validator("allow")
     @classmethod
@@ -108,19 +145,30 @@ class ModelsSpec(SpecModel):
     def _pin_aliases(cls, pin: dict[str, str]) -> dict[str, str]:
         for alias in pin:
             if not alias or len(alias) > 128 or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", alias):
-                raise ValueError(f"alias {alias!r} must be an exact model id without wildcards, such as gpt-4o")
+                raise ValueError(
+                    f"alias {alias!r} must be an exact model id without wildcards, such as gpt-4o"
+                )
         return pin
 
     @model_validator(mode="after")
     def _targets_allowed(self) -> ModelsSpec:
         problems = [
-            (f"pin.{alias}", f"pinned target {target!r} is not allowed by models.allow "
-                             f"({', '.join(self.allow)}); add it (or a pattern matching it) to allow")
-            for alias, target in self.pin.items() if not model_allowed(target, self.allow)
+            (
+                f"pin.{alias}",
+                f"pinned target {target!r} is not allowed by models.allow "
+                f"({', '.join(self.allow)}); add it (or a pattern matching it) to allow",
+            )
+            for alias, target in self.pin.items()
+            if not model_allowed(target, self.allow)
         ]
         if self.fallback is not None and not model_allowed(self.fallback, self.allow):
-            problems.append(("fallback", f"{self.fallback!r} is not allowed by models.allow "
-                                         f"({', '.join(self.allow)}); add it (or a pattern matching it) to allow"))
+            problems.append(
+                (
+                    "fallback",
+                    f"{self.fallback!r} is not allowed by models.allow "
+                    f"({', '.join(self.allow)}); add it (or a pattern matching it) to allow",
+                )
+            )
         raise_problems(problems)
         return self
 
@@ -142,12 +190,15 @@ class BudgetLimit(SpecModel):
 
     window: Window = Field(
         description="The calendar window, in UTC: `hour` (resets on the hour), `day` (at 00:00 UTC) or "
-                    "`month` (on the 1st, 00:00 UTC).")
+        "`month` (on the 1st, 00:00 UTC)."
+    )
     usd: float = Field(
-        gt=0, le=1_000_000_000,
+        gt=0,
+        le=1_000_000_000,
         description="The most that all pods of this policy together may spend in the window, in US dollars "
-                    "(e.g. 500 or 12.5). A call that could cross it is refused with budget_exceeded "
-                    "before it reaches OpenAI: its worst-case cost is reserved first.")
+        "(e.g. 500 or 12.5). A call that could cross it is refused with budget_exceeded "
+        "before it reaches OpenAI: its worst-case cost is reserved first.",
+    )
 
 
 class BudgetSpec(SpecModel):
@@ -157,39 +208,55 @@ class BudgetSpec(SpecModel):
     micro-dollars, in the shared store (Redis) so that all replicas draw on one budget.
     """
 
-    model_config = ConfigDict(json_schema_extra={CEL_RULES: [
-        cel("!has(self.limits) || self.limits.all(l, self.limits.exists_one(m, m.window == l.window))",
-            "each window (hour, day, month) may appear at most once in budget.limits",
-            field_path=".limits"),
-        cel("!has(self.downgradeAtPercent) || !has(self.alertAtPercent) || "
-            "self.alertAtPercent < self.downgradeAtPercent",
-            "budget.downgradeAtPercent must be greater than budget.alertAtPercent (80 unless set)",
-            field_path=".downgradeAtPercent"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL_RULES: [
+                cel(
+                    "!has(self.limits) || self.limits.all(l, self.limits.exists_one(m, m.window == l.window))",
+                    "each window (hour, day, month) may appear at most once in budget.limits",
+                    field_path=".limits",
+                ),
+                cel(
+                    "!has(self.downgradeAtPercent) || !has(self.alertAtPercent) || "
+                    "self.alertAtPercent < self.downgradeAtPercent",
+                    "budget.downgradeAtPercent must be greater than budget.alertAtPercent (80 unless set)",
+                    field_path=".downgradeAtPercent",
+                ),
+            ]
+        }
+    )
 
     limits: list[BudgetLimit] = Field(
-        default_factory=list, max_length=3,
+        default_factory=list,
+        max_length=3,
         description="Spending limits, at most one per window; every limit applies. Empty: spend is metered "
-                    "and reported but never refused.")
+        "and reported but never refused.",
+    )
     alert_at_percent: Percent = Field(
         default=80,
         description="When spend in any window reaches this percent of its limit, the policy gets the "
-                    "BudgetAlert condition and a Warning event.")
+        "BudgetAlert condition and a Warning event.",
+    )
     downgrade_at_percent: Percent | None = Field(
         default=None,
         description="When spend in any window reaches this percent of its limit, requests switch to "
-                    "models.fallback (which must be set). Must be greater than alertAtPercent. "
-                    "Omit to never downgrade.")
+        "models.fallback (which must be set). Must be greater than alertAtPercent. "
+        "Omit to never downgrade.",
+    )
     on_store_unavailable: Literal["failClosed", "localShare"] = Field(
         default="failClosed",
         description="What a sidecar does when the shared store (Redis) is unreachable and the budget "
-                    "cannot be checked. `failClosed` (default) refuses calls: a budget is a promise that "
-                    "spend will not pass the limit. `localShare` lets each pod keep spending up to "
-                    "localSharePercent of each limit from its own memory until the store is back.")
+        "cannot be checked. `failClosed` (default) refuses calls: a budget is a promise that "
+        "spend will not pass the limit. `localShare` lets each pod keep spending up to "
+        "localSharePercent of each limit from its own memory until the store is back.",
+    )
     local_share_percent: int = Field(
-        default=10, ge=1, le=100,
+        default=10,
+        ge=1,
+        le=100,
         description="With onStoreUnavailable: localShare, the percent of each limit one pod may spend on "
-                    "its own while the store is unreachable.")
+        "its own while the store is unreachable.",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> BudgetSpec:
@@ -197,12 +264,22 @@ class BudgetSpec(SpecModel):
         first: dict[str, int] = {}
         for i, limit in enumerate(self.limits):
             if limit.window in first:
-                problems.append((f"limits[{i}].window", f"{limit.window!r} is already limited by "
-                                 f"limits[{first[limit.window]}]; each window may appear once"))
+                problems.append(
+                    (
+                        f"limits[{i}].window",
+                        f"{limit.window!r} is already limited by "
+                        f"limits[{first[limit.window]}]; each window may appear once",
+                    )
+                )
             first.setdefault(limit.window, i)
         if self.downgrade_at_percent is not None and self.downgrade_at_percent <= self.alert_at_percent:
-            problems.append(("downgradeAtPercent", f"must be greater than alertAtPercent "
-                             f"({self.alert_at_percent}); got {self.downgrade_at_percent}"))
+            problems.append(
+                (
+                    "downgradeAtPercent",
+                    f"must be greater than alertAtPercent "
+                    f"({self.alert_at_percent}); got {self.downgrade_at_percent}",
+                )
+            )
         raise_problems(problems)
         return self
 
@@ -219,11 +296,14 @@ class PerUserRateLimitSpec(SpecModel):
     """
 
     requests_per_minute: int = Field(
-        default=10, ge=1, le=10_000_000,
-        description="Requests per minute allowed for one user.")
+        default=10, ge=1, le=10_000_000, description="Requests per minute allowed for one user."
+    )
     tokens_per_minute: int | None = Field(
-        default=None, ge=1, le=10_000_000_000,
-        description="Tokens (input plus maximum output) per minute allowed for one user. Omit for no limit.")
+        default=None,
+        ge=1,
+        le=10_000_000_000,
+        description="Tokens (input plus maximum output) per minute allowed for one user. Omit for no limit.",
+    )
 
 
 class RateLimitSpec(SpecModel):
@@ -234,41 +314,62 @@ class RateLimitSpec(SpecModel):
     """
 
     requests_per_minute: int | None = Field(
-        default=None, ge=1, le=10_000_000,
-        description="Requests per minute for all pods of the policy together. Omit for no limit. Set it "
-                    "below your OpenAI tier's limit so that the sidecar, not OpenAI, refuses the excess.")
-    tokens_per_minute: int | None = Field(
-        default=None, ge=1, le=10_000_000_000,
-        description="Tokens (input plus maximum output) per minute for all pods together. Omit for no limit.")
-    per_user: PerUserRateLimitSpec | None = Field(
         default=None,
-        description="Limits for each end user. Omit for none.")
+        ge=1,
+        le=10_000_000,
+        description="Requests per minute for all pods of the policy together. Omit for no limit. Set it "
+        "below your OpenAI tier's limit so that the sidecar, not OpenAI, refuses the excess.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000_000,
+        description="Tokens (input plus maximum output) per minute for all pods together. Omit for no limit.",
+    )
+    per_user: PerUserRateLimitSpec | None = Field(
+        default=None, description="Limits for each end user. Omit for none."
+    )
 
 
 class RequestsSpec(SpecModel):
     """Limits on a single request: size, output tokens and time."""
 
     max_output_tokens: int = Field(
-        default=500, ge=1, le=1_000_000,
+        default=500,
+        ge=1,
+        le=1_000_000,
         description="Output tokens a request may ask for. max_tokens, max_completion_tokens and "
-                    "max_output_tokens are capped at this value, and set to it when absent, so that "
-                    "every call has a bounded cost.")
+        "max_output_tokens are capped at this value, and set to it when absent, so that "
+        "every call has a bounded cost.",
+    )
     max_input_tokens: int | None = Field(
-        default=None, ge=1, le=10_000_000,
+        default=None,
+        ge=1,
+        le=10_000_000,
         description="Input tokens a request may carry, counted with the model's tokenizer before the call. "
-                    "Larger inputs are refused with input_too_large. Omit for no limit.")
+        "Larger inputs are refused with input_too_large. Omit for no limit.",
+    )
     timeout_seconds: float = Field(
-        default=30, gt=0, le=3600,
+        default=30,
+        gt=0,
+        le=3600,
         description="Time allowed for one upstream attempt to answer (for a stream, until its first event); "
-                    "past it the attempt is abandoned and retried or answered 504 upstream_timeout.")
+        "past it the attempt is abandoned and retried or answered 504 upstream_timeout.",
+    )
     stream_idle_timeout_seconds: float = Field(
-        default=30, gt=0, le=3600,
+        default=30,
+        gt=0,
+        le=3600,
         description="For streamed responses: the longest gap allowed between two events before the stream "
-                    "is cut.")
+        "is cut.",
+    )
     max_body_bytes: int = Field(
-        default=1_048_576, ge=1024, le=1_073_741_824,
+        default=1_048_576,
+        ge=1024,
+        le=1_073_741_824,
         description="Largest request body accepted, in bytes; larger bodies are refused with 413 "
-                    "input_too_large before they are read. Default 1 MiB.")
+        "input_too_large before they are read. Default 1 MiB.",
+    )
 
 
 class RetriesSpec(SpecModel):
@@ -278,32 +379,51 @@ class RetriesSpec(SpecModel):
     maxRetryDurationSeconds in total, so that a stuck request cannot retry all weekend.
     """
 
-    model_config = ConfigDict(json_schema_extra={CEL_RULES: [
-        cel("!has(self.baseDelaySeconds) || !has(self.maxDelaySeconds) || "
-            "self.baseDelaySeconds <= self.maxDelaySeconds",
-            "retries.baseDelaySeconds must not be greater than retries.maxDelaySeconds",
-            field_path=".baseDelaySeconds"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL_RULES: [
+                cel(
+                    "!has(self.baseDelaySeconds) || !has(self.maxDelaySeconds) || "
+                    "self.baseDelaySeconds <= self.maxDelaySeconds",
+                    "retries.baseDelaySeconds must not be greater than retries.maxDelaySeconds",
+                    field_path=".baseDelaySeconds",
+                ),
+            ]
+        }
+    )
 
     max_attempts: int = Field(
-        default=6, ge=1, le=20,
+        default=6,
+        ge=1,
+        le=20,
         description="Attempts per request, the first included (6 = one call and up to 5 retries). "
-                    "1 disables retries.")
+        "1 disables retries.",
+    )
     base_delay_seconds: float = Field(
-        default=1, ge=0, le=3600,
-        description="Delay before the first retry; doubled for each further retry.")
+        default=1, ge=0, le=3600, description="Delay before the first retry; doubled for each further retry."
+    )
     max_delay_seconds: float = Field(
-        default=60, ge=0, le=3600,
-        description="Longest delay between two attempts.")
+        default=60, ge=0, le=3600, description="Longest delay between two attempts."
+    )
     max_retry_duration_seconds: float = Field(
-        default=120, gt=0, le=86400,
-        description="Total time a request may spend retrying; past it the last error is returned.")
+        default=120,
+        gt=0,
+        le=86400,
+        description="Total time a request may spend retrying; past it the last error is returned.",
+    )
 
     @model_validator(mode="after")
     def _delays(self) -> RetriesSpec:
         if self.base_delay_seconds > self.max_delay_seconds:
-            raise_problems([("baseDelaySeconds", f"must not be greater than maxDelaySeconds "
-                             f"({self.max_delay_seconds:g}); got {self.base_delay_seconds:g}")])
+            raise_problems(
+                [
+                    (
+                        "baseDelaySeconds",
+                        f"must not be greater than maxDelaySeconds "
+                        f"({self.max_delay_seconds:g}); got {self.base_delay_seconds:g}",
+                    )
+                ]
+            )
         return self
 
 
@@ -317,40 +437,58 @@ class CircuitBreakerSpec(SpecModel):
 
     enabled: bool = Field(default=True, description="Whether the circuit breaker is active.")
     failure_threshold: int = Field(
-        default=5, ge=1, le=10_000,
-        description="Consecutive upstream failures (5xx, timeouts, connection errors) that open the circuit.")
+        default=5,
+        ge=1,
+        le=10_000,
+        description="Consecutive upstream failures (5xx, timeouts, connection errors) that open the circuit.",
+    )
     recovery_seconds: float = Field(
-        default=60, gt=0, le=86400,
-        description="How long the circuit stays open before a trial call is let through.")
+        default=60,
+        gt=0,
+        le=86400,
+        description="How long the circuit stays open before a trial call is let through.",
+    )
 
 
 class QueueSpec(SpecModel):
     """Concurrency per pod: how many calls run at once, and how many may wait for a slot."""
 
     max_concurrent: int = Field(
-        default=10, ge=1, le=100_000,
-        description="Upstream calls in flight at once from one pod.")
+        default=10, ge=1, le=100_000, description="Upstream calls in flight at once from one pod."
+    )
     max_depth: int = Field(
-        default=1000, ge=0, le=1_000_000,
+        default=1000,
+        ge=0,
+        le=1_000_000,
         description="Requests that may wait for a slot in one pod; beyond it requests are refused at once "
-                    "with 503 queue_full. 0 means never wait.")
+        "with 503 queue_full. 0 means never wait.",
+    )
     max_wait_seconds: float = Field(
-        default=30, ge=0, le=3600,
-        description="Longest a request waits for a slot before it is refused with queue_full.")
+        default=30,
+        ge=0,
+        le=3600,
+        description="Longest a request waits for a slot before it is refused with queue_full.",
+    )
 
 
 class CacheSpec(SpecModel):
     """A shared response cache for identical requests (kept in the shared store)."""
 
-    enabled: bool = Field(default=False, description="Whether identical requests are answered from the cache.")
+    enabled: bool = Field(
+        default=False, description="Whether identical requests are answered from the cache."
+    )
     ttl_seconds: int = Field(
-        default=3600, ge=1, le=2_592_000,
+        default=3600,
+        ge=1,
+        le=2_592_000,
         description="How long a cached response is served: hours suit FAQ-like answers, minutes at most "
-                    "for content that changes.")
+        "for content that changes.",
+    )
     deterministic_only: bool = Field(
         default=True,
         description="Cache only requests whose answer should not vary: temperature 0 (or a seed set) "
-                    "(streamed requests too: a hit is replayed as a stream). Turn off to cache every identical request.")
+        "(streamed requests too: a hit is replayed as a stream). Turn off to cache every identical request.",
+    )
 
 
 class PiiSpec(SpecModel):
@@ -359,13 +497,17 @@ class PiiSpec(SpecModel):
     action: Literal["off", "flag", "redact", "block"] = Field(
         default="off",
         description="What to do when personal data is found: `off`, `flag` (count and log only), `redact` "
-                    "(replace each match with a placeholder before the call), `block` (refuse with pii_detected).")
+        "(replace each match with a placeholder before the call), `block` (refuse with pii_detected).",
+    )
     types: list[PiiType] = Field(
-        default_factory=lambda: list(PII_TYPES), min_length=1, max_length=len(PII_TYPES),
+        default_factory=lambda: list(PII_TYPES),
+        min_length=1,
+        max_length=len(PII_TYPES),
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="The kinds of personal data looked for: email, phone, ssn, creditCard, ipAddress, "
-                    "apiKey (an OpenAI key such as sk-... pasted into a prompt). "
-                    "Default: all of them.")
+        "apiKey (an OpenAI key such as sk-... pasted into a prompt). "
+        "Default: all of them.",
+    )
 
     @field_validator("types")
     @classmethod
@@ -382,11 +524,14 @@ class PromptInjectionSpec(SpecModel):
     action: Literal["off", "flag", "block"] = Field(
         default="off",
         description="What to do on a match: `off`, `flag` (count and log only), `block` (refuse with "
-                    "prompt_injection_detected).")
+        "prompt_injection_detected).",
+    )
     extra_patterns: list[str] = Field(
-        default_factory=list, max_length=64,
+        default_factory=list,
+        max_length=64,
         description="Additional regular expressions (case-insensitive) that count as an injection "
-                    "attempt, on top of the built-in ones.")
+        "attempt, on top of the built-in ones.",
+    )
 
     @field_validator("extra_patterns")
     @classmethod
@@ -397,37 +542,55 @@ class PromptInjectionSpec(SpecModel):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"entry {i} ({pattern!r}) is not a valid regular expression: {exc}") from None
+                raise ValueError(
+                    f"entry {i} ({pattern!r}) is not a valid regular expression: {exc}"
+                ) from None
         return patterns
 
 
 class ModerationSpec(SpecModel):
     """Checks of inputs and outputs with OpenAI's moderation endpoint (free of charge)."""
 
-    model_config = ConfigDict(json_schema_extra={CEL_RULES: [
-        cel("!has(self.action) || self.action == 'off' || self.input || self.output",
-            "safety.moderation must check input, output or both when its action is not off",
-            field_path=".action"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL_RULES: [
+                cel(
+                    "!has(self.action) || self.action == 'off' || self.input || self.output",
+                    "safety.moderation must check input, output or both when its action is not off",
+                    field_path=".action",
+                ),
+            ]
+        }
+    )
 
     action: Literal["off", "flag", "block"] = Field(
         default="off",
         description="What to do with flagged content: `off`, `flag` (count and log only), `block` (refuse "
-                    "with content_flagged).")
+        "with content_flagged).",
+    )
     input: bool = Field(default=True, description="Check the request's input before the call.")
     output: bool = Field(
         default=False,
-        description="Check the response's text after the call (adds latency; not applied to streams).")
+        description="Check the response's text after the call (adds latency; not applied to streams).",
+    )
     on_error: Literal["allow", "block"] = Field(
         default="allow",
         description="When the moderation call itself fails: `allow` the request (default: moderation is a "
-                    "safety net, not a dependency) or `block` it.")
+        "safety net, not a dependency) or `block` it.",
+    )
 
     @model_validator(mode="after")
     def _something_checked(self) -> ModerationSpec:
         if self.action != "off" and not (self.input or self.output):
-            raise_problems([("action", f"is {self.action!r} but both input and output are false; "
-                                       "enable one of them or set action to 'off'")])
+            raise_problems(
+                [
+                    (
+                        "action",
+                        f"is {self.action!r} but both input and output are false; "
+                        "enable one of them or set action to 'off'",
+                    )
+                ]
+            )
         return self
 
 
@@ -436,7 +599,8 @@ class SafetySpec(SpecModel):
 
     pii: PiiSpec = Field(default_factory=PiiSpec, description=doc(PiiSpec))
     prompt_injection: PromptInjectionSpec = Field(
-        default_factory=PromptInjectionSpec, description=doc(PromptInjectionSpec))
+        default_factory=PromptInjectionSpec, description=doc(PromptInjectionSpec)
+    )
     moderation: ModerationSpec = Field(default_factory=ModerationSpec, description=doc(ModerationSpec))
 
 
@@ -445,8 +609,11 @@ class PriceOverride(SpecModel):
 
     input_per_million: float = Field(ge=0, le=100_000, description="USD per million input tokens.")
     cached_input_per_million: float | None = Field(
-        default=None, ge=0, le=100_000,
-        description="USD per million cached input tokens. Omit to charge cached tokens at the input price.")
+        default=None,
+        ge=0,
+        le=100_000,
+        description="USD per million cached input tokens. Omit to charge cached tokens at the input price.",
+    )
     output_per_million: float = Field(ge=0, le=100_000, description="USD per million output tokens.")
 
 
@@ -458,16 +625,20 @@ class PricingSpec(SpecModel):
     """
 
     models: dict[str, PriceOverride] = Field(
-        default_factory=dict, max_length=256,
+        default_factory=dict,
+        max_length=256,
         description="Prices by model id. An exact id (gpt-4o-2024-08-06) or a base id (gpt-4o, also used "
-                    "for its dated versions).")
+        "for its dated versions).",
+    )
 
     @field_validator("models")
     @classmethod
     def _ids(cls, models: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
         for model in models:
             if not model or len(model) > 128 or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", model):
-                raise ValueError(f"model id {model!r} must be an exact model id without wildcards, such as gpt-4o")
+                raise ValueError(
+                    f"model id {model!r} must be an exact model id without wildcards, such as gpt-4o"
+                )
         return models
 
 
@@ -477,29 +648,38 @@ class LoggingSpec(SpecModel):
     prompts: bool = Field(
         default=False,
         description="Include request inputs and response outputs in the log. Off by default: prompts "
-                    "often hold personal or confidential data. The API key is never logged.")
+        "often hold personal or confidential data. The API key is never logged.",
+    )
 
 
 class PolicySpec(SpecModel):
     """The policy every selected workload's OpenAI calls are held to, enforced by the injected sidecar."""
 
-    model_config = ConfigDict(json_schema_extra={CEL_RULES: [
-        cel("!has(self.budget) || !has(self.budget.downgradeAtPercent) || "
-            "(has(self.models) && has(self.models.fallback))",
-            "budget.downgradeAtPercent requires models.fallback: set the model to downgrade to",
-            field_path=".budget.downgradeAtPercent"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL_RULES: [
+                cel(
+                    "!has(self.budget) || !has(self.budget.downgradeAtPercent) || "
+                    "(has(self.models) && has(self.models.fallback))",
+                    "budget.downgradeAtPercent requires models.fallback: set the model to downgrade to",
+                    field_path=".budget.downgradeAtPercent",
+                ),
+            ]
+        }
+    )
 
     selector: LabelSelector = Field(default_factory=LabelSelector, description=doc(LabelSelector))
     suspend: bool = Field(
         default=False,
         description="Kill switch: when true every call is refused at once with policy_suspended (403), "
-                    "in every governed pod, within seconds and without a restart.")
+        "in every governed pod, within seconds and without a restart.",
+    )
     mode: Literal["enforce", "dryRun"] = Field(
         default="enforce",
         description="`enforce` refuses what the policy forbids. `dryRun` decides and records every refusal "
-                    "it would have made (metrics, logs, status) but forwards the request: use it to try a "
-                    "policy on live traffic.")
+        "it would have made (metrics, logs, status) but forwards the request: use it to try a "
+        "policy on live traffic.",
+    )
     api_key: ApiKeySpec | None = Field(default=None, description=doc(ApiKeySpec))
     upstream: UpstreamSpec = Field(default_factory=UpstreamSpec, description=doc(UpstreamSpec))
     models: ModelsSpec = Field(default_factory=ModelsSpec, description=doc(ModelsSpec))
@@ -508,7 +688,8 @@ class PolicySpec(SpecModel):
     requests: RequestsSpec = Field(default_factory=RequestsSpec, description=doc(RequestsSpec))
     retries: RetriesSpec = Field(default_factory=RetriesSpec, description=doc(RetriesSpec))
     circuit_breaker: CircuitBreakerSpec = Field(
-        default_factory=CircuitBreakerSpec, description=doc(CircuitBreakerSpec))
+        default_factory=CircuitBreakerSpec, description=doc(CircuitBreakerSpec)
+    )
     queue: QueueSpec = Field(default_factory=QueueSpec, description=doc(QueueSpec))
     cache: CacheSpec = Field(default_factory=CacheSpec, description=doc(CacheSpec))
     safety: SafetySpec = Field(default_factory=SafetySpec, description=doc(SafetySpec))
@@ -518,6 +699,13 @@ class PolicySpec(SpecModel):
     @model_validator(mode="after")
     def _downgrade_needs_fallback(self) -> PolicySpec:
         if self.budget.downgrade_at_percent is not None and self.models.fallback is None:
-            raise_problems([("budget.downgradeAtPercent", "requires models.fallback: set the model that "
-                             "requests switch to (e.g. gpt-4o-mini), or remove downgradeAtPercent")])
+            raise_problems(
+                [
+                    (
+                        "budget.downgradeAtPercent",
+                        "requires models.fallback: set the model that "
+                        "requests switch to (e.g. gpt-4o-mini), or remove downgradeAtPercent",
+                    )
+                ]
+            )
         return self

@@ -20,16 +20,22 @@ CONDITION_TYPES: tuple[str, ...] = ("Ready", "Enforced", "BudgetAlert", "BudgetE
 class Condition(StatusModel):
     """One condition of the policy, in the shape of Kubernetes' metav1.Condition."""
 
-    type: str = Field(max_length=316, description="Condition type: Ready, Enforced, BudgetAlert, BudgetExceeded "
-                                                  "or Suspended.")
+    type: str = Field(
+        max_length=316,
+        description="Condition type: Ready, Enforced, BudgetAlert, BudgetExceeded or Suspended.",
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     observed_generation: int | None = Field(
-        default=None, ge=0, description="The policy generation the condition was computed from.")
+        default=None, ge=0, description="The policy generation the condition was computed from."
+    )
     last_transition_time: datetime | None = Field(
-        default=None, description="When the condition last changed status.")
+        default=None, description="When the condition last changed status."
+    )
     reason: str | None = Field(
-        default=None, max_length=1024,
-        description="A CamelCase word saying why, e.g. SelectorConflict or LimitReached.")
+        default=None,
+        max_length=1024,
+        description="A CamelCase word saying why, e.g. SelectorConflict or LimitReached.",
+    )
     message: str | None = Field(default=None, max_length=32768, description="A human-readable explanation.")
 
 
@@ -46,19 +52,24 @@ class PodsStatus(StatusModel):
     injected: int = Field(default=0, ge=0, description="Pods that carry the sidecar for this policy.")
     reporting: int = Field(default=0, ge=0, description="Sidecars that sent a heartbeat recently.")
     up_to_date: int = Field(
-        default=0, ge=0, description="Reporting sidecars that run the policy's current generation.")
+        default=0, ge=0, description="Reporting sidecars that run the policy's current generation."
+    )
     generations: list[GenerationCount] = Field(
-        default_factory=list, description="Reporting sidecars by the policy generation they run.")
+        default_factory=list, description="Reporting sidecars by the policy generation they run."
+    )
 
 
 class WindowSpend(StatusModel):
     """Spend in the current bucket of one budget window."""
 
-    window: Literal["hour", "day", "month"] = Field(description="The budget window: hour, day or month (UTC).")
+    window: Literal["hour", "day", "month"] = Field(
+        description="The budget window: hour, day or month (UTC)."
+    )
     bucket: str = Field(description="The current calendar bucket, e.g. 2026-11 for a month.")
     usd: str = Field(description="Settled spend in the bucket, in US dollars (decimal string).")
-    limit_usd: str | None = Field(default=None, description="The window's limit, in US dollars; absent when "
-                                                           "the window has no limit.")
+    limit_usd: str | None = Field(
+        default=None, description="The window's limit, in US dollars; absent when the window has no limit."
+    )
     remaining_usd: str | None = Field(default=None, description="What is left of the limit, in US dollars.")
     percent: int | None = Field(default=None, ge=0, description="Spend as a whole percent of the limit.")
 
@@ -69,49 +80,71 @@ class UsageStatus(StatusModel):
     requests: int = Field(default=0, ge=0, description="Requests handled, refused ones included.")
     tokens_input: int = Field(default=0, ge=0, description="Input tokens billed by OpenAI.")
     tokens_output: int = Field(default=0, ge=0, description="Output tokens billed by OpenAI.")
-    tokens_cached: int = Field(default=0, ge=0, description="Cached input tokens (billed at the cached price).")
-    cache_hits: int = Field(default=0, ge=0, description="Requests answered from the policy's response cache.")
+    tokens_cached: int = Field(
+        default=0, ge=0, description="Cached input tokens (billed at the cached price)."
+    )
+    cache_hits: int = Field(
+        default=0, ge=0, description="Requests answered from the policy's response cache."
+    )
     saved_usd: str | None = Field(
-        default=None, pattern=r"^[0-9]+(\.[0-9]+)?$",
-        description="What cache hits would have cost upstream, in USD (a decimal string).")
-    retries: int = Field(default=0, ge=0, description="Upstream calls the sidecars retried (429, 5xx, connection errors).")
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?$",
+        description="What cache hits would have cost upstream, in USD (a decimal string).",
+    )
+    retries: int = Field(
+        default=0, ge=0, description="Upstream calls the sidecars retried (429, 5xx, connection errors)."
+    )
     errors: int = Field(default=0, ge=0, description="Upstream errors returned to callers.")
     model_drift: int = Field(
-        default=0, ge=0, description="Responses whose model differed from the pinned one.")
+        default=0, ge=0, description="Responses whose model differed from the pinned one."
+    )
     blocked: int = Field(default=0, ge=0, description="Requests refused by the policy, all reasons together.")
     blocked_by_reason: dict[str, int] = Field(
-        default_factory=dict, description="Refused requests by error code (budget_exceeded, rate_limit_exceeded, ...).")
+        default_factory=dict,
+        description="Refused requests by error code (budget_exceeded, rate_limit_exceeded, ...).",
+    )
     would_block: int = Field(
-        default=0, ge=0, description="In dryRun mode: requests that would have been refused, but were forwarded.")
+        default=0,
+        ge=0,
+        description="In dryRun mode: requests that would have been refused, but were forwarded.",
+    )
     would_block_by_reason: dict[str, int] = Field(
-        default_factory=dict, description="In dryRun mode: requests that would have been refused, by error code.")
+        default_factory=dict,
+        description="In dryRun mode: requests that would have been refused, by error code.",
+    )
 
 
 class StatusSummary(StatusModel):
     """Short strings for `kubectl get` columns."""
 
     spend: str | None = Field(
-        default=None, description="Spend against the tightest budget window, e.g. `$1.23/$10.00 month`.")
+        default=None, description="Spend against the tightest budget window, e.g. `$1.23/$10.00 month`."
+    )
     pods: str | None = Field(default=None, description="Reporting pods over injected pods, e.g. `2/2`.")
 
 
 class PolicyStatus(StatusModel):
     """What the operator observed: readiness, the pods enforcing the policy, spend and usage."""
 
-
     observed_generation: int | None = Field(
-        default=None, description="The policy generation the operator last reconciled.")
+        default=None, description="The policy generation the operator last reconciled."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="Ready, Enforced, BudgetAlert, BudgetExceeded and Suspended.")
+        description="Ready, Enforced, BudgetAlert, BudgetExceeded and Suspended.",
+    )
     pods: PodsStatus | None = Field(default=None, description="The pods governed by the policy.")
     spend: list[WindowSpend] = Field(
-        default_factory=list, description="Spend per budget window, for the current calendar bucket.")
+        default_factory=list, description="Spend per budget window, for the current calendar bucket."
+    )
     usage: UsageStatus | None = Field(default=None, description=doc(UsageStatus))
     last_report_time: datetime | None = Field(
-        default=None, description="When a sidecar last reported usage or a heartbeat.")
-    summary: StatusSummary | None = Field(default=None, description="Short strings for `kubectl get` columns.")
+        default=None, description="When a sidecar last reported usage or a heartbeat."
+    )
+    summary: StatusSummary | None = Field(
+        default=None, description="Short strings for `kubectl get` columns."
+    )
 
 
 def _money(value: str | Decimal) -> str:
@@ -127,8 +160,10 @@ def spend_summary(spend: list[WindowSpend]) -> str | None:
     """
     limited = [w for w in spend if w.limit_usd is not None]
     if limited:
+
         def used(w: WindowSpend) -> Decimal:
             return Decimal(w.usd) / Decimal(w.limit_usd or "1")
+
         tightest = max(limited, key=used)
         return f"{_money(tightest.usd)}/{_money(tightest.limit_usd or '0')} {tightest.window}"
     if spend:

@@ -36,8 +36,12 @@ def venv_python() -> Path:
 def installed_version() -> str | None:
     if not venv_python().exists():
         return None
-    out = subprocess.run([str(venv_python()), "-c", "from importlib.metadata import version; print(version('litellm'))"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(venv_python()), "-c", "from importlib.metadata import version; print(version('litellm'))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return out.stdout.strip() if out.returncode == 0 else None
 
 
@@ -52,8 +56,12 @@ def ensure_venv(spec: str = DEFAULT_SPEC, log=print) -> str:
         log(f"creating {VENV} with {base}")
         subprocess.run([base, "-m", "venv", str(VENV)], check=True, timeout=300)
     log(f"installing {spec} into {VENV} (first run only; a few minutes)")
-    subprocess.run([str(venv_python()), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True, timeout=600)
-    subprocess.run([str(venv_python()), "-m", "pip", "install", "--quiet", spec, *PROFILERS], check=True, timeout=1800)
+    subprocess.run(
+        [str(venv_python()), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True, timeout=600
+    )
+    subprocess.run(
+        [str(venv_python()), "-m", "pip", "install", "--quiet", spec, *PROFILERS], check=True, timeout=1800
+    )
     version = installed_version()
     if not version:
         raise RuntimeError(f"litellm did not install into {VENV}")
@@ -62,14 +70,16 @@ def ensure_venv(spec: str = DEFAULT_SPEC, log=print) -> str:
 
 def write_config(path: Path, upstream_url: str, model_alias: str, pinned_model: str) -> Path:
     config = {
-        "model_list": [{
-            "model_name": model_alias,
-            "litellm_params": {
-                "model": f"openai/{pinned_model}",  # the openai-compatible provider, base URL = the fake
-                "api_base": upstream_url,
-                "api_key": BENCH_KEY,
-            },
-        }],
+        "model_list": [
+            {
+                "model_name": model_alias,
+                "litellm_params": {
+                    "model": f"openai/{pinned_model}",  # the openai-compatible provider, base URL = the fake
+                    "api_base": upstream_url,
+                    "api_key": BENCH_KEY,
+                },
+            }
+        ],
         "litellm_settings": {
             "drop_params": True,
             "set_verbose": False,
@@ -107,8 +117,17 @@ def start_litellm(workdir: Path, upstream_url: str, model_alias: str, pinned_mod
     # PYTHONDONTWRITEBYTECODE would make every lazy import of LiteLLM compile again in each run.
     for name in ("DATABASE_URL", "REDIS_URL", "REDIS_HOST", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE"):
         env.pop(name, None)
-    argv = [str(VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-            "--num_workers", "1"]
+    argv = [
+        str(VENV / "bin" / "litellm"),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
     service = Service("litellm", argv, workdir, env=env)
     service.url = f"http://127.0.0.1:{port}/v1"
     service.start()

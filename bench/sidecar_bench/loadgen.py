@@ -67,8 +67,17 @@ class WrkLoad:
         self.api_key = api_key
         self._runs = 0
 
-    def run(self, url: str, body: bytes, concurrency: int, *, max_requests: int = 0, max_seconds: float = 10.0,
-            unique: bool = False, workdir: Path) -> RunResult:
+    def run(
+        self,
+        url: str,
+        body: bytes,
+        concurrency: int,
+        *,
+        max_requests: int = 0,
+        max_seconds: float = 10.0,
+        unique: bool = False,
+        workdir: Path,
+    ) -> RunResult:
         self._runs += 1
         body_file = workdir / f"body-{self._runs}.json"
         body_file.write_bytes(body)
@@ -81,8 +90,17 @@ class WrkLoad:
             "BENCH_API_KEY": self.api_key,
         }
         seconds = max(1, int(round(max_seconds)))
-        argv = [self.binary, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
-                "-s", str(LUA_SCRIPT), url]
+        argv = [
+            self.binary,
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA_SCRIPT),
+            url,
+        ]
         cpu_before = _children_cpu()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
         result_line = None
@@ -94,7 +112,7 @@ class WrkLoad:
             if line.startswith("BENCH_LIMIT_REACHED") and proc.poll() is None:
                 proc.send_signal(signal.SIGINT)  # wrk stops, joins its thread and prints its summary
             elif line.startswith("BENCH_RESULT "):
-                result_line = line[len("BENCH_RESULT "):]
+                result_line = line[len("BENCH_RESULT ") :]
             if time.monotonic() > deadline:
                 proc.kill()
                 break
@@ -127,12 +145,22 @@ class PythonLoad:
     def __init__(self, api_key: str = "sk-placeholder") -> None:
         self.api_key = api_key
 
-    def run(self, url: str, body: bytes, concurrency: int, *, max_requests: int = 0, max_seconds: float = 10.0,
-            unique: bool = False, workdir: Path) -> RunResult:
+    def run(
+        self,
+        url: str,
+        body: bytes,
+        concurrency: int,
+        *,
+        max_requests: int = 0,
+        max_seconds: float = 10.0,
+        unique: bool = False,
+        workdir: Path,
+    ) -> RunResult:
         del workdir  # nothing to write
         started_cpu = time.process_time()
         latencies, errors, duration = asyncio.run(
-            self._run(url, body, concurrency, max_requests, max_seconds, unique))
+            self._run(url, body, concurrency, max_requests, max_seconds, unique)
+        )
         cpu = time.process_time() - started_cpu
         latencies.sort()
         return RunResult(
@@ -147,12 +175,15 @@ class PythonLoad:
             error_detail={"status_or_socket": errors} if errors else {},
         )
 
-    async def _run(self, url: str, body: bytes, concurrency: int, max_requests: int, max_seconds: float,
-                   unique: bool) -> tuple[list[float], int, float]:
+    async def _run(
+        self, url: str, body: bytes, concurrency: int, max_requests: int, max_seconds: float, unique: bool
+    ) -> tuple[list[float], int, float]:
         parts = urlsplit(url)
         host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
-        head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                f"Authorization: Bearer {self.api_key}\r\n").encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {self.api_key}\r\n"
+        ).encode()
         tag = f"{os.getpid()}-{time.time_ns()}"
         latencies: list[float] = []
         state = {"sent": 0, "errors": 0}
@@ -164,7 +195,11 @@ class PythonLoad:
             if time.monotonic() >= deadline:
                 return None
             state["sent"] += 1
-            payload = body.replace(UNIQUE_PLACEHOLDER.encode(), f"{tag}-{state['sent']}".encode()) if unique else body
+            payload = (
+                body.replace(UNIQUE_PLACEHOLDER.encode(), f"{tag}-{state['sent']}".encode())
+                if unique
+                else body
+            )
             return head + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
 
         async def connection() -> None:
@@ -223,8 +258,14 @@ def summarise_us(sorted_latencies: list[float]) -> dict[str, float]:
     def pct(p: float) -> float:
         return round(sorted_latencies[min(n - 1, max(0, int(round(p / 100 * n + 0.5)) - 1))], 1)
 
-    return {"p50": pct(50), "p90": pct(90), "p99": pct(99), "p999": pct(99.9),
-            "mean": round(sum(sorted_latencies) / n, 1), "max": round(sorted_latencies[-1], 1)}
+    return {
+        "p50": pct(50),
+        "p90": pct(90),
+        "p99": pct(99),
+        "p999": pct(99.9),
+        "mean": round(sum(sorted_latencies) / n, 1),
+        "max": round(sorted_latencies[-1], 1),
+    }
 
 
 def make_load(kind: str, api_key: str) -> WrkLoad | PythonLoad:

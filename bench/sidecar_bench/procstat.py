@@ -87,7 +87,9 @@ def machine() -> dict[str, Any]:
     wrk_version = None
     if shutil.which("wrk"):
         out = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=10)
-        wrk_version = (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else None
+        wrk_version = (
+            (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else None
+        )
     return {
         "cores": os.cpu_count(),
         "cpu_model": cpu_model,

@@ -64,16 +64,43 @@ def targets(derived: dict[str, Any], rss_end_requests: int | None) -> list[dict[
     for target, d in derived.items():
         added = d.get("added_latency_c1_us", {})
         p50_limit = 1000.0 if target.endswith("-redis") else 500.0
-        checks.append(_check(f"{target}: added latency c=1 p50", added.get("p50"), p50_limit, at_least=False, unit="µs"))
-        checks.append(_check(f"{target}: added latency c=1 p99", added.get("p99"), 2000.0, at_least=False, unit="µs"))
-        checks.append(_check(f"{target}: throughput c=32 vs direct", d.get("throughput_c32_vs_direct"), 0.5,
-                             at_least=True, unit="×"))
-        checks.append(_check(f"{target}: throughput c=32 vs LiteLLM", d.get("throughput_c32_vs_litellm"), 10.0,
-                             at_least=True, unit="×"))
+        checks.append(
+            _check(f"{target}: added latency c=1 p50", added.get("p50"), p50_limit, at_least=False, unit="µs")
+        )
+        checks.append(
+            _check(f"{target}: added latency c=1 p99", added.get("p99"), 2000.0, at_least=False, unit="µs")
+        )
+        checks.append(
+            _check(
+                f"{target}: throughput c=32 vs direct",
+                d.get("throughput_c32_vs_direct"),
+                0.5,
+                at_least=True,
+                unit="×",
+            )
+        )
+        checks.append(
+            _check(
+                f"{target}: throughput c=32 vs LiteLLM",
+                d.get("throughput_c32_vs_litellm"),
+                10.0,
+                at_least=True,
+                unit="×",
+            )
+        )
         label = f"after {rss_end_requests:,} requests" if rss_end_requests else "at end"
-        checks.append(_check(f"{target}: RSS {label}", d.get("rss_mib_at_end"), 128.0, at_least=False, unit="MiB"))
-        checks.append(_check(f"{target}: RSS growth over the last half", d.get("rss_growth_mib"),
-                             RSS_GROWTH_TOLERANCE_MIB, at_least=False, unit="MiB"))
+        checks.append(
+            _check(f"{target}: RSS {label}", d.get("rss_mib_at_end"), 128.0, at_least=False, unit="MiB")
+        )
+        checks.append(
+            _check(
+                f"{target}: RSS growth over the last half",
+                d.get("rss_growth_mib"),
+                RSS_GROWTH_TOLERANCE_MIB,
+                at_least=False,
+                unit="MiB",
+            )
+        )
     return checks
 
 
@@ -92,11 +119,15 @@ def _count(requests: int) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = []
     machine = results.get("machine", {})
-    lines.append(f"Run {results.get('date')} · {machine.get('cores')} cores ({machine.get('cpu_model')}) · "
-                 f"load generator {results.get('generator')} · mode {results.get('mode')}")
+    lines.append(
+        f"Run {results.get('date')} · {machine.get('cores')} cores ({machine.get('cpu_model')}) · "
+        f"load generator {results.get('generator')} · mode {results.get('mode')}"
+    )
     lines.append("")
-    lines.append("| target | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms "
-                 "| proxy CPU µs/req (c=32) | RSS MiB (samples) | errors |")
+    lines.append(
+        "| target | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms "
+        "| proxy CPU µs/req (c=32) | RSS MiB (samples) | errors |"
+    )
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for target, data in results.get("targets", {}).items():
         if data.get("skipped"):
@@ -110,18 +141,24 @@ def markdown(results: dict[str, Any]) -> str:
         if rss.get("at_end_bytes"):
             end = f"end: {_mib(rss['at_end_bytes'])}"
             rss_text = f"{rss_text} ({end})" if samples else end
-        errors = sum(r["errors"] for r in data["runs"].values()) + data.get("top_up_errors", 0) \
+        errors = (
+            sum(r["errors"] for r in data["runs"].values())
+            + data.get("top_up_errors", 0)
             + data.get("warmup", {}).get("errors", 0)
+        )
         lines.append(
             f"| {target} | {r1['rps'] if r1 else '–'} | {_ms(r1['latency_us']['p50'] if r1 else None)} "
             f"| {_ms(r1['latency_us']['p99'] if r1 else None)} | {r32['rps'] if r32 else '–'} "
             f"| {_ms(r32['latency_us']['p50'] if r32 else None)} | {_ms(r32['latency_us']['p99'] if r32 else None)} "
-            f"| {'–' if cpu is None else round(cpu)} | {rss_text} | {errors} |")
+            f"| {'–' if cpu is None else round(cpu)} | {rss_text} | {errors} |"
+        )
     derived = results.get("derived", {})
     if derived:
         lines.append("")
-        lines.append("| target | added c=1 p50 ms | added c=1 p99 ms | c=32 vs direct | c=32 vs LiteLLM "
-                     "| RSS growth last half MiB |")
+        lines.append(
+            "| target | added c=1 p50 ms | added c=1 p99 ms | c=32 vs direct | c=32 vs LiteLLM "
+            "| RSS growth last half MiB |"
+        )
         lines.append("|---|---:|---:|---:|---:|---:|")
         for target, d in derived.items():
             added = d.get("added_latency_c1_us", {})
@@ -130,14 +167,17 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {target} | {_ms(added.get('p50'))} | {_ms(added.get('p99'))} "
                 f"| {'–' if vs_direct is None else f'{vs_direct:.0%}'} "
-                f"| {'–' if vs_litellm is None else f'{vs_litellm:.1f}×'} | {d.get('rss_growth_mib', '–')} |")
+                f"| {'–' if vs_litellm is None else f'{vs_litellm:.1f}×'} | {d.get('rss_growth_mib', '–')} |"
+            )
     checks = results.get("targets_check", [])
     if checks:
         lines.append("")
         lines.append("| issue 3 target | limit | measured | verdict |")
         lines.append("|---|---:|---:|---|")
         for c in checks:
-            verdict = "n/a" if c["ok"] is None else ("met" if c["ok"] else f"missed by {c['miss']} {c['unit']}")
+            verdict = (
+                "n/a" if c["ok"] is None else ("met" if c["ok"] else f"missed by {c['miss']} {c['unit']}")
+            )
             op = "≥" if "throughput" in c["target"] else "≤"
             measured = "–" if c["measured"] is None else f"{c['measured']} {c['unit']}"
             lines.append(f"| {c['target']} | {op} {c['limit']} {c['unit']} | {measured} | {verdict} |")

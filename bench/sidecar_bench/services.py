@@ -38,8 +38,12 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 
 def post_json(url: str, body: bytes, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
     """One POST, for probes (cache header, sanity): (status, lower-cased headers, body)."""
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"})
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
@@ -71,7 +75,9 @@ class Service:
         while not ((status := http_status(health_url)) == 200 or (any_answer and status is not None)):
             self.process.check_alive()
             if time.monotonic() > deadline:
-                raise ProcessFailed(self.process.failure_message(f"{self.name} not ready after {timeout:.0f}s"))
+                raise ProcessFailed(
+                    self.process.failure_message(f"{self.name} not ready after {timeout:.0f}s")
+                )
             time.sleep(0.1)
 
     def log_tail(self, lines: int = 30) -> str:
@@ -92,8 +98,12 @@ def child_env(**extra: str) -> dict[str, str]:
 def start_fake(workdir: Path) -> Service:
     """The fake OpenAI upstream, zero delay, no per-request records (python -m openai_policy_devkit.fake_openai)."""
     port = free_port()
-    service = Service("fake-openai", [sys.executable, "-m", "openai_policy_devkit.fake_openai", "--port", str(port)],
-                      workdir, env=child_env())
+    service = Service(
+        "fake-openai",
+        [sys.executable, "-m", "openai_policy_devkit.fake_openai", "--port", str(port)],
+        workdir,
+        env=child_env(),
+    )
     service.url = f"http://127.0.0.1:{port}/v1"
     service.start()
     service.wait_ready(f"http://127.0.0.1:{port}/v1/models", timeout=30, any_answer=True)
@@ -113,8 +123,9 @@ def sidecar_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "openai_policy_sidecar"]
 
 
-def start_sidecar(name: str, policy_path: Path, workdir: Path, redis_url: str | None = None,
-                  log_level: str = "INFO") -> Service:
+def start_sidecar(
+    name: str, policy_path: Path, workdir: Path, redis_url: str | None = None, log_level: str = "INFO"
+) -> Service:
     """`openai-policy-sidecar` as users run it; its JSON access log goes to <name>.log (kept: it is
     part of the per-request cost we measure)."""
     port, admin_port = free_port(), free_port()
@@ -122,8 +133,19 @@ def start_sidecar(name: str, policy_path: Path, workdir: Path, redis_url: str | 
         admin_port = free_port()
     key_file = workdir / "upstream-api-key"
     key_file.write_text(BENCH_KEY + "\n")
-    argv = [*sidecar_command(), "--policy", str(policy_path), "--listen", f"127.0.0.1:{port}",
-            "--admin-listen", f"127.0.0.1:{admin_port}", "--api-key-file", str(key_file), "--log-level", log_level]
+    argv = [
+        *sidecar_command(),
+        "--policy",
+        str(policy_path),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-listen",
+        f"127.0.0.1:{admin_port}",
+        "--api-key-file",
+        str(key_file),
+        "--log-level",
+        log_level,
+    ]
     if redis_url:
         argv += ["--redis-url", redis_url]
     service = Service(name, argv, workdir, env=child_env(POD_NAME=f"bench-{name}"))
@@ -153,7 +175,13 @@ def sidecar_counters(admin_url: str) -> dict[str, Any]:
             refusals += float(line.rsplit(" ", 1)[1])
         elif line.startswith("openai_policy_cost_usd_total{"):
             cost += float(line.rsplit(" ", 1)[1])
-    return {"requests_by_status": {k: int(v) for k, v in by_status.items()},
-            "requests": int(sum(by_status.values())), "refusals": int(refusals), "cost_usd": round(cost, 6),
-            # the sidecar's own measure of the time it adds (upstream excluded), mean over its life
-            "self_reported_added_latency_mean_us": round(added["sum"] / added["count"] * 1e6, 1) if added["count"] else None}
+    return {
+        "requests_by_status": {k: int(v) for k, v in by_status.items()},
+        "requests": int(sum(by_status.values())),
+        "refusals": int(refusals),
+        "cost_usd": round(cost, 6),
+        # the sidecar's own measure of the time it adds (upstream excluded), mean over its life
+        "self_reported_added_latency_mean_us": round(added["sum"] / added["count"] * 1e6, 1)
+        if added["count"]
+        else None,
+    }

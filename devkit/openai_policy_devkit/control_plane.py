@@ -80,7 +80,9 @@ def find_assets(assets: Path | str | None = None) -> Path:
     return directory
 
 
-def kubeconfig_document(server: str, ca_cert: Path, user: Mapping[str, str], namespace: str = "default") -> dict:
+def kubeconfig_document(
+    server: str, ca_cert: Path, user: Mapping[str, str], namespace: str = "default"
+) -> dict:
     """A kubeconfig with one cluster, one user and one context, certificates embedded."""
     return {
         "apiVersion": "v1",
@@ -95,7 +97,9 @@ def kubeconfig_document(server: str, ca_cert: Path, user: Mapping[str, str], nam
             }
         ],
         "users": [{"name": "test-user", "user": dict(user)}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test-user", "namespace": namespace}}],
+        "contexts": [
+            {"name": "test", "context": {"cluster": "test", "user": "test-user", "namespace": namespace}}
+        ],
         "current-context": "test",
     }
 
@@ -208,9 +212,7 @@ class ControlPlane:
         process.start()
         return process
 
-    def _wait(
-        self, process: ManagedProcess, what: str, ready: Callable[[], bool], deadline: float
-    ) -> None:
+    def _wait(self, process: ManagedProcess, what: str, ready: Callable[[], bool], deadline: float) -> None:
         """Poll `ready()` until true; fail early, with the log's tail, if the process exits."""
         while True:
             process.check_alive()
@@ -427,7 +429,9 @@ class ControlPlane:
         """A serving certificate signed by this cluster's CA (`.ca_cert`), e.g. for an admission
         webhook on 127.0.0.1 whose caBundle is then the CA's PEM."""
         assert self._pki is not None, "not started"
-        return issue_certificate(self._pki.directory / "issued", name, f"/CN={name}", "server", self._pki.ca, sans)
+        return issue_certificate(
+            self._pki.directory / "issued", name, f"/CN={name}", "server", self._pki.ca, sans
+        )
 
     # ---- namespaces ------------------------------------------------------------------------
 
@@ -439,7 +443,9 @@ class ControlPlane:
         metadata: dict[str, Any] = {"name": name}
         if labels:
             metadata["labels"] = dict(labels)
-        self.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata})
+        self.api(
+            "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+        )
         if self.with_controller_manager:
             deadline = time.monotonic() + 30
             while True:

@@ -102,7 +102,9 @@ def issue_certificate(
 def generate_pki(directory: Path) -> ClusterPKI:
     """Write a fresh CA, serving and client certificates and a token-signing key into `directory`."""
     ca = issue_certificate(directory, "ca", "/CN=openai-policy-test-ca", "ca", None)
-    api_server = issue_certificate(directory, "apiserver", "/CN=kube-apiserver", "server", ca, API_SERVER_SANS)
+    api_server = issue_certificate(
+        directory, "apiserver", "/CN=kube-apiserver", "server", ca, API_SERVER_SANS
+    )
     admin = issue_certificate(directory, "admin", "/O=system:masters/CN=kubernetes-admin", "client", ca)
     controller_manager = issue_certificate(
         directory, "controller-manager", "/CN=system:kube-controller-manager", "client", ca
@@ -114,7 +116,15 @@ def generate_pki(directory: Path) -> ClusterPKI:
     )  # fmt: skip
     service_account_key.chmod(0o600)
     service_account_public_key = directory / "service-account.pub"
-    _openssl("pkey", "-in", str(service_account_key), "-pubout", "-out", str(service_account_public_key), cwd=directory)
+    _openssl(
+        "pkey",
+        "-in",
+        str(service_account_key),
+        "-pubout",
+        "-out",
+        str(service_account_public_key),
+        cwd=directory,
+    )
     return ClusterPKI(
         directory, ca, api_server, admin, controller_manager, service_account_key, service_account_public_key
     )

@@ -18,7 +18,9 @@ def _required_dir(variable: str, how: str) -> Path:
 @pytest.fixture(scope="session")
 def tiktoken_cache_dir() -> Path:
     """The offline tiktoken encodings (`make tiktoken` provisions them)."""
-    return _required_dir("TIKTOKEN_CACHE_DIR", "run `make test`, or `make tiktoken` and export TIKTOKEN_CACHE_DIR")
+    return _required_dir(
+        "TIKTOKEN_CACHE_DIR", "run `make test`, or `make tiktoken` and export TIKTOKEN_CACHE_DIR"
+    )
 
 
 @pytest.fixture(scope="session")

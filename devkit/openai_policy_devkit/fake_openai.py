@@ -116,9 +116,17 @@ def _duration(seconds: float) -> str:
 class FakeOpenAI:
     """The fake server. Construct, then `start()` on a loop or `start_in_thread()`; or use `running()`."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, record: bool = True,
-                 api_key: str | None = None, reply_text: str = DEFAULT_REPLY, cached_tokens: int = 0,
-                 moderation_triggers: Iterable[str] = DEFAULT_MODERATION_TRIGGERS) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record: bool = True,
+        api_key: str | None = None,
+        reply_text: str = DEFAULT_REPLY,
+        cached_tokens: int = 0,
+        moderation_triggers: Iterable[str] = DEFAULT_MODERATION_TRIGGERS,
+    ) -> None:
         self.host = host
         self.port = port
         self.record = record
@@ -145,7 +153,9 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
-    def add_fault(self, kind: str, *, times: int | None = 1, match: str | None = None, **params: Any) -> Fault:
+    def add_fault(
+        self, kind: str, *, times: int | None = 1, match: str | None = None, **params: Any
+    ) -> Fault:
         """Script a fault for the next `times` matching requests (None: until cleared); see FAULT_KINDS."""
         return self._faults.add(make_fault(kind, times=times, match=match, **params))
 
@@ -185,8 +195,9 @@ class FakeOpenAI:
         self._stopping = asyncio.Event()
         # access_log=None: nothing per request. shutdown_timeout: hung handlers are released by
         # `_stopping`, so stop never needs aiohttp's 60 s grace period.
-        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=2.0,
-                                     handler_cancellation=True)
+        self._runner = web.AppRunner(
+            self.make_app(), access_log=None, shutdown_timeout=2.0, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -265,33 +276,42 @@ class FakeOpenAI:
 
     # --- request pipeline ---------------------------------------------------------------------
 
-    def _api(self, endpoint: Callable[[_Call], Awaitable[web.StreamResponse]]
-             ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def _api(
+        self, endpoint: Callable[[_Call], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """Wrap an endpoint: record, authenticate, parse, apply faults, answer errors OpenAI's way."""
+
         async def handler(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
             raw = await request.read()
             if self.record:
-                self.requests.append(RecordedRequest(request.method, request.path, request.headers, raw,
-                                                     request.query_string))
+                self.requests.append(
+                    RecordedRequest(request.method, request.path, request.headers, raw, request.query_string)
+                )
             try:
                 self._authenticate(request.headers)
                 body = requests_.parse_body(raw) if request.method == "POST" else {}
-                call = _Call(request, body, self._faults.take(request.path, body.get("stream") is True), started)
+                call = _Call(
+                    request, body, self._faults.take(request.path, body.get("stream") is True), started
+                )
                 early = await self._apply_faults(call)
                 if early is not None:
                     return early
                 return await endpoint(call)
             except RequestError as exc:
                 return self._json(exc.body, started, status=exc.status)
+
         return handler
 
     def _authenticate(self, headers: CIMultiDictProxy[str]) -> None:
         value = headers.get("Authorization", "")
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise RequestError(401, "You didn't provide an API key. You need to provide your API key in an "
-                               "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+            raise RequestError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
         if self.api_key is not None and token.strip() != self.api_key:
             raise RequestError(401, "Incorrect API key provided.", code="invalid_api_key")
 
@@ -330,15 +350,27 @@ class FakeOpenAI:
         headers.update(self._rate.headers(request_tokens))
         return headers
 
-    def _json(self, body: Any, started: float, status: int = 200, extra: dict[str, str] | None = None,
-              request_tokens: int = 0) -> web.Response:
+    def _json(
+        self,
+        body: Any,
+        started: float,
+        status: int = 200,
+        extra: dict[str, str] | None = None,
+        request_tokens: int = 0,
+    ) -> web.Response:
         headers = self._headers(started, request_tokens)
         if extra:
             headers.update(extra)
         if isinstance(body, (bytes, str)):  # a scripted raw body, sent as is
-            return web.Response(body=body.encode() if isinstance(body, str) else body, status=status,
-                                headers=headers, content_type="application/json")
-        return web.Response(text=_dumps(body), status=status, headers=headers, content_type="application/json")
+            return web.Response(
+                body=body.encode() if isinstance(body, str) else body,
+                status=status,
+                headers=headers,
+                content_type="application/json",
+            )
+        return web.Response(
+            text=_dumps(body), status=status, headers=headers, content_type="application/json"
+        )
 
     def _log_usage(self, usage: dict[str, Any]) -> None:
         if self.record:
@@ -349,16 +381,24 @@ class FakeOpenAI:
         """The model the reply reports: the one asked, unless a `model` fault says otherwise."""
         return str(call.faults["model"].model) if "model" in call.faults else str(call.body["model"])
 
-    def _generate(self, call: _Call, endpoint: str, limit: int | None, choices: int = 1) -> payloads.Generation:
+    def _generate(
+        self, call: _Call, endpoint: str, limit: int | None, choices: int = 1
+    ) -> payloads.Generation:
         body, faults = call.body, call.faults
         model = self._model_for(call)
         prompt = tokens.prompt_tokens(endpoint, body)
         cached = int(faults["cached_tokens"].tokens) if "cached_tokens" in faults else self.cached_tokens
         text = str(faults["reply"].text) if "reply" in faults else self.reply_text
         pieces, count, truncated = tokens.reply_tokens(text, str(body["model"]), limit)
-        return payloads.Generation(model=model, pieces=pieces, completion_tokens=count * choices,
-                                   truncated=truncated, prompt_tokens=prompt,
-                                   cached_tokens=max(min(cached, prompt), 0), choices=choices)
+        return payloads.Generation(
+            model=model,
+            pieces=pieces,
+            completion_tokens=count * choices,
+            truncated=truncated,
+            prompt_tokens=prompt,
+            cached_tokens=max(min(cached, prompt), 0),
+            choices=choices,
+        )
 
     # --- endpoints ----------------------------------------------------------------------------
 
@@ -372,7 +412,9 @@ class FakeOpenAI:
             return self._json(result, call.started, request_tokens=gen.prompt_tokens)
         options = call.body.get("stream_options") or {}
         include_usage = options.get("include_usage") is True
-        chunks = payloads.chat_chunks(ident, created, gen, include_usage, options.get("include_obfuscation", True))
+        chunks = payloads.chat_chunks(
+            ident, created, gen, include_usage, options.get("include_obfuscation", True)
+        )
 
         def frames() -> Iterator[bytes]:
             for chunk in chunks:
@@ -452,6 +494,7 @@ class FakeOpenAI:
         await response.write_eof()
         return response
 
+
 def _drop_connection(request: web.Request) -> None:
     """Close the TCP connection now, after flushing what was written: the client sees a cut body."""
     transport = request.transport
@@ -460,19 +503,33 @@ def _drop_connection(request: web.Request) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m openai_policy_devkit.fake_openai", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m openai_policy_devkit.fake_openai", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--record", action="store_true", help="keep every request and usage block (memory grows)")
+    parser.add_argument(
+        "--record", action="store_true", help="keep every request and usage block (memory grows)"
+    )
     parser.add_argument("--api-key", default=None, help="accept only this Bearer token (default: any)")
     parser.add_argument("--cached-tokens", type=int, default=0, help="prompt tokens reported as cached")
     parser.add_argument("--reply", default=DEFAULT_REPLY, help="the reply text every completion returns")
-    parser.add_argument("--moderation-trigger", action="append", default=None,
-                        help="words that make /v1/moderations flag a text (repeatable; default: kill)")
+    parser.add_argument(
+        "--moderation-trigger",
+        action="append",
+        default=None,
+        help="words that make /v1/moderations flag a text (repeatable; default: kill)",
+    )
     args = parser.parse_args(argv)
-    fake = FakeOpenAI(host=args.host, port=args.port, record=args.record, api_key=args.api_key,
-                      reply_text=args.reply, cached_tokens=args.cached_tokens,
-                      moderation_triggers=args.moderation_trigger or DEFAULT_MODERATION_TRIGGERS)
+    fake = FakeOpenAI(
+        host=args.host,
+        port=args.port,
+        record=args.record,
+        api_key=args.api_key,
+        reply_text=args.reply,
+        cached_tokens=args.cached_tokens,
+        moderation_triggers=args.moderation_trigger or DEFAULT_MODERATION_TRIGGERS,
+    )
 
     async def serve() -> None:
         await fake.start()

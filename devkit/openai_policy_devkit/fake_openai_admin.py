@@ -42,8 +42,12 @@ def admin_routes(fake: FakeOpenAI) -> list[web.RouteDef]:
         return web.json_response({"pending": 0})
 
     async def requests(request: web.Request) -> web.Response:
-        return web.json_response([{"method": r.method, "path": r.path, "headers": dict(r.headers), "json": r.json}
-                                  for r in fake.requests])
+        return web.json_response(
+            [
+                {"method": r.method, "path": r.path, "headers": dict(r.headers), "json": r.json}
+                for r in fake.requests
+            ]
+        )
 
     async def usage(request: web.Request) -> web.Response:
         return web.json_response(fake.usage_log)

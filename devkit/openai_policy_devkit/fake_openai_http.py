@@ -22,8 +22,16 @@ class RawResponse:
         return parse_sse(self.body.decode("utf-8"))
 
 
-def request(base_url: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-            api_key: str | None = "sk-test", timeout: float = 10.0) -> RawResponse:
+def request(
+    base_url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    api_key: str | None = "sk-test",
+    timeout: float = 10.0,
+) -> RawResponse:
     """One HTTP request to `base_url + path`; `body` is sent as JSON, `raw` as is."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     headers = {"Content-Type": "application/json"}

@@ -17,8 +17,18 @@ from typing import Any
 
 SYSTEM_FINGERPRINT = "fp_fake0penai"
 MODERATION_CATEGORIES = (
-    "hate", "hate/threatening", "harassment", "harassment/threatening", "illicit", "illicit/violent",
-    "self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence",
+    "hate",
+    "hate/threatening",
+    "harassment",
+    "harassment/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
     "violence/graphic",
 )
 # Which moderation categories a trigger word flags (the fake's stand-in for the classifier).
@@ -64,21 +74,28 @@ class Generation:
 
 # --- errors -------------------------------------------------------------------------------------
 
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+
+def error_body(
+    message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def status_error_body(status: int) -> dict[str, Any]:
     """The body OpenAI sends with a given status (used by the `status` fault unless a body is given)."""
     if status == 429:
-        return error_body("Rate limit reached for requests. Please try again later.", "requests", None,
-                          "rate_limit_exceeded")
+        return error_body(
+            "Rate limit reached for requests. Please try again later.",
+            "requests",
+            None,
+            "rate_limit_exceeded",
+        )
     if status == 503:
         return error_body("The engine is currently overloaded, please try again later.", "server_error")
     if status >= 500:
-        return error_body("The server had an error while processing your request. Sorry about that!",
-                          "server_error")
+        return error_body(
+            "The server had an error while processing your request. Sorry about that!", "server_error"
+        )
     if status == 401:
         return error_body("Incorrect API key provided.", "invalid_request_error", None, "invalid_api_key")
     if status == 404:
@@ -88,14 +105,19 @@ def status_error_body(status: int) -> dict[str, Any]:
 
 # --- usage --------------------------------------------------------------------------------------
 
+
 def chat_usage(gen: Generation) -> dict[str, Any]:
     return {
         "prompt_tokens": gen.prompt_tokens,
         "completion_tokens": gen.completion_tokens,
         "total_tokens": gen.prompt_tokens + gen.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": gen.cached_tokens, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 
@@ -111,31 +133,42 @@ def responses_usage(gen: Generation) -> dict[str, Any]:
 
 # --- chat completions ---------------------------------------------------------------------------
 
+
 def chat_completion(ident: str, created: int, gen: Generation) -> dict[str, Any]:
     return {
         "id": ident,
         "object": "chat.completion",
         "created": created,
         "model": gen.model,
-        "choices": [{
-            "index": index,
-            "message": {"role": "assistant", "content": gen.text, "refusal": None, "annotations": []},
-            "logprobs": None,
-            "finish_reason": "length" if gen.truncated else "stop",
-        } for index in range(gen.choices)],
+        "choices": [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": gen.text, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": "length" if gen.truncated else "stop",
+            }
+            for index in range(gen.choices)
+        ],
         "usage": chat_usage(gen),
         "service_tier": "default",
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
 
 
-def chat_chunks(ident: str, created: int, gen: Generation, include_usage: bool,
-                obfuscate: bool) -> Iterator[dict[str, Any]]:
+def chat_chunks(
+    ident: str, created: int, gen: Generation, include_usage: bool, obfuscate: bool
+) -> Iterator[dict[str, Any]]:
     """The chunks of a streamed chat completion, in OpenAI's order (the server adds `[DONE]`)."""
+
     def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "id": ident, "object": "chat.completion.chunk", "created": created, "model": gen.model,
-            "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices,
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": gen.model,
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": choices,
         }
         if include_usage:
             body["usage"] = None
@@ -163,20 +196,28 @@ def chat_chunks(ident: str, created: int, gen: Generation, include_usage: bool,
 
 # --- legacy completions -------------------------------------------------------------------------
 
+
 def text_completion(ident: str, created: int, gen: Generation) -> dict[str, Any]:
     return {
         "id": ident,
         "object": "text_completion",
         "created": created,
         "model": gen.model,
-        "choices": [{"text": gen.text, "index": 0, "logprobs": None,
-                     "finish_reason": "length" if gen.truncated else "stop"}],
+        "choices": [
+            {
+                "text": gen.text,
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": "length" if gen.truncated else "stop",
+            }
+        ],
         "usage": chat_usage(gen),
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
 
 
 # --- responses ----------------------------------------------------------------------------------
+
 
 def output_message(item_id: str, text: str, status: str) -> dict[str, Any]:
     content = [] if status == "in_progress" else [output_text_part(text)]
@@ -187,8 +228,15 @@ def output_text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def response_object(ident: str, created_at: int, request: dict[str, Any], gen: Generation, status: str,
-                    output: list[dict[str, Any]], completed_at: int | None) -> dict[str, Any]:
+def response_object(
+    ident: str,
+    created_at: int,
+    request: dict[str, Any],
+    gen: Generation,
+    status: str,
+    output: list[dict[str, Any]],
+    completed_at: int | None,
+) -> dict[str, Any]:
     """A Response; `status` in_progress (no usage yet), completed or incomplete (cut by max_output_tokens)."""
     finished = status != "in_progress"
     body: dict[str, Any] = {
@@ -227,40 +275,69 @@ def response_object(ident: str, created_at: int, request: dict[str, Any], gen: G
     return body
 
 
-def response_final(ident: str, item_id: str, created_at: int, completed_at: int, request: dict[str, Any],
-                   gen: Generation) -> dict[str, Any]:
+def response_final(
+    ident: str, item_id: str, created_at: int, completed_at: int, request: dict[str, Any], gen: Generation
+) -> dict[str, Any]:
     status = "incomplete" if gen.truncated else "completed"
     message = output_message(item_id, gen.text, "incomplete" if gen.truncated else "completed")
     return response_object(ident, created_at, request, gen, status, [message], completed_at)
 
 
-def response_events(ident: str, item_id: str, created_at: int, completed_at: int, request: dict[str, Any],
-                    gen: Generation) -> Iterator[dict[str, Any]]:
+def response_events(
+    ident: str, item_id: str, created_at: int, completed_at: int, request: dict[str, Any], gen: Generation
+) -> Iterator[dict[str, Any]]:
     """The Responses API stream for a one-message text reply, with sequence numbers, in OpenAI's order."""
     counter = iter(range(1 << 30))
     started = response_object(ident, created_at, request, gen, "in_progress", [], None)
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
     yield {"type": "response.created", "sequence_number": next(counter), "response": started}
     yield {"type": "response.in_progress", "sequence_number": next(counter), "response": started}
-    yield {"type": "response.output_item.added", "sequence_number": next(counter), "output_index": 0,
-           "item": output_message(item_id, "", "in_progress")}
-    yield {"type": "response.content_part.added", "sequence_number": next(counter), **where,
-           "part": output_text_part("")}
+    yield {
+        "type": "response.output_item.added",
+        "sequence_number": next(counter),
+        "output_index": 0,
+        "item": output_message(item_id, "", "in_progress"),
+    }
+    yield {
+        "type": "response.content_part.added",
+        "sequence_number": next(counter),
+        **where,
+        "part": output_text_part(""),
+    }
     for piece in gen.pieces:
-        yield {"type": "response.output_text.delta", "sequence_number": next(counter), **where,
-               "delta": piece, "logprobs": []}
-    yield {"type": "response.output_text.done", "sequence_number": next(counter), **where,
-           "text": gen.text, "logprobs": []}
-    yield {"type": "response.content_part.done", "sequence_number": next(counter), **where,
-           "part": output_text_part(gen.text)}
+        yield {
+            "type": "response.output_text.delta",
+            "sequence_number": next(counter),
+            **where,
+            "delta": piece,
+            "logprobs": [],
+        }
+    yield {
+        "type": "response.output_text.done",
+        "sequence_number": next(counter),
+        **where,
+        "text": gen.text,
+        "logprobs": [],
+    }
+    yield {
+        "type": "response.content_part.done",
+        "sequence_number": next(counter),
+        **where,
+        "part": output_text_part(gen.text),
+    }
     final = response_final(ident, item_id, created_at, completed_at, request, gen)
-    yield {"type": "response.output_item.done", "sequence_number": next(counter), "output_index": 0,
-           "item": final["output"][0]}
+    yield {
+        "type": "response.output_item.done",
+        "sequence_number": next(counter),
+        "output_index": 0,
+        "item": final["output"][0],
+    }
     kind = "response.incomplete" if gen.truncated else "response.completed"
     yield {"type": kind, "sequence_number": next(counter), "response": final}
 
 
 # --- embeddings ---------------------------------------------------------------------------------
+
 
 def embedding_vector(text: str, dimensions: int) -> list[float]:
     """A unit vector derived from the text's hash: same text, same vector; different text, different."""
@@ -271,8 +348,9 @@ def embedding_vector(text: str, dimensions: int) -> list[float]:
     return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in raw))))
 
 
-def embeddings(model: str, inputs: list[Any], encoding_format: str, dimensions: int | None,
-               prompt_tokens: int) -> dict[str, Any]:
+def embeddings(
+    model: str, inputs: list[Any], encoding_format: str, dimensions: int | None, prompt_tokens: int
+) -> dict[str, Any]:
     size = dimensions or EMBEDDING_DIMENSIONS.get(model, DEFAULT_EMBEDDING_DIMENSIONS)
     data = []
     for index, item in enumerate(inputs):
@@ -281,11 +359,16 @@ def embeddings(model: str, inputs: list[Any], encoding_format: str, dimensions: 
         if encoding_format == "base64":
             encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode("ascii")
         data.append({"object": "embedding", "index": index, "embedding": encoded})
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
 
 
 # --- moderations --------------------------------------------------------------------------------
+
 
 def moderation_texts(value: Any) -> list[str]:
     """One text per moderation result: a string, a list of strings, or multimodal parts (one result)."""
@@ -304,8 +387,12 @@ def moderation_result(text: str, triggers: tuple[str, ...]) -> dict[str, Any]:
     categories = {name: flagged and name in FLAGGED_CATEGORIES for name in MODERATION_CATEGORIES}
     scores = {name: (0.93 if categories[name] else 1e-06) for name in MODERATION_CATEGORIES}
     applied = {name: ["text"] for name in MODERATION_CATEGORIES}
-    return {"flagged": flagged, "categories": categories, "category_scores": scores,
-            "category_applied_input_types": applied}
+    return {
+        "flagged": flagged,
+        "categories": categories,
+        "category_scores": scores,
+        "category_applied_input_types": applied,
+    }
 
 
 def moderation(ident: str, model: str, texts: list[str], triggers: tuple[str, ...]) -> dict[str, Any]:
@@ -313,6 +400,7 @@ def moderation(ident: str, model: str, texts: list[str], triggers: tuple[str, ..
 
 
 # --- models -------------------------------------------------------------------------------------
+
 
 def model_object(model_id: str, created: int, owned_by: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}

@@ -11,17 +11,25 @@ from typing import Any
 
 from openai_policy_devkit import fake_openai_payloads as payloads
 
-BAD_JSON = ("We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
-            "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. "
-            "If you have trouble figuring out how to fix this, please contact us through our help center at "
-            "help.openai.com.)")
+BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+    "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. "
+    "If you have trouble figuring out how to fix this, please contact us through our help center at "
+    "help.openai.com.)"
+)
 
 
 class RequestError(Exception):
     """A request OpenAI would refuse: becomes an OpenAI-shaped error response."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = payloads.error_body(message, type_, param, code)
@@ -57,11 +65,21 @@ def _integer(body: dict[str, Any], name: str, minimum: int, maximum: int | None 
     if not isinstance(value, int) or isinstance(value, bool):
         raise RequestError(400, f"Invalid type for '{name}': expected an integer.", name, "invalid_type")
     if value < minimum:
-        raise RequestError(400, f"Invalid '{name}': integer below minimum value. Expected a value >= {minimum}, "
-                           f"but got {value} instead.", name, "integer_below_min_value")
+        raise RequestError(
+            400,
+            f"Invalid '{name}': integer below minimum value. Expected a value >= {minimum}, "
+            f"but got {value} instead.",
+            name,
+            "integer_below_min_value",
+        )
     if maximum is not None and value > maximum:
-        raise RequestError(400, f"Invalid '{name}': integer above maximum value. Expected a value <= {maximum}, "
-                           f"but got {value} instead.", name, "integer_above_max_value")
+        raise RequestError(
+            400,
+            f"Invalid '{name}': integer above maximum value. Expected a value <= {maximum}, "
+            f"but got {value} instead.",
+            name,
+            "integer_above_max_value",
+        )
     return value
 
 
@@ -72,11 +90,17 @@ def chat_params(body: dict[str, Any]) -> tuple[int | None, int]:
     if messages is None:
         raise missing("messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise RequestError(400, "Invalid type for 'messages': expected an array of objects.", "messages",
-                           "invalid_type")
+        raise RequestError(
+            400, "Invalid type for 'messages': expected an array of objects.", "messages", "invalid_type"
+        )
     if not messages:
-        raise RequestError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1, but got "
-                           "an empty array instead.", "messages", "empty_array")
+        raise RequestError(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got "
+            "an empty array instead.",
+            "messages",
+            "empty_array",
+        )
     limit = _integer(body, "max_completion_tokens", 1)
     if limit is None:
         limit = _integer(body, "max_tokens", 1)
@@ -87,7 +111,9 @@ def responses_params(body: dict[str, Any]) -> int | None:
     """The output token cap of a Responses request (OpenAI's minimum is 16)."""
     require_model(body)
     if "input" in body and not isinstance(body["input"], (str, list)):
-        raise RequestError(400, "Invalid type for 'input': expected a string or an array.", "input", "invalid_type")
+        raise RequestError(
+            400, "Invalid type for 'input': expected a string or an array.", "input", "invalid_type"
+        )
     return _integer(body, "max_output_tokens", 16)
 
 
@@ -112,8 +138,12 @@ def embeddings_params(body: dict[str, Any]) -> tuple[list[Any], str, int | None]
         raise RequestError(400, "'$.input' is invalid. Please check the API reference.", "input")
     encoding_format = body.get("encoding_format", "float")
     if encoding_format not in ("float", "base64"):
-        raise RequestError(400, f"Invalid value for 'encoding_format': {encoding_format!r}.", "encoding_format",
-                           "invalid_value")
+        raise RequestError(
+            400,
+            f"Invalid value for 'encoding_format': {encoding_format!r}.",
+            "encoding_format",
+            "invalid_value",
+        )
     return inputs, encoding_format, _integer(body, "dimensions", 1)
 
 

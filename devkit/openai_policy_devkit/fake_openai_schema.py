@@ -65,7 +65,7 @@ def _open_allof_members(components: dict[str, Any]) -> set[int]:
         for member in members if isinstance(members, list) else []:
             ref = member.get("$ref") if isinstance(member, dict) else None
             if isinstance(ref, str) and ref.startswith(_REF_PREFIX):
-                named.add(ref[len(_REF_PREFIX):])
+                named.add(ref[len(_REF_PREFIX) :])
     for name in named:
         if name in components:
             components[f"{name}{_OPEN_SUFFIX}"] = copy.deepcopy(components[name])
@@ -79,7 +79,7 @@ def _open_allof_members(components: dict[str, Any]) -> set[int]:
                 continue
             open_ids.add(id(member))
             ref = member.get("$ref")
-            if isinstance(ref, str) and ref.startswith(_REF_PREFIX) and ref[len(_REF_PREFIX):] in named:
+            if isinstance(ref, str) and ref.startswith(_REF_PREFIX) and ref[len(_REF_PREFIX) :] in named:
                 member["$ref"] = f"{ref}{_OPEN_SUFFIX}"
     return open_ids
 
@@ -166,7 +166,7 @@ class OpenAISchemas:
     def stream_event_schema(self, event_type: str) -> str:
         """The ResponseStreamEvent variant whose `type` is `event_type` (e.g. ResponseCreatedEvent)."""
         for variant in self.components["ResponseStreamEvent"]["anyOf"]:
-            name = variant["$ref"][len(_REF_PREFIX):]
+            name = variant["$ref"][len(_REF_PREFIX) :]
             type_schema = self.components[name].get("properties", {}).get("type", {})
             if event_type in type_schema.get("enum", []) or type_schema.get("const") == event_type:
                 return name

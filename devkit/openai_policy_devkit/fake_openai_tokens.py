@@ -93,7 +93,10 @@ def prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
         if isinstance(body.get("instructions"), str):
             messages.insert(0, {"role": "developer", "content": body["instructions"]})
         return _messages_tokens(messages, model) + REPLY_PRIMING_TOKENS
-    return sum(_input_tokens(item, model) for item in _as_list(body.get("prompt" if endpoint == "completions" else "input")))
+    return sum(
+        _input_tokens(item, model)
+        for item in _as_list(body.get("prompt" if endpoint == "completions" else "input"))
+    )
 
 
 def _as_list(value: Any) -> list[Any]:

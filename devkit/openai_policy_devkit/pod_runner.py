@@ -46,7 +46,6 @@ TOKEN_SECONDS = 3600
 TOKEN_REFRESH_FRACTION = 0.8
 
 
-
 @dataclass
 class RunningContainer:
     name: str
@@ -137,7 +136,9 @@ class LocalPod:
                 elif "downwardAPI" in projection:
                     files.update(self._downward_files(projection["downwardAPI"].get("items", [])))
                 elif "serviceAccountToken" in projection:
-                    files[projection["serviceAccountToken"].get("path", "token")] = self._service_account_token()
+                    files[projection["serviceAccountToken"].get("path", "token")] = (
+                        self._service_account_token()
+                    )
             return files
         if "emptyDir" in source:
             return {}
@@ -169,8 +170,11 @@ class LocalPod:
         return {item["path"]: data[item["key"]] for item in items if item["key"] in data}
 
     def _downward_files(self, items: list[dict[str, Any]]) -> dict[str, bytes]:
-        return {item["path"]: self._field_value(item["fieldRef"]["fieldPath"], volume=True).encode()
-                for item in items if "fieldRef" in item}
+        return {
+            item["path"]: self._field_value(item["fieldRef"]["fieldPath"], volume=True).encode()
+            for item in items
+            if "fieldRef" in item
+        }
 
     def _service_account_token(self) -> bytes:
         # Cached: a fresh TokenRequest on every sync would rewrite the volume (and call the API)
@@ -178,7 +182,8 @@ class LocalPod:
         if self._token is not None and time.monotonic() < self._token[1]:
             return self._token[0]
         request = k8s.AuthenticationV1TokenRequest(
-            spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS))
+            spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS)
+        )
         account = self.spec.get("serviceAccountName", "default")
         token = self.core.create_namespaced_service_account_token(account, self.namespace, request)
         value = token.status.token.encode()
@@ -308,7 +313,9 @@ class LocalPod:
             return base64.b64decode(data.get(ref["key"], "")).decode()
         if "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
-            return (self.core.read_namespaced_config_map(ref["name"], self.namespace).data or {}).get(ref["key"], "")
+            return (self.core.read_namespaced_config_map(ref["name"], self.namespace).data or {}).get(
+                ref["key"], ""
+            )
         return ""
 
     def _mount_rewrites(self, container: dict[str, Any]) -> list[tuple[str, str]]:
@@ -328,12 +335,17 @@ class LocalPod:
             # Longest first, so /etc/a/b wins over /etc/a; a mount path matches only as a whole
             # path component (/etc/config must not rewrite /etc/configuration).
             alternatives = "|".join(re.escape(path) for path in sorted(local_of, key=len, reverse=True))
-            text = re.sub(rf"(?<![\w.-])({alternatives})(?=/|$|[^\w.-])", lambda m: local_of[m.group(1)], text)
+            text = re.sub(
+                rf"(?<![\w.-])({alternatives})(?=/|$|[^\w.-])", lambda m: local_of[m.group(1)], text
+            )
         if self.ports:
             hosts = "|".join(re.escape(host) for host in LOOPBACK_HOSTS)
             ports = "|".join(str(port) for port in self.ports)
-            text = re.sub(rf"\b(?:{hosts}):({ports})\b(?!\.)",
-                          lambda m: f"127.0.0.1:{self.ports[int(m.group(1))]}", text)
+            text = re.sub(
+                rf"\b(?:{hosts}):({ports})\b(?!\.)",
+                lambda m: f"127.0.0.1:{self.ports[int(m.group(1))]}",
+                text,
+            )
         return text
 
     def _rewrite_argv(self, argv: list[str]) -> list[str]:
@@ -354,7 +366,9 @@ class LocalPod:
         for declared in container.get("ports", []):
             if declared.get("name") == port:
                 return int(declared["containerPort"])
-        raise PodRunnerError(f"container {container['name']!r}: probe port {port!r} is not a declared port name")
+        raise PodRunnerError(
+            f"container {container['name']!r}: probe port {port!r} is not a declared port name"
+        )
 
     def _allocate_ports(self) -> None:
         for container in self._all_containers():
@@ -392,8 +406,9 @@ class LocalPod:
         mounts = self._mount_rewrites(container)
         container_env = self._env(container)
         entrypoint, spec_parts = self._command(container)
-        argv = entrypoint + self._rewrite_argv([self._rewrite(_expand(part, container_env), mounts)
-                                                for part in spec_parts])
+        argv = entrypoint + self._rewrite_argv(
+            [self._rewrite(_expand(part, container_env), mounts) for part in spec_parts]
+        )
         env = {
             "PATH": os.pathsep.join([*self.path_prefix, os.environ.get("PATH", "")]),
             "HOME": str(self.workdir),
@@ -401,12 +416,21 @@ class LocalPod:
             **self.extra_env,
         }
         env.update({k: self._rewrite(v, mounts) for k, v in container_env.items()})
-        cwd = self._rewrite(container["workingDir"], mounts) if container.get("workingDir") else str(self.workdir)
+        cwd = (
+            self._rewrite(container["workingDir"], mounts)
+            if container.get("workingDir")
+            else str(self.workdir)
+        )
         log_path = self.workdir / "logs" / f"{container['name']}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 # Own process group: stop() signals the container's whole tree, as a runtime would.
                 start_new_session=True,
                 # And never outlive the runner, even if it is killed (no orphaned sidecars).
@@ -423,7 +447,9 @@ class LocalPod:
         http = probe.get("httpGet")
         if not http:
             raise PodRunnerError(f"container {container['name']!r}: only httpGet probes are supported")
-        url = f"http://127.0.0.1:{self.ports[self._probe_port(container, http['port'])]}{http.get('path', '/')}"
+        url = (
+            f"http://127.0.0.1:{self.ports[self._probe_port(container, http['port'])]}{http.get('path', '/')}"
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if running.process.poll() is not None:
@@ -438,7 +464,9 @@ class LocalPod:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise PodRunnerError(f"container {container['name']!r}: probe {url} did not pass in {timeout} s:\n{running.logs()[-3000:]}")
+        raise PodRunnerError(
+            f"container {container['name']!r}: probe {url} did not pass in {timeout} s:\n{running.logs()[-3000:]}"
+        )
 
     def start(self, probe_timeout: float = 30.0, init_timeout: float = 60.0) -> None:
         """Start the pod: init containers in order, native sidecars gated on their probe, then apps.
@@ -464,7 +492,9 @@ class LocalPod:
                 self._wait_probe(container, running, probe_timeout)
                 continue
             if running.process.wait(timeout=init_timeout) != 0:
-                raise PodRunnerError(f"init container {container['name']!r} failed:\n{running.logs()[-3000:]}")
+                raise PodRunnerError(
+                    f"init container {container['name']!r} failed:\n{running.logs()[-3000:]}"
+                )
         for container in self.spec.get("containers", []):
             self._start_container(container)
 

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.05) -> Any:
+def wait_for(
+    check: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.05
+) -> Any:
     """Poll ``check`` until it returns something truthy and return that; fail with the last value seen."""
     deadline = time.monotonic() + timeout
     last: Any = None

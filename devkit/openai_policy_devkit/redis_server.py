@@ -20,10 +20,14 @@ from openai_policy_devkit.managed_process import ManagedProcess, ProcessFailed, 
 class RedisServer:
     """`.url` is "redis://127.0.0.1:PORT/0"; the port stays the same across restarts."""
 
-    def __init__(self, port: int | None = None, *, binary: str | None = None, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self, port: int | None = None, *, binary: str | None = None, start_timeout: float = 10.0
+    ) -> None:
         found = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(found).exists():
-            raise RuntimeError("redis-server is not installed: run `make test` (or apt-get install redis-server)")
+            raise RuntimeError(
+                "redis-server is not installed: run `make test` (or apt-get install redis-server)"
+            )
         self.binary = found
         self.port = port or free_port()
         self.start_timeout = start_timeout
@@ -62,7 +66,9 @@ class RedisServer:
             self._process.check_alive()
             if time.monotonic() > deadline:
                 self._process.stop()
-                raise ProcessFailed(self._process.failure_message(f"redis-server not answering on {self.port}"))
+                raise ProcessFailed(
+                    self._process.failure_message(f"redis-server not answering on {self.port}")
+                )
             time.sleep(0.02)
         return self
 

@@ -27,8 +27,9 @@ TEST_KEY = "sk-proj-TESTKEY-0123456789abcdefSECRET"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def policy_document(spec: dict[str, Any], *, name: str = "demo", namespace: str = "default",
-                    generation: int = 1) -> dict[str, Any]:
+def policy_document(
+    spec: dict[str, Any], *, name: str = "demo", namespace: str = "default", generation: int = 1
+) -> dict[str, Any]:
     return {
         "apiVersion": "openaipolicy.dev/v1alpha1",
         "kind": "OpenAIPolicy",
@@ -51,13 +52,28 @@ def upstream_spec(fake: Any, **spec: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def running_sidecar(policy_path: Path, *, api_key: str | None = TEST_KEY, api_key_file: Path | None = None,
-                          redis_url: str | None = None, pod: str = "test-pod") -> AsyncIterator[Sidecar]:
+async def running_sidecar(
+    policy_path: Path,
+    *,
+    api_key: str | None = TEST_KEY,
+    api_key_file: Path | None = None,
+    redis_url: str | None = None,
+    pod: str = "test-pod",
+) -> AsyncIterator[Sidecar]:
     """An in-process sidecar on free loopback ports, on the test's event loop."""
-    sidecar = Sidecar(SidecarConfig(
-        policy_path=policy_path, api_key=api_key, api_key_file=api_key_file, redis_url=redis_url,
-        listen="127.0.0.1:0", admin_listen="127.0.0.1:0", pod_name=pod, poll_interval=0.2, report_interval=0.2,
-    ))
+    sidecar = Sidecar(
+        SidecarConfig(
+            policy_path=policy_path,
+            api_key=api_key,
+            api_key_file=api_key_file,
+            redis_url=redis_url,
+            listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            pod_name=pod,
+            poll_interval=0.2,
+            report_interval=0.2,
+        )
+    )
     await sidecar.start()
     try:
         yield sidecar
@@ -78,14 +94,29 @@ def total_requests(sidecar: Sidecar) -> float:
 class SidecarProcess:
     """``openai-policy-sidecar`` as a real child process, its stderr (JSON log lines) kept in a file."""
 
-    def __init__(self, policy_path: Path, log_path: Path, *, api_key_file: Path | None = None,
-                 env_key: str | None = None, redis_url: str | None = None, pod: str = "pod-0") -> None:
+    def __init__(
+        self,
+        policy_path: Path,
+        log_path: Path,
+        *,
+        api_key_file: Path | None = None,
+        env_key: str | None = None,
+        redis_url: str | None = None,
+        pod: str = "pod-0",
+    ) -> None:
         self.port, self.admin_port = free_ports(2)
         self.log_path = log_path
         script = Path(sys.executable).with_name("openai-policy-sidecar")  # the console script itself
         command = [str(script)] if script.exists() else [sys.executable, "-m", "openai_policy_sidecar"]
-        args = [*command, "--policy", str(policy_path),
-                "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}"]
+        args = [
+            *command,
+            "--policy",
+            str(policy_path),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--admin-listen",
+            f"127.0.0.1:{self.admin_port}",
+        ]
         if api_key_file is not None:
             args += ["--api-key-file", str(api_key_file)]
         if redis_url:
@@ -163,8 +194,9 @@ class SidecarProcess:
         self.stop()
 
 
-async def settled_usage(sidecar: Sidecar, requests: int, ref: tuple[str, str] = ("default", "demo"),
-                        timeout: float = 5.0) -> dict[str, int]:
+async def settled_usage(
+    sidecar: Sidecar, requests: int, ref: tuple[str, str] = ("default", "demo"), timeout: float = 5.0
+) -> dict[str, int]:
     """The store's usage counters once ``requests`` requests are counted (the handler records a
     request just after its last byte is sent, so a client may finish first)."""
     import asyncio

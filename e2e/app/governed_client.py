@@ -34,7 +34,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between two requests")
     parser.add_argument("--count", type=int, default=0, help="requests to send; 0: until stopped")
-    parser.add_argument("--prompt", default="Summarise the benefits of budgets for API spend in one sentence.")
+    parser.add_argument(
+        "--prompt", default="Summarise the benefits of budgets for API spend in one sentence."
+    )
     parser.add_argument("--timeout", type=float, default=20.0, help="per-request timeout (seconds)")
     parser.add_argument("--user", default=None, help="end-user id sent with each request")
     return parser.parse_args(argv)
@@ -48,25 +50,36 @@ def outcome_of_error(error: openai.APIStatusError) -> dict[str, Any]:
     """The fields of an OpenAI-shaped refusal, as the SDK exposes them."""
     body = error.body if isinstance(error.body, dict) else {}
     detail = body.get("error", body) if isinstance(body, dict) else {}
-    return {"ok": False, "status": error.status_code, "code": getattr(error, "code", None) or detail.get("code"),
-            "type": detail.get("type"), "message": str(detail.get("message") or error.message)[:300]}
+    return {
+        "ok": False,
+        "status": error.status_code,
+        "code": getattr(error, "code", None) or detail.get("code"),
+        "type": detail.get("type"),
+        "message": str(detail.get("message") or error.message)[:300],
+    }
 
 
 def one_request(client: openai.OpenAI, args: argparse.Namespace) -> dict[str, Any]:
     try:
         extra: dict[str, Any] = {"user": args.user} if args.user else {}
         reply = client.chat.completions.create(
-            model=args.model, max_tokens=args.max_tokens,
-            messages=[{"role": "user", "content": args.prompt}], **extra,
+            model=args.model,
+            max_tokens=args.max_tokens,
+            messages=[{"role": "user", "content": args.prompt}],
+            **extra,
         )
     except openai.APIStatusError as error:
         return outcome_of_error(error)
     except openai.APIConnectionError as error:  # the sidecar not (yet) reachable, or a timeout
         return {"ok": False, "status": None, "code": "connection_error", "message": str(error)[:300]}
     usage = reply.usage
-    return {"ok": True, "model": reply.model, "finish_reason": reply.choices[0].finish_reason,
-            "prompt_tokens": usage.prompt_tokens if usage else None,
-            "completion_tokens": usage.completion_tokens if usage else None}
+    return {
+        "ok": True,
+        "model": reply.model,
+        "finish_reason": reply.choices[0].finish_reason,
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Exactly what the pod was given; the SDK reads both variables itself, shown here for the record.
     base_url, key = os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY")
     if not base_url or not key:
-        print("OPENAI_BASE_URL and OPENAI_API_KEY must be set (the policy webhook sets both)", file=sys.stderr)
+        print(
+            "OPENAI_BASE_URL and OPENAI_API_KEY must be set (the policy webhook sets both)", file=sys.stderr
+        )
         return 2
     stopping = False
 

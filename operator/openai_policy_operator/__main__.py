@@ -32,53 +32,102 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="openai-policy-operator", description=__doc__.splitlines()[0])
     env = os.environ.get
     scope = p.add_argument_group("scope")
-    scope.add_argument("--namespace", "-n", action="append", default=[],
-                       help="watch only this namespace (repeatable); default: the whole cluster")
-    scope.add_argument("--operator-namespace", default=env("POD_NAMESPACE"),
-                       help="the operator's own namespace, never injected (default: $POD_NAMESPACE)")
-    scope.add_argument("--peering", default=env("OPENAI_POLICY_PEERING", names.MANAGED_BY),
-                       help="kopf peering object used for leader election (default: %(default)s)")
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: the whole cluster",
+    )
+    scope.add_argument(
+        "--operator-namespace",
+        default=env("POD_NAMESPACE"),
+        help="the operator's own namespace, never injected (default: $POD_NAMESPACE)",
+    )
+    scope.add_argument(
+        "--peering",
+        default=env("OPENAI_POLICY_PEERING", names.MANAGED_BY),
+        help="kopf peering object used for leader election (default: %(default)s)",
+    )
     scope.add_argument("--standalone", action="store_true", help="no peering: this is the only replica")
 
     state = p.add_argument_group("state")
-    state.add_argument("--redis-url", default=env("OPENAI_POLICY_REDIS_URL"),
-                       help="Redis shared with the sidecars (default: $OPENAI_POLICY_REDIS_URL); without it "
-                            "no publication or usage reporting, and sidecars keep state in memory")
+    state.add_argument(
+        "--redis-url",
+        default=env("OPENAI_POLICY_REDIS_URL"),
+        help="Redis shared with the sidecars (default: $OPENAI_POLICY_REDIS_URL); without it "
+        "no publication or usage reporting, and sidecars keep state in memory",
+    )
     state.add_argument("--status-interval", type=float, default=3.0, help="seconds between status refreshes")
-    state.add_argument("--heartbeat-stale-seconds", type=float, default=30.0,
-                       help="a pod that has not reported for this long no longer counts as reporting")
+    state.add_argument(
+        "--heartbeat-stale-seconds",
+        type=float,
+        default=30.0,
+        help="a pod that has not reported for this long no longer counts as reporting",
+    )
 
     hook = p.add_argument_group("webhook")
     hook.add_argument("--webhook-listen", default="0.0.0.0:9443", help="host:port to serve HTTPS on")
-    hook.add_argument("--webhook-host", default=None,
-                      help="host/IP the API server uses to reach the webhook (certificate SAN and URL); "
-                           "default: the listen address, 127.0.0.1 for 0.0.0.0")
-    hook.add_argument("--cert-dir", default=env("OPENAI_POLICY_CERT_DIR"),
-                      help="directory with tls.crt, tls.key (and optionally ca.crt); a self-signed "
-                           "certificate is generated there (or in a temporary directory) if absent")
-    hook.add_argument("--manage-webhook-configuration", metavar="NAME", default=None,
-                      help="create/patch this MutatingWebhookConfiguration with our URL and CA "
-                           "(not needed when the chart installs one pointing at the Service)")
-    hook.add_argument("--failure-policy", choices=FAILURE_POLICIES, default=DEFAULT_FAILURE_POLICY,
-                      help="webhook failurePolicy when managing the configuration (default: %(default)s)")
-    hook.add_argument("--exclude-namespace", action="append", default=[],
-                      help="never inject into this namespace (kube-system and the operator's are always excluded)")
+    hook.add_argument(
+        "--webhook-host",
+        default=None,
+        help="host/IP the API server uses to reach the webhook (certificate SAN and URL); "
+        "default: the listen address, 127.0.0.1 for 0.0.0.0",
+    )
+    hook.add_argument(
+        "--cert-dir",
+        default=env("OPENAI_POLICY_CERT_DIR"),
+        help="directory with tls.crt, tls.key (and optionally ca.crt); a self-signed "
+        "certificate is generated there (or in a temporary directory) if absent",
+    )
+    hook.add_argument(
+        "--manage-webhook-configuration",
+        metavar="NAME",
+        default=None,
+        help="create/patch this MutatingWebhookConfiguration with our URL and CA "
+        "(not needed when the chart installs one pointing at the Service)",
+    )
+    hook.add_argument(
+        "--failure-policy",
+        choices=FAILURE_POLICIES,
+        default=DEFAULT_FAILURE_POLICY,
+        help="webhook failurePolicy when managing the configuration (default: %(default)s)",
+    )
+    hook.add_argument(
+        "--exclude-namespace",
+        action="append",
+        default=[],
+        help="never inject into this namespace (kube-system and the operator's are always excluded)",
+    )
 
     side = p.add_argument_group("sidecar")
-    side.add_argument("--sidecar-image", default=env("OPENAI_POLICY_SIDECAR_IMAGE", InjectionSettings.sidecar_image))
+    side.add_argument(
+        "--sidecar-image", default=env("OPENAI_POLICY_SIDECAR_IMAGE", InjectionSettings.sidecar_image)
+    )
     side.add_argument("--sidecar-image-pull-policy", default="IfNotPresent")
-    side.add_argument("--sidecar-redis-url", default=None,
-                      help="Redis URL given to sidecars, if it differs from --redis-url")
+    side.add_argument(
+        "--sidecar-redis-url",
+        default=None,
+        help="Redis URL given to sidecars, if it differs from --redis-url",
+    )
     side.add_argument("--sidecar-cpu-request", default=SidecarResources.cpu_request)
     side.add_argument("--sidecar-memory-request", default=SidecarResources.memory_request)
     side.add_argument("--sidecar-memory-limit", default=SidecarResources.memory_limit)
     side.add_argument("--sidecar-log-level", default=env("OPENAI_POLICY_SIDECAR_LOG_LEVEL"))
-    side.add_argument("--sidecar-proxy-port", type=int,
-                      default=int(env("OPENAI_POLICY_SIDECAR_PROXY_PORT") or InjectionSettings.proxy_port))
-    side.add_argument("--sidecar-admin-port", type=int,
-                      default=int(env("OPENAI_POLICY_SIDECAR_ADMIN_PORT") or InjectionSettings.admin_port))
+    side.add_argument(
+        "--sidecar-proxy-port",
+        type=int,
+        default=int(env("OPENAI_POLICY_SIDECAR_PROXY_PORT") or InjectionSettings.proxy_port),
+    )
+    side.add_argument(
+        "--sidecar-admin-port",
+        type=int,
+        default=int(env("OPENAI_POLICY_SIDECAR_ADMIN_PORT") or InjectionSettings.admin_port),
+    )
 
-    p.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument(
+        "--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 
@@ -96,9 +145,11 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             sidecar_image=args.sidecar_image,
             image_pull_policy=args.sidecar_image_pull_policy,
             redis_url=args.sidecar_redis_url or args.redis_url,
-            resources=SidecarResources(cpu_request=args.sidecar_cpu_request,
-                                       memory_request=args.sidecar_memory_request,
-                                       memory_limit=args.sidecar_memory_limit or None),
+            resources=SidecarResources(
+                cpu_request=args.sidecar_cpu_request,
+                memory_request=args.sidecar_memory_request,
+                memory_limit=args.sidecar_memory_limit or None,
+            ),
             proxy_port=args.sidecar_proxy_port,
             admin_port=args.sidecar_admin_port,
             log_level=args.sidecar_log_level,
@@ -117,8 +168,10 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     settings = settings_from(args)
     registry = kopf.OperatorRegistry()
     runtime = Runtime.build(settings, Kube.from_environment())

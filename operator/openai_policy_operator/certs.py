@@ -49,12 +49,35 @@ def generate_self_signed(cert_dir: Path, hosts: list[str], days: int = 365) -> C
     sans = subject_alt_names(hosts)
     common_name = next((h for h in hosts if h), "openai-policy-operator")
     subprocess.run(
-        ["openssl", "req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-keyout", str(key), "-out", str(cert), "-days", str(days), "-subj", f"/CN={common_name}",
-         "-addext", f"subjectAltName={sans}", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,digitalSignature,keyCertSign",
-         "-addext", "extendedKeyUsage=serverAuth"],
-        check=True, capture_output=True, text=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            str(days),
+            "-subj",
+            f"/CN={common_name}",
+            "-addext",
+            f"subjectAltName={sans}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,digitalSignature,keyCertSign",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     key.chmod(0o600)
     return CertFiles(cert, key, None)

@@ -29,7 +29,9 @@ class SidecarResources:
 
     def as_k8s(self) -> dict[str, dict[str, str]]:
         limits = {k: v for k, v in (("cpu", self.cpu_limit), ("memory", self.memory_limit)) if v}
-        out: dict[str, dict[str, str]] = {"requests": {"cpu": self.cpu_request, "memory": self.memory_request}}
+        out: dict[str, dict[str, str]] = {
+            "requests": {"cpu": self.cpu_request, "memory": self.memory_request}
+        }
         if limits:
             out["limits"] = limits
         return out

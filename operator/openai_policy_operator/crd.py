@@ -42,20 +42,50 @@ HEADER = (
 
 # What `kubectl get oaip` shows. The status fields behind them are written by the operator.
 PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
-     "description": "Whether the policy is valid and published to its sidecars."},
-    {"name": "Enforcing", "type": "string", "jsonPath": ".status.summary.pods",
-     "description": "Sidecars reporting / pods injected."},
-    {"name": "Spend", "type": "string", "jsonPath": ".status.summary.spend",
-     "description": "Spend against the tightest budget window."},
-    {"name": "Requests", "type": "integer", "jsonPath": ".status.usage.requests",
-     "description": "Requests handled by the policy's sidecars."},
-    {"name": "Blocked", "type": "integer", "jsonPath": ".status.usage.blocked",
-     "description": "Requests refused by the policy."},
-    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1,
-     "description": "enforce or dryRun."},
-    {"name": "Suspended", "type": "boolean", "jsonPath": ".spec.suspend", "priority": 1,
-     "description": "Whether the kill switch is on."},
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        "description": "Whether the policy is valid and published to its sidecars.",
+    },
+    {
+        "name": "Enforcing",
+        "type": "string",
+        "jsonPath": ".status.summary.pods",
+        "description": "Sidecars reporting / pods injected.",
+    },
+    {
+        "name": "Spend",
+        "type": "string",
+        "jsonPath": ".status.summary.spend",
+        "description": "Spend against the tightest budget window.",
+    },
+    {
+        "name": "Requests",
+        "type": "integer",
+        "jsonPath": ".status.usage.requests",
+        "description": "Requests handled by the policy's sidecars.",
+    },
+    {
+        "name": "Blocked",
+        "type": "integer",
+        "jsonPath": ".status.usage.blocked",
+        "description": "Requests refused by the policy.",
+    },
+    {
+        "name": "Mode",
+        "type": "string",
+        "jsonPath": ".spec.mode",
+        "priority": 1,
+        "description": "enforce or dryRun.",
+    },
+    {
+        "name": "Suspended",
+        "type": "boolean",
+        "jsonPath": ".spec.suspend",
+        "priority": 1,
+        "description": "Whether the kill switch is on.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -76,7 +106,10 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "description": RESOURCE_DESCRIPTION,
         "properties": {
-            "apiVersion": {"type": "string", "description": "APIVersion of this object: openaipolicy.dev/v1alpha1."},
+            "apiVersion": {
+                "type": "string",
+                "description": "APIVersion of this object: openaipolicy.dev/v1alpha1.",
+            },
             "kind": {"type": "string", "description": "Kind of this object: OpenAIPolicy."},
             "metadata": {"type": "object"},
             "spec": spec,
@@ -92,7 +125,10 @@ def build_crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": CRD_NAME,
-            "labels": {"app.kubernetes.io/name": "openai-policy-operator", "app.kubernetes.io/component": "crd"},
+            "labels": {
+                "app.kubernetes.io/name": "openai-policy-operator",
+                "app.kubernetes.io/component": "crd",
+            },
         },
         "spec": {
             "group": GROUP,
@@ -105,14 +141,16 @@ def build_crd() -> dict[str, Any]:
                 "shortNames": list(SHORT_NAMES),
                 "categories": list(CATEGORIES),
             },
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": openapi_schema()},
-            }],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
         },
     }
 
@@ -171,7 +209,9 @@ def write_files(root: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m openai_policy_operator.crd", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m openai_policy_operator.crd", description=__doc__.split("\n")[0]
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--write", action="store_true", help="write crds/ and docs/policy-reference.md")
     group.add_argument("--check", action="store_true", help="exit 1 when a generated file is stale")

@@ -32,8 +32,13 @@ def _constraints(schema: dict[str, Any]) -> str:
         parts.append(("> " if schema.get("exclusiveMinimum") else "≥ ") + _num(schema["minimum"]))
     if "maximum" in schema:
         parts.append(("< " if schema.get("exclusiveMaximum") else "≤ ") + _num(schema["maximum"]))
-    for key, words in (("minLength", "length ≥ "), ("maxLength", "length ≤ "), ("minItems", "items ≥ "),
-                       ("maxItems", "items ≤ "), ("maxProperties", "entries ≤ ")):
+    for key, words in (
+        ("minLength", "length ≥ "),
+        ("maxLength", "length ≤ "),
+        ("minItems", "items ≥ "),
+        ("maxItems", "items ≤ "),
+        ("maxProperties", "entries ≤ "),
+    ):
         if key in schema:
             parts.append(words + _num(schema[key]))
     if "pattern" in schema:
@@ -81,8 +86,11 @@ def _sections(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, An
 
 def _table(schema: dict[str, Any], *, with_defaults: bool) -> list[str]:
     required = set(schema.get("required", []))
-    header = "| Field | Type | Default | Constraints | Description |" if with_defaults \
+    header = (
+        "| Field | Type | Default | Constraints | Description |"
+        if with_defaults
         else "| Field | Type | Constraints | Description |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, sub in schema["properties"].items():
         field = f"`{name}`" + (" (required)" if name in required else "")
@@ -113,7 +121,8 @@ def render_reference(crd: dict[str, Any]) -> str:
         f"- API: `{crd['spec']['group']}/{version['name']}`, kind `{names['kind']}`, namespaced",
         f"- Names: `{names['plural']}`, `{names['singular']}`, short name "
         + ", ".join(f"`{s}`" for s in names["shortNames"])
-        + "; categories " + ", ".join(f"`{c}`" for c in names["categories"]),
+        + "; categories "
+        + ", ".join(f"`{c}`" for c in names["categories"]),
         f"- `kubectl explain {names['singular']}.spec.budget` prints the same descriptions as below.",
         "",
         "## Columns of `kubectl get oaip`",
@@ -123,14 +132,19 @@ def render_reference(crd: dict[str, Any]) -> str:
     ]
     for column in version["additionalPrinterColumns"]:
         wide = "yes" if column.get("priority", 0) > 0 else ""
-        out.append(f"| {column['name'].upper()} | {_cell(column.get('description', 'Time since creation.'))} "
-                   f"(`{column['jsonPath']}`) | {wide} |")
+        out.append(
+            f"| {column['name'].upper()} | {_cell(column.get('description', 'Time since creation.'))} "
+            f"(`{column['jsonPath']}`) | {wide} |"
+        )
     out.append("")
     for top, with_defaults in (("spec", True), ("status", False)):
         out += [f"## {top}", ""]
         if top == "spec":
-            out += ["Every field is optional and has a safe default unless marked required; the API server "
-                    "fills the defaults in, so `kubectl get oaip NAME -o yaml` shows the policy in force.", ""]
+            out += [
+                "Every field is optional and has a safe default unless marked required; the API server "
+                "fills the defaults in, so `kubectl get oaip NAME -o yaml` shows the policy in force.",
+                "",
+            ]
         else:
             out += ["Written by the operator; read-only for users.", ""]
         for path, node in _sections(schema["properties"][top], top):

@@ -18,9 +18,12 @@ logger = logging.getLogger(__name__)
 def facts_from_body(body: Mapping[str, Any]) -> PolicyFacts:
     """Facts from the raw resource, for a policy the model refuses (its status must still render)."""
     spec = body.get("spec") or {}
-    return PolicyFacts(generation=int((body.get("metadata") or {}).get("generation") or 1),
-                       suspended=bool(spec.get("suspend", False)), mode=str(spec.get("mode", "enforce")),
-                       alert_at_percent=int((spec.get("budget") or {}).get("alertAtPercent", 80)))
+    return PolicyFacts(
+        generation=int((body.get("metadata") or {}).get("generation") or 1),
+        suspended=bool(spec.get("suspend", False)),
+        mode=str(spec.get("mode", "enforce")),
+        alert_at_percent=int((spec.get("budget") or {}).get("alertAtPercent", 80)),
+    )
 
 
 class Reporter:
@@ -28,8 +31,14 @@ class Reporter:
         self.store = store
         self.stale_after = stale_after
 
-    async def report(self, body: Mapping[str, Any], policy: OpenAIPolicy | None, ready: ReadyState,
-                     injected_pods: int, now: float | None = None) -> StatusReport:
+    async def report(
+        self,
+        body: Mapping[str, Any],
+        policy: OpenAIPolicy | None,
+        ready: ReadyState,
+        injected_pods: int,
+        now: float | None = None,
+    ) -> StatusReport:
         meta = body["metadata"]
         ref = (meta["namespace"], meta["name"])
         previous = comparable(body.get("status"))
@@ -46,15 +55,34 @@ class Reporter:
                     windows = [WindowFigures.of(w) for w in await ledger.usage()]
             except Exception as error:  # noqa: BLE001 - the store is down: say so, keep the last figures
                 logger.warning("reading usage of %s/%s failed: %s", *ref, error)
-                stale = build_status(facts=facts, ready=ReadyState(
-                    False, "StoreUnavailable", f"cannot read usage from the state store ({type(error).__name__}: "
-                    f"{error}); figures are from the last successful read"), usage={}, heartbeats={}, windows=[],
-                    injected_pods=injected_pods, previous=previous, now=now or time.time(),
-                    stale_after=self.stale_after)
+                stale = build_status(
+                    facts=facts,
+                    ready=ReadyState(
+                        False,
+                        "StoreUnavailable",
+                        f"cannot read usage from the state store ({type(error).__name__}: "
+                        f"{error}); figures are from the last successful read",
+                    ),
+                    usage={},
+                    heartbeats={},
+                    windows=[],
+                    injected_pods=injected_pods,
+                    previous=previous,
+                    now=now or time.time(),
+                    stale_after=self.stale_after,
+                )
                 for key in ("spend", "usage", "pods", "summary"):
                     if key in previous:
                         stale.status[key] = previous[key]
                 return stale
-        return build_status(facts=facts, ready=ready, usage=usage, heartbeats=heartbeats, windows=windows,
-                            injected_pods=injected_pods, previous=previous, now=now or time.time(),
-                            stale_after=self.stale_after)
+        return build_status(
+            facts=facts,
+            ready=ready,
+            usage=usage,
+            heartbeats=heartbeats,
+            windows=windows,
+            injected_pods=injected_pods,
+            previous=previous,
+            now=now or time.time(),
+            stale_after=self.stale_after,
+        )

@@ -45,8 +45,14 @@ class Runtime:
             from openai_policy_store import RedisStore
 
             store = RedisStore(settings.redis_url)
-        return cls(settings, kube, store, Reconciler(kube, store), Reporter(store, settings.heartbeat_stale_seconds),
-                   Admission(kube, settings))
+        return cls(
+            settings,
+            kube,
+            store,
+            Reconciler(kube, store),
+            Reporter(store, settings.heartbeat_stale_seconds),
+            Admission(kube, settings),
+        )
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
@@ -58,7 +64,8 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         # structural schema would prune kopf's status fields anyway).
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=names.GROUP, key="last-handled-configuration")
+            prefix=names.GROUP, key="last-handled-configuration"
+        )
         settings.posting.reporting_component = names.MANAGED_BY
         settings.posting.level = logging.INFO
         # Replicas elect one leader by kopf peering: distinct random priorities, highest wins; the
@@ -88,16 +95,23 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     def policies_by_namespace(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
         return {namespace: summary_of(body)}
 
-    @kopf.index("pods", id="injected_pods", annotations={names.INJECTED_ANNOTATION: kopf.PRESENT},
-                registry=registry)
-    def injected_pods(namespace: str, name: str, annotations: kopf.Annotations, status: kopf.Status,
-                      **_: Any) -> dict[tuple[str, str], str] | None:
+    @kopf.index(
+        "pods", id="injected_pods", annotations={names.INJECTED_ANNOTATION: kopf.PRESENT}, registry=registry
+    )
+    def injected_pods(
+        namespace: str, name: str, annotations: kopf.Annotations, status: kopf.Status, **_: Any
+    ) -> dict[tuple[str, str], str] | None:
         if status.get("phase") in ("Succeeded", "Failed"):
             return None
         return {(namespace, annotations[names.INJECTED_ANNOTATION]): name}
 
-    async def refresh(body: kopf.Body, patch: kopf.Patch, policies_by_namespace: kopf.Index,
-                      injected_pods: kopf.Index, force: bool) -> None:
+    async def refresh(
+        body: kopf.Body,
+        patch: kopf.Patch,
+        policies_by_namespace: kopf.Index,
+        injected_pods: kopf.Index,
+        force: bool,
+    ) -> None:
         namespace, name = body.metadata.namespace or "", body.metadata.name or ""
         others = list(policies_by_namespace.get(namespace, []))
         outcome = await runtime.reconciler.reconcile(body, others, force=force)
@@ -107,21 +121,41 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         if status_changed(previous, report.status):
             patch.status.update(merge_patch(dict(previous), report.status))
         for transition in report.transitions:
-            kopf.event(body, type=transition.event_type, reason=transition.reason,
-                       message=f"{transition.type}={transition.status}: {transition.message}")
+            kopf.event(
+                body,
+                type=transition.event_type,
+                reason=transition.reason,
+                message=f"{transition.type}={transition.status}: {transition.message}",
+            )
 
     @kopf.on.resume(names.RESOURCE, id="reconcile", backoff=5, registry=registry)
     @kopf.on.create(names.RESOURCE, id="reconcile", backoff=5, registry=registry)
     @kopf.on.update(names.RESOURCE, id="reconcile", field="spec", backoff=5, registry=registry)
-    async def reconcile(body: kopf.Body, patch: kopf.Patch, policies_by_namespace: kopf.Index,
-                        injected_pods: kopf.Index, **_: Any) -> None:
+    async def reconcile(
+        body: kopf.Body,
+        patch: kopf.Patch,
+        policies_by_namespace: kopf.Index,
+        injected_pods: kopf.Index,
+        **_: Any,
+    ) -> None:
         await refresh(body, patch, policies_by_namespace, injected_pods, force=True)
 
     # backoff: an unexpected error (a bug, an API outage) retries within seconds, not kopf's 60 s.
-    @kopf.timer(names.RESOURCE, id="report", interval=settings.status_interval,
-                initial_delay=settings.status_interval, backoff=5, registry=registry)
-    async def report(body: kopf.Body, patch: kopf.Patch, policies_by_namespace: kopf.Index,
-                     injected_pods: kopf.Index, **_: Any) -> None:
+    @kopf.timer(
+        names.RESOURCE,
+        id="report",
+        interval=settings.status_interval,
+        initial_delay=settings.status_interval,
+        backoff=5,
+        registry=registry,
+    )
+    async def report(
+        body: kopf.Body,
+        patch: kopf.Patch,
+        policies_by_namespace: kopf.Index,
+        injected_pods: kopf.Index,
+        **_: Any,
+    ) -> None:
         await refresh(body, patch, policies_by_namespace, injected_pods, force=False)
 
     @kopf.on.delete(names.RESOURCE, id="forget", optional=True, registry=registry)
@@ -129,8 +163,14 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         # optional: no finalizer, deletion is never blocked; the ConfigMap goes by garbage collection.
         runtime.reconciler.forget((namespace, name))
 
-    @kopf.on.mutate("pods", id=names.WEBHOOK_ID, operation="CREATE", side_effects=True,
-                    ignore_failures=settings.webhook.failure_policy == "Ignore", registry=registry)
+    @kopf.on.mutate(
+        "pods",
+        id=names.WEBHOOK_ID,
+        operation="CREATE",
+        side_effects=True,
+        ignore_failures=settings.webhook.failure_policy == "Ignore",
+        registry=registry,
+    )
     async def inject(body: kopf.Body, patch: kopf.Patch, dryrun: bool, warnings: list[str], **_: Any) -> None:
         namespace = body.metadata.namespace or ""
         try:

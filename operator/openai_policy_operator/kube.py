@@ -48,8 +48,14 @@ class Kube:
     async def list_policies(self, namespace: str) -> list[dict[str, Any]]:
         # resourceVersion=0: served from the API server's watch cache. A consistent list would first
         # wait for that cache to catch up with etcd (~100 ms on a quiet cluster), on every pod admission.
-        result = await asyncio.to_thread(self.custom.list_namespaced_custom_object,
-                                         names.GROUP, names.VERSION, namespace, names.PLURAL, resource_version="0")
+        result = await asyncio.to_thread(
+            self.custom.list_namespaced_custom_object,
+            names.GROUP,
+            names.VERSION,
+            namespace,
+            names.PLURAL,
+            resource_version="0",
+        )
         return list(result.get("items") or [])
 
     async def apply_configmap(self, body: Mapping[str, Any]) -> None:
@@ -60,8 +66,9 @@ class Kube:
         except ApiException as error:
             if error.status != 409:
                 raise
-            await asyncio.to_thread(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"],
-                                    dict(body))
+            await asyncio.to_thread(
+                self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], dict(body)
+            )
 
     async def apply_mutating_webhook_configuration(self, body: Mapping[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -73,8 +80,9 @@ class Kube:
             # A merge patch replaces the whole webhooks list: exactly the managed content.
             await asyncio.to_thread(self.admission.patch_mutating_webhook_configuration, name, dict(body))
 
-    async def post_event(self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str,
-                         message: str) -> None:
+    async def post_event(
+        self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
         body = {
             "metadata": {"generateName": f"{involved.get('name') or 'pod'}.", "namespace": namespace},
             "involvedObject": {**involved, "namespace": namespace},

@@ -29,18 +29,30 @@ def _crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
             "group": GROUP,
             "scope": scope,
             "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}},
-            }],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                            },
+                        }
+                    },
+                }
+            ],
         },
     }
 
 
 def crds() -> list[dict[str, Any]]:
-    return [_crd("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
-            _crd("KopfPeering", "kopfpeerings", "Namespaced")]
+    return [
+        _crd("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+        _crd("KopfPeering", "kopfpeerings", "Namespaced"),
+    ]
 
 
 def cluster_peering(name: str = names.MANAGED_BY) -> dict[str, Any]:

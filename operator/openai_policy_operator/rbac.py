@@ -23,7 +23,11 @@ def rules(webhook_configuration: str | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         # The policies: watched (kopf), annotated with kopf's progress, status written by the reporter.
         {"apiGroups": [names.GROUP], "resources": [names.PLURAL], "verbs": ["get", "list", "watch", "patch"]},
-        {"apiGroups": [names.GROUP], "resources": [f"{names.PLURAL}/status"], "verbs": ["get", "patch", "update"]},
+        {
+            "apiGroups": [names.GROUP],
+            "resources": [f"{names.PLURAL}/status"],
+            "verbs": ["get", "patch", "update"],
+        },
         # ownerReferences with blockOwnerDeletion need update on the owner's finalizers subresource.
         {"apiGroups": [names.GROUP], "resources": [f"{names.PLURAL}/finalizers"], "verbs": ["update"]},
         # The rendered policy ConfigMaps (create, then patch on later generations).
@@ -34,34 +38,54 @@ def rules(webhook_configuration: str | None = None) -> list[dict[str, Any]]:
         # Events on policies (kopf) and on workloads (the webhook).
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         # kopf discovers resources through CRDs and uses its peering objects for leader election.
-        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-         "verbs": ["list", "watch"]},
-        {"apiGroups": [KOPF_GROUP], "resources": ["clusterkopfpeerings", "kopfpeerings"],
-         "verbs": ["get", "list", "watch", "patch"]},
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["list", "watch"],
+        },
+        {
+            "apiGroups": [KOPF_GROUP],
+            "resources": ["clusterkopfpeerings", "kopfpeerings"],
+            "verbs": ["get", "list", "watch", "patch"],
+        },
     ]
     if webhook_configuration:
         # create cannot be limited by name; get/patch are limited to our own configuration.
         out += [
-            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
-             "verbs": ["create"]},
-            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
-             "verbs": ["get", "patch"], "resourceNames": [webhook_configuration]},
+            {
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["mutatingwebhookconfigurations"],
+                "verbs": ["create"],
+            },
+            {
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["mutatingwebhookconfigurations"],
+                "verbs": ["get", "patch"],
+                "resourceNames": [webhook_configuration],
+            },
         ]
     return out
 
 
 def cluster_role(name: str, webhook_configuration: str | None = None) -> dict[str, Any]:
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": name, "labels": {names.MANAGED_BY_LABEL: names.MANAGED_BY}},
-            "rules": rules(webhook_configuration)}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": {names.MANAGED_BY_LABEL: names.MANAGED_BY}},
+        "rules": rules(webhook_configuration),
+    }
 
 
 def cluster_role_binding(name: str, service_account_namespace: str, service_account: str) -> dict[str, Any]:
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": name, "labels": {names.MANAGED_BY_LABEL: names.MANAGED_BY}},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": service_account,
-                          "namespace": service_account_namespace}]}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": {names.MANAGED_BY_LABEL: names.MANAGED_BY}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": service_account, "namespace": service_account_namespace}
+        ],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -71,8 +95,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--service-account", default=names.MANAGED_BY)
     p.add_argument("--webhook-configuration", default=None)
     args = p.parse_args(argv)
-    docs = [cluster_role(args.name, args.webhook_configuration),
-            cluster_role_binding(args.name, args.namespace, args.service_account)]
+    docs = [
+        cluster_role(args.name, args.webhook_configuration),
+        cluster_role_binding(args.name, args.namespace, args.service_account),
+    ]
     yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
 
 

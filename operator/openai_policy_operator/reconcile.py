@@ -32,8 +32,11 @@ logger = logging.getLogger(__name__)
 
 def summary_of(body: Mapping[str, Any]) -> PolicySummary:
     meta = body.get("metadata") or {}
-    return PolicySummary(name=str(meta.get("name")), created=str(meta.get("creationTimestamp") or ""),
-                         selector=dict((body.get("spec") or {}).get("selector") or {}))
+    return PolicySummary(
+        name=str(meta.get("name")),
+        created=str(meta.get("creationTimestamp") or ""),
+        selector=dict((body.get("spec") or {}).get("selector") or {}),
+    )
 
 
 def conflict_state(body: Mapping[str, Any], others: Sequence[PolicySummary]) -> ReadyState | None:
@@ -41,11 +44,14 @@ def conflict_state(body: Mapping[str, Any], others: Sequence[PolicySummary]) -> 
     if not older:
         return None
     name = body["metadata"]["name"]
-    return ReadyState(False, "SelectorConflict",
-                      f"the selector of {name} overlaps the selector of older polic"
-                      f"{'y' if len(older) == 1 else 'ies'} {', '.join(older)} in this namespace: pods matching "
-                      f"both would be ambiguous and are not injected. Narrow the selector, or choose a policy per "
-                      f"pod with the {names.POLICY_ANNOTATION} annotation")
+    return ReadyState(
+        False,
+        "SelectorConflict",
+        f"the selector of {name} overlaps the selector of older polic"
+        f"{'y' if len(older) == 1 else 'ies'} {', '.join(older)} in this namespace: pods matching "
+        f"both would be ambiguous and are not injected. Narrow the selector, or choose a policy per "
+        f"pod with the {names.POLICY_ANNOTATION} annotation",
+    )
 
 
 @dataclass
@@ -68,8 +74,9 @@ class Reconciler:
     def forget(self, ref: tuple[str, str]) -> None:
         self._rendered.pop(ref, None)
 
-    async def reconcile(self, body: Mapping[str, Any], others: Sequence[PolicySummary], *,
-                        force: bool = False) -> Outcome:
+    async def reconcile(
+        self, body: Mapping[str, Any], others: Sequence[PolicySummary], *, force: bool = False
+    ) -> Outcome:
         meta = body["metadata"]
         ref = (meta["namespace"], meta["name"])
         generation = int(meta.get("generation") or 1)
@@ -80,14 +87,24 @@ class Reconciler:
         document = policy_document(policy, generation)
 
         rendered = self._rendered.get(ref)
-        stale = rendered is None or rendered[0] != generation or time.monotonic() - rendered[1] > self.resync_seconds
+        stale = (
+            rendered is None
+            or rendered[0] != generation
+            or time.monotonic() - rendered[1] > self.resync_seconds
+        )
         if force or stale:
             try:
                 await self.kube.apply_configmap(render_configmap(body, document))
             except ApiException as error:
-                return Outcome(ReadyState(False, "ConfigMapFailed",
-                                          f"could not write ConfigMap {names.configmap_name(ref[1])}: "
-                                          f"{error.status} {error.reason}"), policy)
+                return Outcome(
+                    ReadyState(
+                        False,
+                        "ConfigMapFailed",
+                        f"could not write ConfigMap {names.configmap_name(ref[1])}: "
+                        f"{error.status} {error.reason}",
+                    ),
+                    policy,
+                )
             self._rendered[ref] = (generation, time.monotonic())
 
         published = await self._publish(ref, document, generation, force=force)
@@ -97,25 +114,37 @@ class Reconciler:
         if conflict is not None:
             return Outcome(conflict, policy)
         where = " and published to the state store" if self.store is not None else ""
-        return Outcome(ReadyState(True, "Reconciled",
-                                  f"generation {generation} rendered into ConfigMap "
-                                  f"{names.configmap_name(ref[1])}{where}"), policy)
+        return Outcome(
+            ReadyState(
+                True,
+                "Reconciled",
+                f"generation {generation} rendered into ConfigMap {names.configmap_name(ref[1])}{where}",
+            ),
+            policy,
+        )
 
-    async def _publish(self, ref: tuple[str, str], document: dict[str, Any], generation: int, *,
-                       force: bool) -> ReadyState | None:
+    async def _publish(
+        self, ref: tuple[str, str], document: dict[str, Any], generation: int, *, force: bool
+    ) -> ReadyState | None:
         """Publish unless the store already holds this generation (it re-publishes after a Redis restart)."""
         if self.store is None:
             return None
         try:
             if not force:
                 current = await self.store.get_policy_document(ref)
-                if current is not None and int((current.get("metadata") or {}).get("generation", 0)) >= generation:
+                if (
+                    current is not None
+                    and int((current.get("metadata") or {}).get("generation", 0)) >= generation
+                ):
                     return None
             await self.store.publish_policy_document(ref, document)
         except Exception as error:  # noqa: BLE001 - StoreUnavailable or a connection error: report, retry next tick
             logger.warning("publishing %s/%s generation %s failed: %s", *ref, generation, error)
-            return ReadyState(False, "PublishFailed",
-                              f"generation {generation} is rendered but could not be published to the state "
-                              f"store ({type(error).__name__}: {error}); running sidecars keep their current "
-                              f"policy until it is. Retrying")
+            return ReadyState(
+                False,
+                "PublishFailed",
+                f"generation {generation} is rendered but could not be published to the state "
+                f"store ({type(error).__name__}: {error}); running sidecars keep their current "
+                f"policy until it is. Retrying",
+            )
         return None

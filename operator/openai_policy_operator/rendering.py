@@ -58,7 +58,10 @@ def policy_input(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": body.get("apiVersion", names.API_VERSION),
         "kind": body.get("kind", names.KIND),
-        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace", "default"),
-                     "generation": int(meta.get("generation") or 1)},
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace", "default"),
+            "generation": int(meta.get("generation") or 1),
+        },
         "spec": dict(body.get("spec") or {}),
     }

@@ -24,7 +24,9 @@ JSONPatch = list[dict[str, Any]]
 
 _KEY_ENV = "OPENAI_API_KEY"
 _URL_ENV = "OPENAI_BASE_URL"
-_HASH_SUFFIX = re.compile(r"^(?P<base>.+)-[a-z0-9]{5,10}$")  # ReplicaSet names: <deployment>-<pod-template-hash>
+_HASH_SUFFIX = re.compile(
+    r"^(?P<base>.+)-[a-z0-9]{5,10}$"
+)  # ReplicaSet names: <deployment>-<pod-template-hash>
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,19 @@ def workload_name(pod: dict[str, Any]) -> str:
     return str(meta.get("name") or str(meta.get("generateName", "")).rstrip("-") or "unknown")
 
 
-def sidecar_container(pod: dict[str, Any], target: InjectionTarget, settings: InjectionSettings) -> dict[str, Any]:
+def sidecar_container(
+    pod: dict[str, Any], target: InjectionTarget, settings: InjectionSettings
+) -> dict[str, Any]:
     # Listen addresses are spelled out (they equal the sidecar's defaults) so that the pod spec says
     # where the proxy is: loopback only, since nothing outside the pod may use the key.
-    args = ["--policy", f"{names.POLICY_DIR}/{names.POLICY_FILE}",
-            "--listen", f"127.0.0.1:{settings.proxy_port}", "--admin-listen", f"0.0.0.0:{settings.admin_port}"]
+    args = [
+        "--policy",
+        f"{names.POLICY_DIR}/{names.POLICY_FILE}",
+        "--listen",
+        f"127.0.0.1:{settings.proxy_port}",
+        "--admin-listen",
+        f"0.0.0.0:{settings.admin_port}",
+    ]
     mounts: list[dict[str, Any]] = [
         {"name": names.POLICY_VOLUME, "mountPath": names.POLICY_DIR, "readOnly": True},
         {"name": names.TMP_VOLUME, "mountPath": names.TMP_DIR},
@@ -109,8 +119,10 @@ def sidecar_container(pod: dict[str, Any], target: InjectionTarget, settings: In
             {"name": "TMPDIR", "value": names.TMP_DIR},
         ],
         # The proxy port is declared for documentation and tooling; it is bound to 127.0.0.1 only.
-        "ports": [{"name": "policy-proxy", "containerPort": settings.proxy_port, "protocol": "TCP"},
-                  {"name": "policy-admin", "containerPort": settings.admin_port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "policy-proxy", "containerPort": settings.proxy_port, "protocol": "TCP"},
+            {"name": "policy-admin", "containerPort": settings.admin_port, "protocol": "TCP"},
+        ],
         # The app starts only once the proxy answers /readyz (startup probe gates the next containers).
         "startupProbe": {"httpGet": probe_get, "periodSeconds": 1, "failureThreshold": 60},
         "readinessProbe": {"httpGet": probe_get, "periodSeconds": 5},
@@ -136,19 +148,25 @@ def sidecar_volumes(target: InjectionTarget) -> list[dict[str, Any]]:
         {"name": names.TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
     ]
     if target.secret_name:
-        volumes.append({
-            "name": names.API_KEY_VOLUME,
-            "secret": {"secretName": target.secret_name,
-                       "items": [{"key": target.secret_key, "path": target.secret_key}]},
-        })
+        volumes.append(
+            {
+                "name": names.API_KEY_VOLUME,
+                "secret": {
+                    "secretName": target.secret_name,
+                    "items": [{"key": target.secret_key, "path": target.secret_key}],
+                },
+            }
+        )
     return volumes
 
 
 def _env_ops(index: int, container: dict[str, Any], base_url: str) -> tuple[JSONPatch, bool]:
     """Ops setting the two variables on one app container; True if its own key was replaced."""
     base = f"/spec/containers/{index}/env"
-    wanted = {_URL_ENV: {"name": _URL_ENV, "value": base_url},
-              _KEY_ENV: {"name": _KEY_ENV, "value": names.PLACEHOLDER_API_KEY}}
+    wanted = {
+        _URL_ENV: {"name": _URL_ENV, "value": base_url},
+        _KEY_ENV: {"name": _KEY_ENV, "value": names.PLACEHOLDER_API_KEY},
+    }
     env = container.get("env")
     if not env:
         return [{"op": "add", "path": base, "value": list(wanted.values())}], False
@@ -166,7 +184,9 @@ def _env_ops(index: int, container: dict[str, Any], base_url: str) -> tuple[JSON
     return ops, replaced_key
 
 
-def injection_patch(pod: dict[str, Any], target: InjectionTarget, settings: InjectionSettings) -> InjectionResult:
+def injection_patch(
+    pod: dict[str, Any], target: InjectionTarget, settings: InjectionSettings
+) -> InjectionResult:
     """The JSONPatch that injects the sidecar into ``pod``; empty if it is already injected."""
     if is_injected(pod):
         return InjectionResult()
@@ -176,11 +196,21 @@ def injection_patch(pod: dict[str, Any], target: InjectionTarget, settings: Inje
     spec = pod.get("spec") or {}
 
     if meta.get("annotations"):
-        ops.append({"op": "add", "path": f"/metadata/annotations/{_pointer(names.INJECTED_ANNOTATION)}",
-                    "value": target.policy_name})
+        ops.append(
+            {
+                "op": "add",
+                "path": f"/metadata/annotations/{_pointer(names.INJECTED_ANNOTATION)}",
+                "value": target.policy_name,
+            }
+        )
     else:
-        ops.append({"op": "add", "path": "/metadata/annotations",
-                    "value": {names.INJECTED_ANNOTATION: target.policy_name}})
+        ops.append(
+            {
+                "op": "add",
+                "path": "/metadata/annotations",
+                "value": {names.INJECTED_ANNOTATION: target.policy_name},
+            }
+        )
 
     volumes = sidecar_volumes(target)
     taken = {v.get("name") for v in spec.get("volumes") or []}

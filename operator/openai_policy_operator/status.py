@@ -25,7 +25,13 @@ SUSPENDED = "Suspended"
 CONDITION_TYPES = (READY, ENFORCED, BUDGET_ALERT, BUDGET_EXCEEDED, SUSPENDED)
 
 # The status value of each condition that needs a person's attention (announced as a Warning).
-_ABNORMAL = {READY: "False", ENFORCED: "False", BUDGET_ALERT: "True", BUDGET_EXCEEDED: "True", SUSPENDED: "True"}
+_ABNORMAL = {
+    READY: "False",
+    ENFORCED: "False",
+    BUDGET_ALERT: "True",
+    BUDGET_EXCEEDED: "True",
+    SUSPENDED: "True",
+}
 
 _COUNTERS = {  # usage hash field -> status.usage key
     "requests": "requests",
@@ -62,8 +68,13 @@ class WindowFigures:
 
     @classmethod
     def of(cls, usage: Any) -> WindowFigures:
-        return cls(usage.window, usage.bucket, usage.limit_micros, int(usage.spent_micros),
-                   int(usage.reserved_micros))
+        return cls(
+            usage.window,
+            usage.bucket,
+            usage.limit_micros,
+            int(usage.spent_micros),
+            int(usage.reserved_micros),
+        )
 
     @property
     def percent(self) -> int | None:
@@ -85,8 +96,12 @@ class PolicyFacts:
     @classmethod
     def of(cls, policy: Any, generation: int) -> PolicyFacts:
         spec = policy.spec
-        return cls(generation=generation, suspended=bool(spec.suspend), mode=str(spec.mode),
-                   alert_at_percent=int(spec.budget.alert_at_percent))
+        return cls(
+            generation=generation,
+            suspended=bool(spec.suspend),
+            mode=str(spec.mode),
+            alert_at_percent=int(spec.budget.alert_at_percent),
+        )
 
 
 @dataclass(frozen=True)
@@ -115,8 +130,9 @@ def rfc3339(epoch: float) -> str:
 
 def usage_block(counters: Mapping[str, int]) -> dict[str, Any]:
     """Counters from the usage hash, camelCase, with refusals grouped by error code."""
-    usage: dict[str, Any] = {key: int(counters.get(field_name, 0))
-                             for field_name, key in _COUNTERS.items() if key}
+    usage: dict[str, Any] = {
+        key: int(counters.get(field_name, 0)) for field_name, key in _COUNTERS.items() if key
+    }
     refused = {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith("refused:")}
     dry = {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith("dryrun_refused:")}
     usage["savedUsd"] = micros_to_usd(int(counters.get("saved_micros", 0)))
@@ -151,8 +167,13 @@ class PodFigures:
     generations: dict[int, int]
 
 
-def pod_figures(heartbeats: Mapping[str, Mapping[str, Any]], injected: int, facts: PolicyFacts,
-                now: float, stale_after: float) -> PodFigures:
+def pod_figures(
+    heartbeats: Mapping[str, Mapping[str, Any]],
+    injected: int,
+    facts: PolicyFacts,
+    now: float,
+    stale_after: float,
+) -> PodFigures:
     """Which reporting pods run the current generation with their key loaded."""
     reporting = stale = key_missing = enforcing = 0
     errors: list[str] = []
@@ -174,8 +195,9 @@ def pod_figures(heartbeats: Mapping[str, Mapping[str, Any]], injected: int, fact
         if beat.get("lastError"):
             errors.append(f"{pod}: {beat['lastError']}")
         enforcing += current and key_loaded
-    return PodFigures(max(injected, reporting), reporting, enforcing, stale, key_missing, errors, last,
-                      generations)
+    return PodFigures(
+        max(injected, reporting), reporting, enforcing, stale, key_missing, errors, last, generations
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -191,11 +213,18 @@ def _enforced(facts: PolicyFacts, pods: PodFigures) -> tuple[str, str, str]:
     if pods.reporting == 0:
         return "False", "NoPodsReporting", f"{pods.injected} pod(s) injected, none reporting"
     if pods.key_missing:
-        return "False", "KeyNotLoaded", f"{pods.key_missing} of {pods.reporting} pod(s) could not load the API key"
+        return (
+            "False",
+            "KeyNotLoaded",
+            f"{pods.key_missing} of {pods.reporting} pod(s) could not load the API key",
+        )
     if pods.stale_generation:
-        return ("False", "PodsNotCurrent",
-                f"{pods.stale_generation} of {pods.reporting} pod(s) still run an older generation than "
-                f"{facts.generation}")
+        return (
+            "False",
+            "PodsNotCurrent",
+            f"{pods.stale_generation} of {pods.reporting} pod(s) still run an older generation than "
+            f"{facts.generation}",
+        )
     if facts.mode == "dryRun":
         return "False", "DryRun", f"{pods.reporting} pod(s) report decisions in dry-run mode without blocking"
     return "True", "Enforcing", f"{pods.enforcing} pod(s) enforce generation {facts.generation}"
@@ -216,7 +245,9 @@ class BudgetRefusals:
     sticky_buckets: frozenset[tuple[str, str]] = frozenset()  # (window, bucket) already marked exceeded
 
     @classmethod
-    def observe(cls, previous: Mapping[str, Any], usage: Mapping[str, int], generation: int) -> BudgetRefusals:
+    def observe(
+        cls, previous: Mapping[str, Any], usage: Mapping[str, int], generation: int
+    ) -> BudgetRefusals:
         before_usage = previous.get("usage") or {}
         refusing = False
         if before_usage:  # no previous report: no baseline to compare with (e.g. a re-created policy)
@@ -225,13 +256,17 @@ class BudgetRefusals:
         old = next((c for c in previous.get("conditions") or [] if c.get("type") == BUDGET_EXCEEDED), None)
         sticky: frozenset[tuple[str, str]] = frozenset()
         if old and old.get("status") == "True" and old.get("observedGeneration") == generation:
-            sticky = frozenset((str(w.get("window")), str(w.get("bucket"))) for w in previous.get("spend") or []
-                               if w.get("limitUsd"))
+            sticky = frozenset(
+                (str(w.get("window")), str(w.get("bucket")))
+                for w in previous.get("spend") or []
+                if w.get("limitUsd")
+            )
         return cls(refusing, sticky)
 
 
-def _budget(facts: PolicyFacts, windows: Sequence[WindowFigures],
-            refusals: BudgetRefusals = BudgetRefusals()) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+def _budget(
+    facts: PolicyFacts, windows: Sequence[WindowFigures], refusals: BudgetRefusals = BudgetRefusals()
+) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
     limited = [w for w in windows if w.limit_micros]
     if not limited:
         none = ("False", "NoBudget", "no budget limits are set")
@@ -242,26 +277,45 @@ def _budget(facts: PolicyFacts, windows: Sequence[WindowFigures],
     refusing = refusals.refusing_now or (tightest.window, tightest.bucket) in refusals.sticky_buckets
 
     def describe(ws: Sequence[WindowFigures]) -> str:
-        return "; ".join(f"{w.window} {w.bucket}: ${micros_to_usd(w.spent_micros)} of "
-                         f"${micros_to_usd(w.limit_micros or 0)} ({w.percent}%)" for w in ws)
+        return "; ".join(
+            f"{w.window} {w.bucket}: ${micros_to_usd(w.spent_micros)} of "
+            f"${micros_to_usd(w.limit_micros or 0)} ({w.percent}%)"
+            for w in ws
+        )
 
     if exceeded:
-        exceeded_c = ("True", "LimitReached", f"{describe(exceeded)}; calls are refused until the window rolls over")
+        exceeded_c = (
+            "True",
+            "LimitReached",
+            f"{describe(exceeded)}; calls are refused until the window rolls over",
+        )
     elif refusing:
-        exceeded_c = ("True", "LimitReached",
-                      f"{describe([tightest])}; calls are refused (budget_exceeded): the next call's worst-case "
-                      "cost does not fit in what is left, until the window rolls over")
+        exceeded_c = (
+            "True",
+            "LimitReached",
+            f"{describe([tightest])}; calls are refused (budget_exceeded): the next call's worst-case "
+            "cost does not fit in what is left, until the window rolls over",
+        )
     else:
         exceeded_c = ("False", "WithinBudget", describe(limited))
     if alerting:
-        alert_c = ("True", "AlertThresholdReached", f"{describe(alerting)} (alert at {facts.alert_at_percent}%)")
+        alert_c = (
+            "True",
+            "AlertThresholdReached",
+            f"{describe(alerting)} (alert at {facts.alert_at_percent}%)",
+        )
     else:
         alert_c = ("False", "WithinBudget", describe(limited))
     return alert_c, exceeded_c
 
 
-def conditions_for(facts: PolicyFacts, ready: ReadyState, pods: PodFigures, windows: Sequence[WindowFigures],
-                   refusals: BudgetRefusals = BudgetRefusals()) -> dict[str, tuple[str, str, str]]:
+def conditions_for(
+    facts: PolicyFacts,
+    ready: ReadyState,
+    pods: PodFigures,
+    windows: Sequence[WindowFigures],
+    refusals: BudgetRefusals = BudgetRefusals(),
+) -> dict[str, tuple[str, str, str]]:
     """Each condition type -> (status, reason, message)."""
     alert, exceeded = _budget(facts, windows, refusals)
     return {
@@ -270,12 +324,17 @@ def conditions_for(facts: PolicyFacts, ready: ReadyState, pods: PodFigures, wind
         BUDGET_ALERT: alert,
         BUDGET_EXCEEDED: exceeded,
         SUSPENDED: ("True", "SuspendedBySpec", "spec.suspend is true: every call is refused")
-        if facts.suspended else ("False", "Active", "the policy is active"),
+        if facts.suspended
+        else ("False", "Active", "the policy is active"),
     }
 
 
-def merge_conditions(previous: Sequence[Mapping[str, Any]], wanted: Mapping[str, tuple[str, str, str]],
-                     generation: int, now: float) -> tuple[list[dict[str, Any]], list[Transition]]:
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]],
+    wanted: Mapping[str, tuple[str, str, str]],
+    generation: int,
+    now: float,
+) -> tuple[list[dict[str, Any]], list[Transition]]:
     """metav1.Condition list: lastTransitionTime moves only when the status changes.
 
     A transition is announced when a known condition changes status, or when a condition first
@@ -288,30 +347,45 @@ def merge_conditions(previous: Sequence[Mapping[str, Any]], wanted: Mapping[str,
         status, reason, message = wanted[ctype]
         old = before.get(ctype)
         changed = old is None or old.get("status") != status
-        out.append({
-            "type": ctype,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "observedGeneration": generation,
-            "lastTransitionTime": rfc3339(now) if changed else old.get("lastTransitionTime", rfc3339(now)),
-        })
+        out.append(
+            {
+                "type": ctype,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": rfc3339(now)
+                if changed
+                else old.get("lastTransitionTime", rfc3339(now)),
+            }
+        )
         if (old is not None and changed) or (old is None and _ABNORMAL[ctype] == status):
             transitions.append(Transition(ctype, status, reason, message))
     return out, transitions
 
 
-def build_status(*, facts: PolicyFacts, ready: ReadyState, usage: Mapping[str, int],
-                 heartbeats: Mapping[str, Mapping[str, Any]], windows: Sequence[WindowFigures],
-                 injected_pods: int, previous: Mapping[str, Any] | None, now: float,
-                 stale_after: float = 30.0) -> StatusReport:
+def build_status(
+    *,
+    facts: PolicyFacts,
+    ready: ReadyState,
+    usage: Mapping[str, int],
+    heartbeats: Mapping[str, Mapping[str, Any]],
+    windows: Sequence[WindowFigures],
+    injected_pods: int,
+    previous: Mapping[str, Any] | None,
+    now: float,
+    stale_after: float = 30.0,
+) -> StatusReport:
     """The whole status subresource for one policy and the condition transitions to announce."""
     previous = previous or {}
     pods = pod_figures(heartbeats, injected_pods, facts, now, stale_after)
     refusals = BudgetRefusals.observe(previous, usage, facts.generation)
-    conditions, transitions = merge_conditions(previous.get("conditions") or [],
-                                               conditions_for(facts, ready, pods, windows, refusals),
-                                               facts.generation, now)
+    conditions, transitions = merge_conditions(
+        previous.get("conditions") or [],
+        conditions_for(facts, ready, pods, windows, refusals),
+        facts.generation,
+        now,
+    )
     spend = spend_block(windows)
     pods_block = {
         "injected": pods.injected,
@@ -336,8 +410,10 @@ def build_status(*, facts: PolicyFacts, ready: ReadyState, usage: Mapping[str, i
 
 def summary(spend: Sequence[Mapping[str, Any]], pods: Mapping[str, Any]) -> dict[str, Any]:
     """Short strings for ``kubectl get oaip`` columns, formatted by the policy model's own helpers."""
-    out = {"spend": spend_summary([WindowSpend.model_validate(w) for w in spend]),
-           "pods": pods_summary(PodsStatus.model_validate(pods))}
+    out = {
+        "spend": spend_summary([WindowSpend.model_validate(w) for w in spend]),
+        "pods": pods_summary(PodsStatus.model_validate(pods)),
+    }
     return {k: v for k, v in out.items() if v is not None}
 
 

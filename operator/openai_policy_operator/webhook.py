@@ -50,25 +50,36 @@ def target_of(policy: Mapping[str, Any]) -> InjectionTarget:
     name = policy["metadata"]["name"]
     if not ref.get("name"):
         return InjectionTarget(policy_name=name)
-    return InjectionTarget(policy_name=name, secret_name=ref["name"],
-                           secret_key=ref.get("key") or names.DEFAULT_API_KEY_KEY)
+    return InjectionTarget(
+        policy_name=name, secret_name=ref["name"], secret_key=ref.get("key") or names.DEFAULT_API_KEY_KEY
+    )
 
 
-def decide(pod: Mapping[str, Any], namespace: str, namespace_labels: Mapping[str, str],
-           policies: Sequence[Mapping[str, Any]], never_inject: frozenset[str]) -> Decision:
+def decide(
+    pod: Mapping[str, Any],
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    policies: Sequence[Mapping[str, Any]],
+    never_inject: frozenset[str],
+) -> Decision:
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     if namespace in never_inject:
         return Decision(SKIP, "ExcludedNamespace", f"namespace {namespace} is never injected")
     if namespace_labels.get(names.NAMESPACE_INJECTION_LABEL) != names.NAMESPACE_INJECTION_ENABLED:
-        return Decision(SKIP, "NamespaceNotEnabled",
-                        f"namespace {namespace} is not labelled {names.NAMESPACE_INJECTION_LABEL}=enabled")
+        return Decision(
+            SKIP,
+            "NamespaceNotEnabled",
+            f"namespace {namespace} is not labelled {names.NAMESPACE_INJECTION_LABEL}=enabled",
+        )
     labels = meta.get("labels") or {}
     # The annotation is the documented opt-out; the same key as a label also works, so that a
     # webhook objectSelector can skip such pods before they even reach us.
-    if "false" in (str(annotations.get(names.INJECT_ANNOTATION, "")).lower(),
-                   str(labels.get(names.INJECT_ANNOTATION, "")).lower()):
-        return Decision(SKIP, "OptedOut", f"the pod sets {names.INJECT_ANNOTATION}: \"false\"")
+    if "false" in (
+        str(annotations.get(names.INJECT_ANNOTATION, "")).lower(),
+        str(labels.get(names.INJECT_ANNOTATION, "")).lower(),
+    ):
+        return Decision(SKIP, "OptedOut", f'the pod sets {names.INJECT_ANNOTATION}: "false"')
     if is_injected(dict(pod)):
         return Decision(SKIP, "AlreadyInjected", f"the pod already has the {names.SIDECAR_NAME} container")
 
@@ -76,10 +87,13 @@ def decide(pod: Mapping[str, Any], namespace: str, namespace_labels: Mapping[str
     if chosen:
         policy = next((p for p in policies if p["metadata"]["name"] == chosen), None)
         if policy is None:
-            return Decision(SKIP, "PolicyNotFound",
-                            f"the pod asks for OpenAIPolicy {chosen!r} ({names.POLICY_ANNOTATION}), which does "
-                            f"not exist in namespace {namespace}; the pod was created without the sidecar",
-                            announce=True)
+            return Decision(
+                SKIP,
+                "PolicyNotFound",
+                f"the pod asks for OpenAIPolicy {chosen!r} ({names.POLICY_ANNOTATION}), which does "
+                f"not exist in namespace {namespace}; the pod was created without the sidecar",
+                announce=True,
+            )
         return Decision(INJECT, "PolicySelected", f"policy {chosen} chosen by annotation", policy)
 
     matching = []
@@ -93,10 +107,13 @@ def decide(pod: Mapping[str, Any], namespace: str, namespace_labels: Mapping[str
         return Decision(SKIP, "NoMatchingPolicy", f"no OpenAIPolicy in {namespace} selects this pod")
     if len(matching) > 1:
         found = ", ".join(sorted(p["metadata"]["name"] for p in matching))
-        return Decision(SKIP, "AmbiguousPolicy",
-                        f"OpenAIPolicies {found} all select this pod; it was created without the sidecar. "
-                        f"Set the {names.POLICY_ANNOTATION} annotation to choose one, or narrow the selectors",
-                        announce=True)
+        return Decision(
+            SKIP,
+            "AmbiguousPolicy",
+            f"OpenAIPolicies {found} all select this pod; it was created without the sidecar. "
+            f"Set the {names.POLICY_ANNOTATION} annotation to choose one, or narrow the selectors",
+            announce=True,
+        )
     policy = matching[0]
     return Decision(INJECT, "PolicyMatched", f"policy {policy['metadata']['name']} selects the pod", policy)
 
@@ -111,8 +128,12 @@ def involved_object(pod: Mapping[str, Any]) -> dict[str, Any]:
     owners = meta.get("ownerReferences") or []
     owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
     if owner:
-        return {"apiVersion": owner.get("apiVersion"), "kind": owner.get("kind"), "name": owner.get("name"),
-                "uid": owner.get("uid")}
+        return {
+            "apiVersion": owner.get("apiVersion"),
+            "kind": owner.get("kind"),
+            "name": owner.get("name"),
+            "uid": owner.get("uid"),
+        }
     return {"apiVersion": "v1", "kind": "Pod", "name": meta.get("name") or meta.get("generateName", "")}
 
 
@@ -124,16 +145,19 @@ class Admission:
         self.settings = settings
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def review(self, pod: Mapping[str, Any], namespace: str, *, dry_run: bool) -> tuple[Decision,
-                                                                                          InjectionResult]:
+    async def review(
+        self, pod: Mapping[str, Any], namespace: str, *, dry_run: bool
+    ) -> tuple[Decision, InjectionResult]:
         if namespace in self.settings.never_inject:  # no API call at all for excluded namespaces
             return decide(pod, namespace, {}, [], self.settings.never_inject), InjectionResult()
         if self.settings.namespaces and namespace not in self.settings.namespaces:
             # A namespace-scoped operator does not see policies elsewhere: never guess.
-            return Decision(SKIP, "OutOfScope", f"namespace {namespace} is not watched by this operator"), \
-                InjectionResult()
-        labels, policies = await asyncio.gather(self.kube.namespace_labels(namespace),
-                                                self.kube.list_policies(namespace))
+            return Decision(
+                SKIP, "OutOfScope", f"namespace {namespace} is not watched by this operator"
+            ), InjectionResult()
+        labels, policies = await asyncio.gather(
+            self.kube.namespace_labels(namespace), self.kube.list_policies(namespace)
+        )
         decision = decide(pod, namespace, labels, policies, self.settings.never_inject)
         result = InjectionResult()
         if decision.action == INJECT and decision.policy is not None:
@@ -142,24 +166,34 @@ class Admission:
             self._announce(pod, namespace, decision, result)
         return decision, result
 
-    def _announce(self, pod: Mapping[str, Any], namespace: str, decision: Decision, result: InjectionResult) -> None:
+    def _announce(
+        self, pod: Mapping[str, Any], namespace: str, decision: Decision, result: InjectionResult
+    ) -> None:
         involved = involved_object(pod)
         if decision.announce:
             self._post(namespace, involved, "Warning", decision.reason, decision.message)
         if result.replaced_key_env:
-            self._post(namespace, involved, "Warning", "APIKeyEnvReplaced",
-                       f"OPENAI_API_KEY of container(s) {', '.join(result.replaced_key_env)} in pods of "
-                       f"{workload_name(dict(pod))} was replaced by a placeholder: calls go through the "
-                       f"{names.SIDECAR_NAME} sidecar, which holds the key of policy {decision.policy_name}")
+            self._post(
+                namespace,
+                involved,
+                "Warning",
+                "APIKeyEnvReplaced",
+                f"OPENAI_API_KEY of container(s) {', '.join(result.replaced_key_env)} in pods of "
+                f"{workload_name(dict(pod))} was replaced by a placeholder: calls go through the "
+                f"{names.SIDECAR_NAME} sidecar, which holds the key of policy {decision.policy_name}",
+            )
 
-    def _post(self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
+    def _post(
+        self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
         # Fire and forget: an Event must never slow down or fail an admission.
         task = asyncio.create_task(self._post_now(namespace, involved, event_type, reason, message))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _post_now(self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str,
-                        message: str) -> None:
+    async def _post_now(
+        self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
         try:
             await self.kube.post_event(namespace, involved, event_type, reason, message)
         except Exception as error:  # noqa: BLE001 - best effort by design

@@ -34,26 +34,36 @@ def namespace_selector(settings: WebhookSettings, operator_namespace: str | None
     }
 
 
-def mutating_webhook_configuration(name: str, client_config: dict[str, Any], settings: WebhookSettings,
-                                   operator_namespace: str | None) -> dict[str, Any]:
+def mutating_webhook_configuration(
+    name: str, client_config: dict[str, Any], settings: WebhookSettings, operator_namespace: str | None
+) -> dict[str, Any]:
     """The MutatingWebhookConfiguration for pod injection (the chart renders the same content)."""
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {names.MANAGED_BY_LABEL: names.MANAGED_BY}},
-        "webhooks": [{
-            "name": f"{names.WEBHOOK_ID}.{names.GROUP}",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "NoneOnDryRun",  # Events are posted only for real (non dry-run) requests
-            "failurePolicy": settings.failure_policy,
-            "matchPolicy": "Equivalent",
-            "reinvocationPolicy": "Never",
-            "timeoutSeconds": settings.timeout_seconds,
-            "clientConfig": client_config,
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": namespace_selector(settings, operator_namespace),
-        }],
+        "webhooks": [
+            {
+                "name": f"{names.WEBHOOK_ID}.{names.GROUP}",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "NoneOnDryRun",  # Events are posted only for real (non dry-run) requests
+                "failurePolicy": settings.failure_policy,
+                "matchPolicy": "Equivalent",
+                "reinvocationPolicy": "Never",
+                "timeoutSeconds": settings.timeout_seconds,
+                "clientConfig": client_config,
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": namespace_selector(settings, operator_namespace),
+            }
+        ],
     }
 
 
@@ -68,11 +78,17 @@ def with_handler_path(client_config: dict[str, Any]) -> dict[str, Any]:
 class PolicyWebhookServer(kopf.WebhookServer):
     def __init__(self, settings: OperatorSettings, kube: Kube | None) -> None:
         hook = settings.webhook
-        files = certs.ensure(hook.cert_dir, [hook.public_host or "", "localhost", "127.0.0.1",
-                                             hook.listen_host])
-        super().__init__(addr=hook.listen_host, port=hook.listen_port, host=hook.public_host,
-                         certfile=str(files.certfile), pkeyfile=str(files.keyfile),
-                         cafile=str(files.cafile) if files.cafile else None)
+        files = certs.ensure(
+            hook.cert_dir, [hook.public_host or "", "localhost", "127.0.0.1", hook.listen_host]
+        )
+        super().__init__(
+            addr=hook.listen_host,
+            port=hook.listen_port,
+            host=hook.public_host,
+            certfile=str(files.certfile),
+            pkeyfile=str(files.keyfile),
+            cafile=str(files.cafile) if files.cafile else None,
+        )
         self.settings = settings
         self.kube = kube
 
@@ -87,13 +103,19 @@ class PolicyWebhookServer(kopf.WebhookServer):
             try:
                 return await fn(request, **kwargs)
             finally:
-                logger.debug("admission %s took %.1f ms", payload.get("uid"), (time.perf_counter() - started) * 1e3)
+                logger.debug(
+                    "admission %s took %.1f ms", payload.get("uid"), (time.perf_counter() - started) * 1e3
+                )
 
         async for client_config in super().__call__(serve):
             name = self.settings.webhook.manage_configuration
             if name and self.kube is not None:
-                body = mutating_webhook_configuration(name, with_handler_path(dict(client_config)),
-                                                      self.settings.webhook, self.settings.operator_namespace)
+                body = mutating_webhook_configuration(
+                    name,
+                    with_handler_path(dict(client_config)),
+                    self.settings.webhook,
+                    self.settings.operator_namespace,
+                )
                 await self.kube.apply_mutating_webhook_configuration(body)
                 logger.info("MutatingWebhookConfiguration %s points at %s", name, client_config.get("url"))
             yield client_config

@@ -39,7 +39,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen", default="127.0.0.1:8780", help="proxy address (keep it loopback)")
     parser.add_argument("--admin-listen", default="0.0.0.0:8781", help="/healthz, /readyz, /metrics")
     parser.add_argument(
-        "--api-key-file", type=Path, default=None, help="upstream API key file, re-read on change (else OPENAI_API_KEY)"
+        "--api-key-file",
+        type=Path,
+        default=None,
+        help="upstream API key file, re-read on change (else OPENAI_API_KEY)",
     )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -82,7 +85,10 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sidecar: Sidecar | None = None
-    configure_logging(lambda: sidecar.source.keys.secrets if sidecar else [], getattr(logging, args.log_level.upper(), logging.INFO))
+    configure_logging(
+        lambda: sidecar.source.keys.secrets if sidecar else [],
+        getattr(logging, args.log_level.upper(), logging.INFO),
+    )
     try:
         tokenizer_files.verify()
     except tokenizer_files.TokenizerFilesError as error:

@@ -83,8 +83,13 @@ class AccessLogWriter:
     are redacted like every other log record.
     """
 
-    def __init__(self, stream: IO[str], secrets: Callable[[], list[str]], interval: float = 0.05,
-                 max_pending: int = 256) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        secrets: Callable[[], list[str]],
+        interval: float = 0.05,
+        max_pending: int = 256,
+    ) -> None:
         self.stream = stream
         self.secrets = secrets
         self.interval = interval

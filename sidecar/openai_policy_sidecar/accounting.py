@@ -101,7 +101,10 @@ def record(
 
 
 def access_fields(
-    ctx: RequestContext, runtime: Runtime, added_seconds: float, attribution: dict[str, str | None] | None = None
+    ctx: RequestContext,
+    runtime: Runtime,
+    added_seconds: float,
+    attribution: dict[str, str | None] | None = None,
 ) -> dict:
     if ctx.refusal is not None:
         decision = f"refused:{ctx.refusal.code}"

@@ -17,7 +17,9 @@ from .policy_source import PolicySource
 from .report_loop import Reporter
 
 
-async def readiness(source: PolicySource, store: Any, store_configured: bool, reporter: Reporter | None = None) -> tuple[bool, dict[str, Any]]:
+async def readiness(
+    source: PolicySource, store: Any, store_configured: bool, reporter: Reporter | None = None
+) -> tuple[bool, dict[str, Any]]:
     runtime = source.runtime
     detail: dict[str, Any] = {}
     ready = True
@@ -36,7 +38,11 @@ async def readiness(source: PolicySource, store: Any, store_configured: bool, re
             "suspended": bool(runtime.spec.suspend),
             "lastError": source.error,
         }
-    detail["apiKey"] = {"loaded": bool(source.keys.key), "source": source.keys.origin, "lastError": source.keys.error}
+    detail["apiKey"] = {
+        "loaded": bool(source.keys.key),
+        "source": source.keys.origin,
+        "lastError": source.keys.error,
+    }
     if not source.keys.key:
         ready = False
     if store_configured:
@@ -54,7 +60,9 @@ async def readiness(source: PolicySource, store: Any, store_configured: bool, re
     return ready, detail
 
 
-def admin_app(source: PolicySource, store: Any, store_configured: bool, metrics: Metrics, reporter: Reporter) -> web.Application:
+def admin_app(
+    source: PolicySource, store: Any, store_configured: bool, metrics: Metrics, reporter: Reporter
+) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 

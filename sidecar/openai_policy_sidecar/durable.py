@@ -31,7 +31,9 @@ MODERATION_TIMEOUT_SECONDS = 10.0
 
 
 class Guards:
-    def __init__(self, store: Any, metrics: Metrics, upstream: Upstream, keys: Any, *, shared_cache: bool) -> None:
+    def __init__(
+        self, store: Any, metrics: Metrics, upstream: Upstream, keys: Any, *, shared_cache: bool
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.upstream = upstream
@@ -44,7 +46,9 @@ class Guards:
         self._runtime: Runtime | None = None
         self._cache_ref: tuple[str, str] | None = None
         metrics.queue_depth.set_function(lambda: float(self.queue.depth) if self.queue is not None else 0.0)
-        metrics.upstream_in_flight.set_function(lambda: float(self.queue.in_flight) if self.queue is not None else 0.0)
+        metrics.upstream_in_flight.set_function(
+            lambda: float(self.queue.in_flight) if self.queue is not None else 0.0
+        )
         metrics.circuit_state.set_function(lambda: float(CIRCUIT_GAUGE[self.worst_circuit()]))
 
     def sync(self, runtime: Runtime) -> None:
@@ -86,7 +90,9 @@ class Guards:
         url = join_url(spec.upstream.base_url, "/v1/moderations", "")
         timeout = aiohttp.ClientTimeout(total=MODERATION_TIMEOUT_SECONDS)
         try:
-            response = await self.upstream.request("POST", url, headers, json.dumps(payload).encode(), timeout)
+            response = await self.upstream.request(
+                "POST", url, headers, json.dumps(payload).encode(), timeout
+            )
             try:
                 status = response.status
                 body = await response.json(content_type=None) if status == 200 else None

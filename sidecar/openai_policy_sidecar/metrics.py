@@ -24,45 +24,70 @@ class Metrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
-            "openai_policy_requests", "Requests handled, by model sent upstream, HTTP status and decision reason.",
-            ["model", "status", "reason"], registry=r,
+            "openai_policy_requests",
+            "Requests handled, by model sent upstream, HTTP status and decision reason.",
+            ["model", "status", "reason"],
+            registry=r,
         )
         self.tokens = Counter(
             "openai_policy_tokens", "Tokens reported by upstream usage.", ["model", "kind"], registry=r
         )
-        self.cost = Counter("openai_policy_cost_usd", "Real cost of settled requests in USD.", ["model"], registry=r)
+        self.cost = Counter(
+            "openai_policy_cost_usd", "Real cost of settled requests in USD.", ["model"], registry=r
+        )
         self.refusals = Counter(
-            "openai_policy_refusals", "Refusals by reason (dry_run=true: would have refused).", ["reason", "dry_run"],
+            "openai_policy_refusals",
+            "Refusals by reason (dry_run=true: would have refused).",
+            ["reason", "dry_run"],
             registry=r,
         )
         self.spend = Gauge(
-            "openai_policy_budget_spend_usd", "Settled spend in the current window bucket.", ["window"], registry=r
+            "openai_policy_budget_spend_usd",
+            "Settled spend in the current window bucket.",
+            ["window"],
+            registry=r,
         )
         self.remaining = Gauge(
-            "openai_policy_budget_remaining_usd", "Budget left in the current window bucket (limit - spent - reserved).",
-            ["window"], registry=r,
+            "openai_policy_budget_remaining_usd",
+            "Budget left in the current window bucket (limit - spent - reserved).",
+            ["window"],
+            registry=r,
         )
-        self.limit = Gauge("openai_policy_budget_limit_usd", "Budget limit per window.", ["window"], registry=r)
+        self.limit = Gauge(
+            "openai_policy_budget_limit_usd", "Budget limit per window.", ["window"], registry=r
+        )
         self.upstream_latency = Histogram(
-            "openai_policy_upstream_latency_seconds", "Time from sending upstream to the full reply (or stream end).",
-            ["endpoint"], buckets=UPSTREAM_BUCKETS, registry=r,
+            "openai_policy_upstream_latency_seconds",
+            "Time from sending upstream to the full reply (or stream end).",
+            ["endpoint"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
         )
         self.added_latency = Histogram(
-            "openai_policy_added_latency_seconds", "Time the sidecar itself spent on a request, upstream excluded.",
-            ["endpoint"], buckets=ADDED_BUCKETS, registry=r,
+            "openai_policy_added_latency_seconds",
+            "Time the sidecar itself spent on a request, upstream excluded.",
+            ["endpoint"],
+            buckets=ADDED_BUCKETS,
+            registry=r,
         )
         self.model_drift = Counter(
-            "openai_policy_model_drift", "Replies reporting another model than the one pinned/sent.",
-            ["expected", "reported"], registry=r,
+            "openai_policy_model_drift",
+            "Replies reporting another model than the one pinned/sent.",
+            ["expected", "reported"],
+            registry=r,
         )
         self.reload_errors = Counter(
-            "openai_policy_policy_reload_errors", "Policy or key updates refused (the last good one stays).", ["source"],
+            "openai_policy_policy_reload_errors",
+            "Policy or key updates refused (the last good one stays).",
+            ["source"],
             registry=r,
         )
         self.policy_generation = Gauge(
             "openai_policy_policy_generation", "Generation of the policy in force.", registry=r
         )
-        self.key_loaded = Gauge("openai_policy_api_key_loaded", "1 when an upstream API key is loaded.", registry=r)
+        self.key_loaded = Gauge(
+            "openai_policy_api_key_loaded", "1 when an upstream API key is loaded.", registry=r
+        )
         self.store_errors = Counter(
             "openai_policy_store_errors", "Shared-store operations that failed.", ["operation"], registry=r
         )
@@ -74,37 +99,53 @@ class Metrics:
             "openai_policy_queue_depth", "Requests waiting for an upstream slot (spec.queue).", registry=r
         )
         self.circuit_state = Gauge(
-            "openai_policy_circuit_state", "Worst upstream circuit: 0 closed, 1 half-open, 2 open.", registry=r
+            "openai_policy_circuit_state",
+            "Worst upstream circuit: 0 closed, 1 half-open, 2 open.",
+            registry=r,
         )
         self.upstream_in_flight = Gauge(
             "openai_policy_upstream_in_flight", "Upstream calls holding a queue slot now.", registry=r
         )
         self.queue_wait = Histogram(
-            "openai_policy_queue_wait_seconds", "Time a request that found no free slot waited for one.",
-            buckets=ADDED_BUCKETS + (2.5, 5, 10, 30), registry=r,
+            "openai_policy_queue_wait_seconds",
+            "Time a request that found no free slot waited for one.",
+            buckets=ADDED_BUCKETS + (2.5, 5, 10, 30),
+            registry=r,
         )
         self.circuit_transitions = Counter(
-            "openai_policy_circuit_transitions", "Circuit-breaker state changes, by the state entered.", ["state"],
+            "openai_policy_circuit_transitions",
+            "Circuit-breaker state changes, by the state entered.",
+            ["state"],
             registry=r,
         )
         self.retries = Counter(
-            "openai_policy_retries", "Upstream attempts retried by the sidecar, by what failed (status or error).",
-            ["reason"], registry=r,
+            "openai_policy_retries",
+            "Upstream attempts retried by the sidecar, by what failed (status or error).",
+            ["reason"],
+            registry=r,
         )
-        self.cache_hits = Counter("openai_policy_cache_hits", "Requests answered from the response cache.", registry=r)
+        self.cache_hits = Counter(
+            "openai_policy_cache_hits", "Requests answered from the response cache.", registry=r
+        )
         self.cache_misses = Counter(
             "openai_policy_cache_misses", "Cacheable requests not found in the response cache.", registry=r
         )
         self.cache_saved = Counter(
-            "openai_policy_cache_saved_usd", "Spend saved by cache hits (what the original call cost), in USD.",
-            ["model"], registry=r,
+            "openai_policy_cache_saved_usd",
+            "Spend saved by cache hits (what the original call cost), in USD.",
+            ["model"],
+            registry=r,
         )
         self.guardrail_findings = Counter(
-            "openai_policy_guardrail_findings", "Guardrail findings by guardrail, type and action taken.",
-            ["guardrail", "type", "action"], registry=r,
+            "openai_policy_guardrail_findings",
+            "Guardrail findings by guardrail, type and action taken.",
+            ["guardrail", "type", "action"],
+            registry=r,
         )
         self.moderation_calls = Counter(
-            "openai_policy_moderation_calls", "Calls to the upstream moderation endpoint, by result.", ["result"],
+            "openai_policy_moderation_calls",
+            "Calls to the upstream moderation endpoint, by result.",
+            ["result"],
             registry=r,
         )
 

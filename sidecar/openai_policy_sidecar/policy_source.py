@@ -80,7 +80,9 @@ class KeySource:
         try:
             text = self.path.read_text().strip()
         except OSError as error:
-            raise KeyFileError(f"cannot read the API key file {self.path}: {error.strerror or error}") from None
+            raise KeyFileError(
+                f"cannot read the API key file {self.path}: {error.strerror or error}"
+            ) from None
         if not text:
             raise KeyFileError(f"the API key file {self.path} is empty")
         return text
@@ -155,7 +157,11 @@ class PolicySource:
         namespace, name = self.runtime.ref
         log.info(
             "policy %s/%s generation %d applied from %s (mode %s%s)",
-            namespace, name, self.runtime.generation, source, self.runtime.spec.mode,
+            namespace,
+            name,
+            self.runtime.generation,
+            source,
+            self.runtime.spec.mode,
             ", suspended" if self.runtime.spec.suspend else "",
         )
 
@@ -212,7 +218,11 @@ class PolicySource:
         if not document:
             return
         generation = _generation_of(document)
-        if generation is None or generation <= self.runtime.generation or generation == self._bad_store_generation:
+        if (
+            generation is None
+            or generation <= self.runtime.generation
+            or generation == self._bad_store_generation
+        ):
             return
         try:
             policy = load_policy(document)

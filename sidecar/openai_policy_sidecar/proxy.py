@@ -118,7 +118,10 @@ class Proxy:
                 response = self._refuse(
                     ctx,
                     refusals.Refusal(
-                        500, "internal_error", "The sidecar failed to handle this request.", type=refusals.SERVER
+                        500,
+                        "internal_error",
+                        "The sidecar failed to handle this request.",
+                        type=refusals.SERVER,
                     ),
                 )
             # Send the reply before settling and recording: the caller does not wait for the
@@ -146,7 +149,9 @@ class Proxy:
             extra["x-should-retry"] = "false"  # we retried already: the app's SDK must not multiply it
         return refusal.to_response(extra)
 
-    async def _handle(self, request: web.Request, runtime: Runtime, ctx: RequestContext) -> web.StreamResponse:
+    async def _handle(
+        self, request: web.Request, runtime: Runtime, ctx: RequestContext
+    ) -> web.StreamResponse:
         spec = runtime.spec
         if not (request.path == "/v1" or request.path.startswith("/v1/")):
             raise refusals.not_found(request.path)
@@ -277,7 +282,9 @@ class Proxy:
         ctx.model_sent, ctx.pinned, ctx.downgraded = choice.sent, choice.pinned, choice.downgraded
         return choice
 
-    async def _rate_and_budget(self, ctx: RequestContext, runtime: Runtime, tokens: int, worst: int | None) -> None:
+    async def _rate_and_budget(
+        self, ctx: RequestContext, runtime: Runtime, tokens: int, worst: int | None
+    ) -> None:
         """Count the request against the rate limits, then hold its worst-case cost.
 
         With a remote store both are asked at once (one round trip of latency instead of two);
@@ -447,7 +454,9 @@ class Proxy:
     ) -> web.StreamResponse:
         spec = runtime.spec
         limits = spec.requests
-        headers = upstream_headers(request.headers.items(), key, spec.upstream.organization, spec.upstream.project)
+        headers = upstream_headers(
+            request.headers.items(), key, spec.upstream.organization, spec.upstream.project
+        )
         url = join_url(spec.upstream.base_url, parsed.path, parsed.query)
         # The deadline (spec.requests.timeoutSeconds) bounds every attempt, the backoff between
         # them, and a plain body's read; a stream's body is bounded by the idle timeout instead.
@@ -474,7 +483,9 @@ class Proxy:
                     return await self._serve_cached(request, ctx, runtime, entry)
                 ctx.upstream_error = "circuit_open"
                 raise refusals.circuit_open(outcome.error.retry_after, str(outcome.error))
-            raise _upstream_failure(ctx, started, outcome.error or RuntimeError("no reply"), limits.timeout_seconds)
+            raise _upstream_failure(
+                ctx, started, outcome.error or RuntimeError("no reply"), limits.timeout_seconds
+            )
         response = outcome.result
         try:
             ctx.upstream_request_id = response.headers.get("x-request-id")
@@ -494,12 +505,17 @@ class Proxy:
                 await self._moderate_output(ctx, runtime, payload)
                 if ctx.cache_key is not None:
                     ctx.cache_entry = response_entry(
-                        response.status, payload, content_type=content_type or "application/json",
-                        model=ctx.model_reported, usage=_usage_dict(ctx.usage),
+                        response.status,
+                        payload,
+                        content_type=content_type or "application/json",
+                        model=ctx.model_reported,
+                        usage=_usage_dict(ctx.usage),
                     )
             if response.status >= 400:
                 payload = self._redact(payload)
-            out = web.Response(status=response.status, body=payload, headers=downstream_headers(response.headers))
+            out = web.Response(
+                status=response.status, body=payload, headers=downstream_headers(response.headers)
+            )
             self._mark(ctx, out)
             return out
         finally:
@@ -516,7 +532,9 @@ class Proxy:
         reason = str(event.status) if event.status is not None else type(event.error).__name__
         ctx.retry_reasons.append(reason)
         self.metrics.child(self.metrics.retries, reason).inc()
-        log.info("retrying upstream call (attempt %d failed: %s) in %.3fs", event.attempt, reason, event.delay)
+        log.info(
+            "retrying upstream call (attempt %d failed: %s) in %.3fs", event.attempt, reason, event.delay
+        )
 
     async def _moderate_output(self, ctx: RequestContext, runtime: Runtime, payload: bytes) -> None:
         """Output moderation of a plain answer (streams are not held back to be judged)."""
@@ -607,7 +625,10 @@ class Proxy:
             self._settle_usage(ctx, runtime, meter.usage, meter.model)
         if recorder is not None and not failed and not client_gone:
             ctx.cache_entry = recorder.finish(
-                completed=meter.completed, model=meter.model, usage=_usage_dict(meter.usage), status=response.status
+                completed=meter.completed,
+                model=meter.model,
+                usage=_usage_dict(meter.usage),
+                status=response.status,
             )
         if client_gone:
             ctx.decision = "client_disconnected"
@@ -626,7 +647,9 @@ class Proxy:
         return payload
 
 
-def _upstream_failure(ctx: RequestContext, started: float, error: BaseException, timeout: float) -> refusals.Refusal:
+def _upstream_failure(
+    ctx: RequestContext, started: float, error: BaseException, timeout: float
+) -> refusals.Refusal:
     """The refusal for an upstream that timed out or could not be reached (before any reply byte)."""
     ctx.upstream_seconds = time.perf_counter() - started
     if isinstance(error, TimeoutError):
@@ -659,7 +682,11 @@ async def _write_stream_error(out: web.StreamResponse, code: str, message: str) 
 def _usage_dict(usage: Any) -> dict[str, int] | None:
     if usage is None:
         return None
-    return {"input_tokens": usage.input_tokens, "cached_tokens": usage.cached_tokens, "output_tokens": usage.output_tokens}
+    return {
+        "input_tokens": usage.input_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "output_tokens": usage.output_tokens,
+    }
 
 
 def _saved_micros(runtime: Runtime, model: str, usage: dict[str, Any] | None) -> int:
@@ -668,7 +695,9 @@ def _saved_micros(runtime: Runtime, model: str, usage: dict[str, Any] | None) ->
         return 0
     try:
         return runtime.prices.cost_micros(
-            model, int(usage.get("input_tokens") or 0), int(usage.get("cached_tokens") or 0),
+            model,
+            int(usage.get("input_tokens") or 0),
+            int(usage.get("cached_tokens") or 0),
             int(usage.get("output_tokens") or 0),
         )
     except (UnknownModelPrice, TypeError, ValueError):

@@ -109,12 +109,22 @@ def policy_suspended() -> Refusal:
 def upstream_timeout(seconds: float) -> Refusal:
     # Retrying may help: the upstream may answer faster next time.
     return Refusal(
-        504, "upstream_timeout", f"The upstream API did not answer within {seconds:g}s.", type=SERVER, retryable=True
+        504,
+        "upstream_timeout",
+        f"The upstream API did not answer within {seconds:g}s.",
+        type=SERVER,
+        retryable=True,
     )
 
 
 def upstream_unreachable(detail: str) -> Refusal:
-    return Refusal(502, "upstream_unreachable", f"The upstream API could not be reached: {detail}", type=SERVER, retryable=True)
+    return Refusal(
+        502,
+        "upstream_unreachable",
+        f"The upstream API could not be reached: {detail}",
+        type=SERVER,
+        retryable=True,
+    )
 
 
 def store_unavailable() -> Refusal:
@@ -138,7 +148,9 @@ def api_key_missing() -> Refusal:
     )
 
 
-def invalid_request(message: str, *, param: str | None = None, code: str | None = "invalid_request") -> Refusal:
+def invalid_request(
+    message: str, *, param: str | None = None, code: str | None = "invalid_request"
+) -> Refusal:
     return Refusal(400, code or "invalid_request", message, param=param)
 
 
@@ -166,4 +178,6 @@ def from_stage_error(error: BaseException) -> Refusal:
 
 
 def circuit_open(retry_after: float, message: str) -> Refusal:
-    return Refusal(503, "circuit_open", message, type=SERVER, retryable=True, retry_after=max(1.0, retry_after))
+    return Refusal(
+        503, "circuit_open", message, type=SERVER, retryable=True, retry_after=max(1.0, retry_after)
+    )

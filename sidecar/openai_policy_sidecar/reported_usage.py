@@ -23,10 +23,16 @@ def parse_usage(usage: Any) -> Usage | None:
         return None
     if "input_tokens" in usage or "output_tokens" in usage:
         details = usage.get("input_tokens_details") or {}
-        return Usage(_int(usage.get("input_tokens")), _int(details.get("cached_tokens")), _int(usage.get("output_tokens")))
+        return Usage(
+            _int(usage.get("input_tokens")),
+            _int(details.get("cached_tokens")),
+            _int(usage.get("output_tokens")),
+        )
     details = usage.get("prompt_tokens_details") or {}
     return Usage(
-        _int(usage.get("prompt_tokens")), _int(details.get("cached_tokens")), _int(usage.get("completion_tokens"))
+        _int(usage.get("prompt_tokens")),
+        _int(details.get("cached_tokens")),
+        _int(usage.get("completion_tokens")),
     )
 
 

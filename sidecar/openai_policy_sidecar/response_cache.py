@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 KEY_VERSION = "v1"  # bump when the canonical form changes: old entries then simply miss
 CACHEABLE_ENDPOINTS = frozenset({"chat.completions", "responses", "completions", "embeddings"})
 # Fields that never change the answer (bookkeeping, attribution, storage on OpenAI's side).
-IGNORED_FIELDS = frozenset({"user", "metadata", "store", "safety_identifier", "prompt_cache_key",
-                            "prompt_cache_retention"})
+IGNORED_FIELDS = frozenset(
+    {"user", "metadata", "store", "safety_identifier", "prompt_cache_key", "prompt_cache_retention"}
+)
 _SEPARATOR = b"\n\n"
 # Events that mean a stream did not end with a complete answer.
 _FAILED_STREAM_MARKERS = (b'"response.failed"', b'"response.incomplete"', b"event: error", b'"error":{')
@@ -68,10 +69,13 @@ class _CacheStore(Protocol):
 
     async def cache_get(self, ref: tuple[str, str], digest: str) -> bytes | None: ...
 
-    async def cache_set(self, ref: tuple[str, str], digest: str, value: bytes, ttl_seconds: float) -> None: ...
+    async def cache_set(
+        self, ref: tuple[str, str], digest: str, value: bytes, ttl_seconds: float
+    ) -> None: ...
 
 
 # -- key and cacheability ------------------------------------------------------------------------
+
 
 def _normalise(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -92,7 +96,9 @@ def canonical_request(endpoint: str, body: Mapping[str, Any], *, model: str | No
         fields["model"] = model
     fields["stream"] = bool(fields.get("stream"))
     document = {"v": KEY_VERSION, "endpoint": endpoint, "request": _normalise(fields)}
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def cache_key(endpoint: str, body: Mapping[str, Any], *, model: str | None = None) -> str:
@@ -104,7 +110,9 @@ def _is_zero(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
-def is_cacheable(body: Mapping[str, Any], cache_spec: CacheSpecLike, *, endpoint: str = "chat.completions") -> bool:
+def is_cacheable(
+    body: Mapping[str, Any], cache_spec: CacheSpecLike, *, endpoint: str = "chat.completions"
+) -> bool:
     """Whether this request may be answered from (and stored into) the cache."""
     if not cache_spec.enabled or endpoint not in CACHEABLE_ENDPOINTS:
         return False
@@ -117,6 +125,7 @@ def is_cacheable(body: Mapping[str, Any], cache_spec: CacheSpecLike, *, endpoint
 
 
 # -- entries -------------------------------------------------------------------------------------
+
 
 @dataclass
 class CachedResponse:
@@ -143,8 +152,16 @@ class CachedResponse:
         else:
             payload = self.body or b""
             lengths = None
-        header = {"v": 1, "status": self.status, "contentType": self.content_type, "model": self.model,
-                  "usage": self.usage, "headers": self.headers, "storedAt": self.stored_at, "events": lengths}
+        header = {
+            "v": 1,
+            "status": self.status,
+            "contentType": self.content_type,
+            "model": self.model,
+            "usage": self.usage,
+            "headers": self.headers,
+            "storedAt": self.stored_at,
+            "events": lengths,
+        }
         return json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
 
     @classmethod
@@ -157,9 +174,14 @@ class CachedResponse:
         if not isinstance(header, dict) or header.get("v") != 1:
             raise ValueError("unknown cache entry version")
         payload = data[cut + 1 :]
-        entry = cls(status=int(header["status"]), content_type=str(header["contentType"]), model=header.get("model"),
-                    usage=header.get("usage"), headers=dict(header.get("headers") or {}),
-                    stored_at=float(header.get("storedAt") or 0.0))
+        entry = cls(
+            status=int(header["status"]),
+            content_type=str(header["contentType"]),
+            model=header.get("model"),
+            usage=header.get("usage"),
+            headers=dict(header.get("headers") or {}),
+            stored_at=float(header.get("storedAt") or 0.0),
+        )
         lengths = header.get("events")
         if lengths is None:
             entry.body = payload
@@ -204,17 +226,37 @@ class StreamRecorder:
             return
         self._events.append(bytes(event))
 
-    def finish(self, *, completed: bool, model: str | None = None, usage: dict[str, Any] | None = None,
-               status: int = 200, headers: dict[str, str] | None = None) -> CachedResponse | None:
+    def finish(
+        self,
+        *,
+        completed: bool,
+        model: str | None = None,
+        usage: dict[str, Any] | None = None,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> CachedResponse | None:
         """The entry to store, or None: a cut, failed or oversized stream is never cached."""
         if not completed or self.failed or self.overflowed or not self._events or status != 200:
             return None
-        return CachedResponse(status=status, content_type="text/event-stream", events=list(self._events),
-                              model=model, usage=usage, headers=dict(headers or {}))
+        return CachedResponse(
+            status=status,
+            content_type="text/event-stream",
+            events=list(self._events),
+            model=model,
+            usage=usage,
+            headers=dict(headers or {}),
+        )
 
 
-def response_entry(status: int, body: bytes, *, content_type: str = "application/json", model: str | None = None,
-                   usage: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> CachedResponse | None:
+def response_entry(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "application/json",
+    model: str | None = None,
+    usage: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> CachedResponse | None:
     """The entry for a non-streamed answer, or None when it must not be cached (not a 200 JSON)."""
     if status != 200 or not body:
         return None
@@ -224,17 +266,28 @@ def response_entry(status: int, body: bytes, *, content_type: str = "application
         return None
     if not isinstance(parsed, dict) or "error" in parsed:
         return None
-    return CachedResponse(status=status, content_type=content_type, body=bytes(body), model=model, usage=usage,
-                          headers=dict(headers or {}))
+    return CachedResponse(
+        status=status,
+        content_type=content_type,
+        body=bytes(body),
+        model=model,
+        usage=usage,
+        headers=dict(headers or {}),
+    )
 
 
 # -- backends ------------------------------------------------------------------------------------
 
+
 class MemoryLRUBackend:
     """In-process cache for one replica: LRU, bounded in entries and bytes, TTL per entry."""
 
-    def __init__(self, max_entries: int = 1024, max_bytes: int = 64 * 1024 * 1024,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_entries: int = 1024,
+        max_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -291,11 +344,18 @@ class StoreBackend:
 
 # -- the cache -----------------------------------------------------------------------------------
 
+
 class ResponseCache:
     """Lookups and stores that never fail a request: any backend error or slow answer is a miss."""
 
-    def __init__(self, backend: CacheBackend, *, timeout_seconds: float = 0.5, max_entry_bytes: int = 4 * 1024 * 1024,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        backend: CacheBackend,
+        *,
+        timeout_seconds: float = 0.5,
+        max_entry_bytes: int = 4 * 1024 * 1024,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.backend = backend
         self._timeout = timeout_seconds
         self._max_entry_bytes = max_entry_bytes

@@ -99,11 +99,18 @@ class Sidecar:
         self.guards = Guards(self.store, self.metrics, self.upstream, self.source.keys, shared_cache=shared)
         attribution = config.attribution()
         self.proxy = Proxy(
-            self.source, self.upstream, self.metrics, guards=self.guards,
+            self.source,
+            self.upstream,
+            self.metrics,
+            guards=self.guards,
             attribution=attribution,
         )
         self.reporter = Reporter(
-            self.source, self.metrics, config.pod_name, config.report_interval, guards=self.guards,
+            self.source,
+            self.metrics,
+            config.pod_name,
+            config.report_interval,
+            guards=self.guards,
             attribution=attribution,
         )
         self._runners: list[web.AppRunner] = []
@@ -144,7 +151,12 @@ class Sidecar:
         self.admin_address = admin_sock.getsockname()[:2]
         for app, sock in (
             (proxy_app(self.proxy), proxy_sock),
-            (admin_app(self.source, self.store, self.config.redis_url is not None, self.metrics, self.reporter), admin_sock),
+            (
+                admin_app(
+                    self.source, self.store, self.config.redis_url is not None, self.metrics, self.reporter
+                ),
+                admin_sock,
+            ),
         ):
             # access_log=None: our own access line replaces aiohttp's; it must never log headers.
             runner = web.AppRunner(app, access_log=None, handle_signals=False)

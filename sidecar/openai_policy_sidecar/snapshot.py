@@ -51,6 +51,8 @@ def build_runtime(policy: Any, store: Any, source: str, reporter: UsageReporter 
         prices=PriceTable.for_policy(spec),
         ledger=BudgetLedger(store, ref, spec.budget),
         limiter=RateLimiter(store, ref, spec.rate_limits),
-        reporter=reporter if reporter is not None and tuple(reporter.ref) == ref else UsageReporter(store, ref),
+        reporter=reporter
+        if reporter is not None and tuple(reporter.ref) == ref
+        else UsageReporter(store, ref),
         source=source,
     )

@@ -89,7 +89,9 @@ def provision(source_dir: Path, cache_dir: Path, encodings: tuple[str, ...] = EN
 
 def verify(cache_dir: Path | None = None, encodings: tuple[str, ...] = ENCODINGS) -> Path:
     """Check that every encoding is present in the cache with the right hash; return the cache dir."""
-    configured = cache_dir or (Path(os.environ["TIKTOKEN_CACHE_DIR"]) if os.environ.get("TIKTOKEN_CACHE_DIR") else None)
+    configured = cache_dir or (
+        Path(os.environ["TIKTOKEN_CACHE_DIR"]) if os.environ.get("TIKTOKEN_CACHE_DIR") else None
+    )
     if configured is None:
         raise TokenizerFilesError(
             "TIKTOKEN_CACHE_DIR is not set: token counting needs the o200k_base and cl100k_base "

@@ -32,7 +32,14 @@ HOP_BY_HOP = frozenset(
 )
 # Headers the caller must not choose: credentials and the account they bill to, and ours.
 _DROPPED_FROM_CALLER = frozenset(
-    {"authorization", "openai-organization", "openai-project", "api-key", "x-openai-policy-user", "x-openai-policy-feature"}
+    {
+        "authorization",
+        "openai-organization",
+        "openai-project",
+        "api-key",
+        "x-openai-policy-user",
+        "x-openai-policy-feature",
+    }
 )
 # Response headers that no longer describe the body once aiohttp has decoded it.
 _DROPPED_FROM_UPSTREAM = HOP_BY_HOP | {"content-encoding"}

@@ -77,8 +77,9 @@ async def admit(
             reserve_when_rate_refused,
         )
     except StoreUnavailable as error:
-        return await _store_down(limiter, ledger, error, counters, minute, reset, amount_micros,
-                                 reserve_when_rate_refused, now)
+        return await _store_down(
+            limiter, ledger, error, counters, minute, reset, amount_micros, reserve_when_rate_refused, now
+        )
     if ledger.unsynced_count:
         await ledger.push_unsynced()
     admission = Admission(rate=decide(counters, rate_outcome, reset))

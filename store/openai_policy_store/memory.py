@@ -224,7 +224,9 @@ class MemoryStore:
             return rate, None
         return rate, self._reserve(ref, buckets, amount_micros, reservation_id, hold_seconds)
 
-    def _consume(self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int) -> RateOutcome:
+    def _consume(
+        self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
+    ) -> RateOutcome:
         if not counters:
             return RateOutcome(True, None, ())
         keys = [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]

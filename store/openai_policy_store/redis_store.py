@@ -96,7 +96,9 @@ class RedisStore:
         # (within the operation timeout). The semaphore does what BlockingConnectionPool does, at a
         # fraction of its cost per call (a condition variable and a timer each time); the plain
         # pool under it never runs out, so it never raises "Too many connections".
-        pool = redis_py.aioredis.ConnectionPool.from_url(url, max_connections=max_connections, **self._options)
+        pool = redis_py.aioredis.ConnectionPool.from_url(
+            url, max_connections=max_connections, **self._options
+        )
         self._slots = asyncio.Semaphore(max_connections)
         self._client = redis_py.aioredis.Redis(connection_pool=pool)
         self._reserve = self._client.register_script(lua.RESERVE)
@@ -144,7 +146,9 @@ class RedisStore:
         return args
 
     @staticmethod
-    def _reserve_outcome(buckets: Sequence[BucketLimit], ok: int, index: int, spent: int, reserved: int) -> ReserveOutcome:
+    def _reserve_outcome(
+        buckets: Sequence[BucketLimit], ok: int, index: int, spent: int, reserved: int
+    ) -> ReserveOutcome:
         if ok:
             return ReserveOutcome(True)
         refused = buckets[int(index) - 1]
@@ -186,7 +190,9 @@ class RedisStore:
         for c in counters:
             args += [int(c.limit), int(c.increment)]
         args.append("1" if reserve_when_rate_refused else "0")
-        out = await self._run("rate limit and budget reserve", lambda: self._rate_and_reserve(keys=keys, args=args))
+        out = await self._run(
+            "rate limit and budget reserve", lambda: self._rate_and_reserve(keys=keys, args=args)
+        )
         allowed, index, state = bool(out[0]), int(out[1]), int(out[2])
         rate = RateOutcome(allowed, None if allowed else index - 1, tuple(int(v) for v in out[6:]))
         if state < 0:
@@ -297,7 +303,9 @@ class RedisStore:
         last: int | None = None
         delay = reconnect_delay
         while True:
-            client = self._redis_py.aioredis.Redis.from_url(self.url, health_check_interval=5, **self._options)
+            client = self._redis_py.aioredis.Redis.from_url(
+                self.url, health_check_interval=5, **self._options
+            )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)

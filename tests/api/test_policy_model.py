@@ -38,8 +38,12 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 
 
 def document(spec: dict[str, Any] | None = None, name: str = "p") -> dict[str, Any]:
-    return {"apiVersion": "openaipolicy.dev/v1alpha1", "kind": "OpenAIPolicy",
-            "metadata": {"name": name, "namespace": "team-a"}, "spec": spec or {}}
+    return {
+        "apiVersion": "openaipolicy.dev/v1alpha1",
+        "kind": "OpenAIPolicy",
+        "metadata": {"name": name, "namespace": "team-a"},
+        "spec": spec or {},
+    }
 
 
 def refusal(spec: dict[str, Any]) -> PolicyError:
@@ -49,6 +53,7 @@ def refusal(spec: dict[str, Any]) -> PolicyError:
 
 
 # ---- defaults ----------------------------------------------------------------------------
+
 
 def test_defaults_follow_the_seeds() -> None:
     spec = load_policy(document()).spec
@@ -68,12 +73,19 @@ def test_defaults_follow_the_seeds() -> None:
     assert spec.retries.max_delay_seconds == 60 and spec.retries.max_retry_duration_seconds == 120
     assert spec.circuit_breaker.enabled and spec.circuit_breaker.failure_threshold == 5
     assert spec.circuit_breaker.recovery_seconds == 60
-    assert spec.queue.max_concurrent == 10 and spec.queue.max_depth == 1000 and spec.queue.max_wait_seconds == 30
+    assert (
+        spec.queue.max_concurrent == 10 and spec.queue.max_depth == 1000 and spec.queue.max_wait_seconds == 30
+    )
     assert not spec.cache.enabled and spec.cache.ttl_seconds == 3600 and spec.cache.deterministic_only
     assert spec.safety.pii.action == "off" and spec.safety.pii.types == list(PII_TYPES)
     assert spec.safety.prompt_injection.action == "off" and spec.safety.prompt_injection.extra_patterns == []
     moderation = spec.safety.moderation
-    assert (moderation.action, moderation.input, moderation.output, moderation.on_error) == ("off", True, False, "allow")
+    assert (moderation.action, moderation.input, moderation.output, moderation.on_error) == (
+        "off",
+        True,
+        False,
+        "allow",
+    )
     assert spec.pricing.models == {} and spec.logging.prompts is False
 
 
@@ -85,15 +97,21 @@ def test_per_user_defaults_apply_when_the_block_is_given() -> None:
 
 
 def test_metadata_defaults_and_ref() -> None:
-    policy = load_policy({"apiVersion": "openaipolicy.dev/v1alpha1", "kind": "OpenAIPolicy",
-                          "metadata": {"name": "p", "uid": "ignored", "resourceVersion": "7"}})
+    policy = load_policy(
+        {
+            "apiVersion": "openaipolicy.dev/v1alpha1",
+            "kind": "OpenAIPolicy",
+            "metadata": {"name": "p", "uid": "ignored", "resourceVersion": "7"},
+        }
+    )
     assert policy.ref == ("default", "p") and policy.generation == 1
     assert policy.spec == PolicySpec()
 
 
 def test_python_construction_uses_snake_case_names() -> None:
-    spec = PolicySpec(rate_limits=RateLimitSpec(requests_per_minute=60),
-                      budget={"limits": [{"window": "day", "usd": 5}]})
+    spec = PolicySpec(
+        rate_limits=RateLimitSpec(requests_per_minute=60), budget={"limits": [{"window": "day", "usd": 5}]}
+    )
     assert spec.rate_limits.requests_per_minute == 60
     assert spec.budget.limit_for("day") == BudgetLimit(window="day", usd=5)
     assert spec.budget.limit_for("month") is None
@@ -134,8 +152,12 @@ def test_to_document_is_camel_case_with_defaults_filled() -> None:
     assert doc["apiVersion"] == "openaipolicy.dev/v1alpha1" and doc["kind"] == "OpenAIPolicy"
     assert doc["metadata"] == {"name": "prod", "namespace": "team-a", "generation": 4}
     spec = doc["spec"]
-    assert spec["requests"] == {"maxOutputTokens": 500, "timeoutSeconds": 10, "streamIdleTimeoutSeconds": 30,
-                                "maxBodyBytes": 1048576}
+    assert spec["requests"] == {
+        "maxOutputTokens": 500,
+        "timeoutSeconds": 10,
+        "streamIdleTimeoutSeconds": 30,
+        "maxBodyBytes": 1048576,
+    }
     assert spec["upstream"] == {"baseURL": DEFAULT_BASE_URL}
     assert spec["budget"]["alertAtPercent"] == 80 and spec["budget"]["downgradeAtPercent"] == 90
     assert spec["circuitBreaker"]["failureThreshold"] == 5
@@ -168,8 +190,12 @@ def test_null_fields_mean_unset_as_in_the_api_server() -> None:
 
 def test_status_is_read_but_not_part_of_the_document() -> None:
     raw = document()
-    raw["status"] = {"observedGeneration": 1, "pods": {"injected": 2, "reporting": 1},
-                     "lastReportTime": "2026-11-22T14:00:00Z", "somethingNew": 1}
+    raw["status"] = {
+        "observedGeneration": 1,
+        "pods": {"injected": 2, "reporting": 1},
+        "lastReportTime": "2026-11-22T14:00:00Z",
+        "somethingNew": 1,
+    }
     policy = load_policy(raw)
     assert policy.status is not None and policy.status.pods == PodsStatus(injected=2, reporting=1)
     assert "status" not in policy.to_document()
@@ -184,95 +210,270 @@ def test_load_spec_paths_start_with_spec() -> None:
 # ---- refusals: one per rule, each naming the field by path -------------------------------
 
 REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
-    ("usd zero", {"budget": {"limits": [{"window": "month", "usd": 0}]}},
-     "spec.budget.limits[0].usd", "must be greater than 0"),
-    ("usd negative", {"budget": {"limits": [{"window": "day", "usd": -1.5}]}},
-     "spec.budget.limits[0].usd", "must be greater than 0 (got -1.5)"),
-    ("usd text", {"budget": {"limits": [{"window": "day", "usd": "10"}]}},
-     "spec.budget.limits[0].usd", "must be a number (got '10')"),
-    ("window unknown", {"budget": {"limits": [{"window": "week", "usd": 1}]}},
-     "spec.budget.limits[0].window", "must be one of 'hour', 'day' or 'month' (got 'week')"),
+    (
+        "usd zero",
+        {"budget": {"limits": [{"window": "month", "usd": 0}]}},
+        "spec.budget.limits[0].usd",
+        "must be greater than 0",
+    ),
+    (
+        "usd negative",
+        {"budget": {"limits": [{"window": "day", "usd": -1.5}]}},
+        "spec.budget.limits[0].usd",
+        "must be greater than 0 (got -1.5)",
+    ),
+    (
+        "usd text",
+        {"budget": {"limits": [{"window": "day", "usd": "10"}]}},
+        "spec.budget.limits[0].usd",
+        "must be a number (got '10')",
+    ),
+    (
+        "window unknown",
+        {"budget": {"limits": [{"window": "week", "usd": 1}]}},
+        "spec.budget.limits[0].window",
+        "must be one of 'hour', 'day' or 'month' (got 'week')",
+    ),
     ("window missing", {"budget": {"limits": [{"usd": 1}]}}, "spec.budget.limits[0].window", "is required"),
-    ("window twice", {"budget": {"limits": [{"window": "month", "usd": 1}, {"window": "month", "usd": 2}]}},
-     "spec.budget.limits[1].window", "'month' is already limited by limits[0]"),
-    ("alert above 100", {"budget": {"alertAtPercent": 101}}, "spec.budget.alertAtPercent", "must be at most 100"),
-    ("alert negative", {"budget": {"alertAtPercent": -1}}, "spec.budget.alertAtPercent", "must be at least 0"),
-    ("downgrade above 100", {"budget": {"downgradeAtPercent": 120}, "models": {"fallback": "gpt-4o-mini"}},
-     "spec.budget.downgradeAtPercent", "must be at most 100"),
-    ("downgrade below alert", {"budget": {"downgradeAtPercent": 50}, "models": {"fallback": "gpt-4o-mini"}},
-     "spec.budget.downgradeAtPercent", "must be greater than alertAtPercent (80)"),
-    ("downgrade equals alert", {"budget": {"alertAtPercent": 90, "downgradeAtPercent": 90},
-                                "models": {"fallback": "gpt-4o-mini"}},
-     "spec.budget.downgradeAtPercent", "must be greater than alertAtPercent (90)"),
-    ("downgrade without fallback", {"budget": {"downgradeAtPercent": 95}},
-     "spec.budget.downgradeAtPercent", "requires models.fallback"),
-    ("local share zero", {"budget": {"localSharePercent": 0}}, "spec.budget.localSharePercent", "must be at least 1"),
-    ("store choice", {"budget": {"onStoreUnavailable": "failOpen"}}, "spec.budget.onStoreUnavailable",
-     "must be one of 'failClosed' or 'localShare'"),
-    ("pin not allowed", {"models": {"allow": ["gpt-4o-*"], "pin": {"gpt-4o": "gpt-4.1-2025-04-14"}}},
-     "spec.models.pin.gpt-4o", "pinned target 'gpt-4.1-2025-04-14' is not allowed by models.allow"),
-    ("pin wildcard", {"models": {"pin": {"gpt-4o": "gpt-4o-*"}}}, "spec.models.pin.gpt-4o",
-     "must be an exact model id without wildcards"),
-    ("pin alias wildcard", {"models": {"pin": {"gpt-*": "gpt-4o"}}}, "spec.models.pin",
-     "alias 'gpt-*' must be an exact model id"),
-    ("fallback not allowed", {"models": {"allow": ["gpt-4o"], "fallback": "gpt-4o-mini"}},
-     "spec.models.fallback", "'gpt-4o-mini' is not allowed by models.allow (gpt-4o)"),
+    (
+        "window twice",
+        {"budget": {"limits": [{"window": "month", "usd": 1}, {"window": "month", "usd": 2}]}},
+        "spec.budget.limits[1].window",
+        "'month' is already limited by limits[0]",
+    ),
+    (
+        "alert above 100",
+        {"budget": {"alertAtPercent": 101}},
+        "spec.budget.alertAtPercent",
+        "must be at most 100",
+    ),
+    (
+        "alert negative",
+        {"budget": {"alertAtPercent": -1}},
+        "spec.budget.alertAtPercent",
+        "must be at least 0",
+    ),
+    (
+        "downgrade above 100",
+        {"budget": {"downgradeAtPercent": 120}, "models": {"fallback": "gpt-4o-mini"}},
+        "spec.budget.downgradeAtPercent",
+        "must be at most 100",
+    ),
+    (
+        "downgrade below alert",
+        {"budget": {"downgradeAtPercent": 50}, "models": {"fallback": "gpt-4o-mini"}},
+        "spec.budget.downgradeAtPercent",
+        "must be greater than alertAtPercent (80)",
+    ),
+    (
+        "downgrade equals alert",
+        {"budget": {"alertAtPercent": 90, "downgradeAtPercent": 90}, "models": {"fallback": "gpt-4o-mini"}},
+        "spec.budget.downgradeAtPercent",
+        "must be greater than alertAtPercent (90)",
+    ),
+    (
+        "downgrade without fallback",
+        {"budget": {"downgradeAtPercent": 95}},
+        "spec.budget.downgradeAtPercent",
+        "requires models.fallback",
+    ),
+    (
+        "local share zero",
+        {"budget": {"localSharePercent": 0}},
+        "spec.budget.localSharePercent",
+        "must be at least 1",
+    ),
+    (
+        "store choice",
+        {"budget": {"onStoreUnavailable": "failOpen"}},
+        "spec.budget.onStoreUnavailable",
+        "must be one of 'failClosed' or 'localShare'",
+    ),
+    (
+        "pin not allowed",
+        {"models": {"allow": ["gpt-4o-*"], "pin": {"gpt-4o": "gpt-4.1-2025-04-14"}}},
+        "spec.models.pin.gpt-4o",
+        "pinned target 'gpt-4.1-2025-04-14' is not allowed by models.allow",
+    ),
+    (
+        "pin wildcard",
+        {"models": {"pin": {"gpt-4o": "gpt-4o-*"}}},
+        "spec.models.pin.gpt-4o",
+        "must be an exact model id without wildcards",
+    ),
+    (
+        "pin alias wildcard",
+        {"models": {"pin": {"gpt-*": "gpt-4o"}}},
+        "spec.models.pin",
+        "alias 'gpt-*' must be an exact model id",
+    ),
+    (
+        "fallback not allowed",
+        {"models": {"allow": ["gpt-4o"], "fallback": "gpt-4o-mini"}},
+        "spec.models.fallback",
+        "'gpt-4o-mini' is not allowed by models.allow (gpt-4o)",
+    ),
     ("allow empty", {"models": {"allow": []}}, "spec.models.allow", "must have at least 1 item"),
-    ("allow spaces", {"models": {"allow": ["gpt 4o"]}}, "spec.models.allow[0]", "must be a model id or wildcard"),
-    ("allow unclosed bracket", {"models": {"allow": ["gpt-[45"]}}, "spec.models.allow[0]",
-     "a closed '[...]'"),
-    ("allow duplicate", {"models": {"allow": ["gpt-4o", "gpt-4o"]}}, "spec.models.allow",
-     "lists 'gpt-4o' more than once"),
+    (
+        "allow spaces",
+        {"models": {"allow": ["gpt 4o"]}},
+        "spec.models.allow[0]",
+        "must be a model id or wildcard",
+    ),
+    (
+        "allow unclosed bracket",
+        {"models": {"allow": ["gpt-[45"]}},
+        "spec.models.allow[0]",
+        "a closed '[...]'",
+    ),
+    (
+        "allow duplicate",
+        {"models": {"allow": ["gpt-4o", "gpt-4o"]}},
+        "spec.models.allow",
+        "lists 'gpt-4o' more than once",
+    ),
     ("mode", {"mode": "enforcing"}, "spec.mode", "must be one of 'enforce' or 'dryRun' (got 'enforcing')"),
     ("suspend text", {"suspend": "yes"}, "spec.suspend", "must be true or false (got 'yes')"),
-    ("secret name", {"apiKey": {"secretRef": {"name": "Bad_Name"}}}, "spec.apiKey.secretRef.name",
-     "must be a lowercase DNS name"),
+    (
+        "secret name",
+        {"apiKey": {"secretRef": {"name": "Bad_Name"}}},
+        "spec.apiKey.secretRef.name",
+        "must be a lowercase DNS name",
+    ),
     ("secret name missing", {"apiKey": {"secretRef": {}}}, "spec.apiKey.secretRef.name", "is required"),
-    ("secret key", {"apiKey": {"secretRef": {"name": "s", "key": "a key"}}}, "spec.apiKey.secretRef.key",
-     "must be a Secret data key"),
-    ("base url", {"upstream": {"baseURL": "api.openai.com/v1"}}, "spec.upstream.baseURL",
-     "must be an http:// or https:// URL"),
-    ("timeout zero", {"requests": {"timeoutSeconds": 0}}, "spec.requests.timeoutSeconds", "must be greater than 0"),
-    ("max output tokens text", {"requests": {"maxOutputTokens": "500"}}, "spec.requests.maxOutputTokens",
-     "must be a whole number (got '500')"),
-    ("max output tokens fraction", {"requests": {"maxOutputTokens": 1.5}}, "spec.requests.maxOutputTokens",
-     "must be a whole number (got 1.5)"),
-    ("body too small", {"requests": {"maxBodyBytes": 10}}, "spec.requests.maxBodyBytes", "must be at least 1024"),
-    ("rpm zero", {"rateLimits": {"requestsPerMinute": 0}}, "spec.rateLimits.requestsPerMinute", "must be at least 1"),
-    ("per-user rpm", {"rateLimits": {"perUser": {"requestsPerMinute": -3}}},
-     "spec.rateLimits.perUser.requestsPerMinute", "must be at least 1"),
+    (
+        "secret key",
+        {"apiKey": {"secretRef": {"name": "s", "key": "a key"}}},
+        "spec.apiKey.secretRef.key",
+        "must be a Secret data key",
+    ),
+    (
+        "base url",
+        {"upstream": {"baseURL": "api.openai.com/v1"}},
+        "spec.upstream.baseURL",
+        "must be an http:// or https:// URL",
+    ),
+    (
+        "timeout zero",
+        {"requests": {"timeoutSeconds": 0}},
+        "spec.requests.timeoutSeconds",
+        "must be greater than 0",
+    ),
+    (
+        "max output tokens text",
+        {"requests": {"maxOutputTokens": "500"}},
+        "spec.requests.maxOutputTokens",
+        "must be a whole number (got '500')",
+    ),
+    (
+        "max output tokens fraction",
+        {"requests": {"maxOutputTokens": 1.5}},
+        "spec.requests.maxOutputTokens",
+        "must be a whole number (got 1.5)",
+    ),
+    (
+        "body too small",
+        {"requests": {"maxBodyBytes": 10}},
+        "spec.requests.maxBodyBytes",
+        "must be at least 1024",
+    ),
+    (
+        "rpm zero",
+        {"rateLimits": {"requestsPerMinute": 0}},
+        "spec.rateLimits.requestsPerMinute",
+        "must be at least 1",
+    ),
+    (
+        "per-user rpm",
+        {"rateLimits": {"perUser": {"requestsPerMinute": -3}}},
+        "spec.rateLimits.perUser.requestsPerMinute",
+        "must be at least 1",
+    ),
     ("attempts zero", {"retries": {"maxAttempts": 0}}, "spec.retries.maxAttempts", "must be at least 1"),
     ("attempts many", {"retries": {"maxAttempts": 50}}, "spec.retries.maxAttempts", "must be at most 20"),
-    ("base above max delay", {"retries": {"baseDelaySeconds": 90, "maxDelaySeconds": 60}},
-     "spec.retries.baseDelaySeconds", "must not be greater than maxDelaySeconds (60)"),
-    ("breaker threshold", {"circuitBreaker": {"failureThreshold": 0}}, "spec.circuitBreaker.failureThreshold",
-     "must be at least 1"),
+    (
+        "base above max delay",
+        {"retries": {"baseDelaySeconds": 90, "maxDelaySeconds": 60}},
+        "spec.retries.baseDelaySeconds",
+        "must not be greater than maxDelaySeconds (60)",
+    ),
+    (
+        "breaker threshold",
+        {"circuitBreaker": {"failureThreshold": 0}},
+        "spec.circuitBreaker.failureThreshold",
+        "must be at least 1",
+    ),
     ("queue concurrency", {"queue": {"maxConcurrent": 0}}, "spec.queue.maxConcurrent", "must be at least 1"),
     ("cache ttl", {"cache": {"ttlSeconds": 0}}, "spec.cache.ttlSeconds", "must be at least 1"),
-    ("pii action", {"safety": {"pii": {"action": "mask"}}}, "spec.safety.pii.action",
-     "must be one of 'off', 'flag', 'redact' or 'block'"),
-    ("pii type", {"safety": {"pii": {"types": ["email", "passport"]}}}, "spec.safety.pii.types[1]",
-     "(got 'passport')"),
-    ("injection regex", {"safety": {"promptInjection": {"extraPatterns": ["(unclosed"]}}},
-     "spec.safety.promptInjection.extraPatterns", "entry 0 ('(unclosed') is not a valid regular expression"),
-    ("moderation checks nothing", {"safety": {"moderation": {"action": "block", "input": False}}},
-     "spec.safety.moderation.action", "both input and output are false"),
-    ("price negative", {"pricing": {"models": {"my-ft": {"inputPerMillion": -1, "outputPerMillion": 1}}}},
-     "spec.pricing.models.my-ft.inputPerMillion", "must be at least 0"),
-    ("price missing output", {"pricing": {"models": {"my-ft": {"inputPerMillion": 1}}}},
-     "spec.pricing.models.my-ft.outputPerMillion", "is required"),
-    ("selector In without values", {"selector": {"matchExpressions": [{"key": "app", "operator": "In"}]}},
-     "spec.selector.matchExpressions[0].values", "must list at least one value when operator is In"),
-    ("selector Exists with values", {"selector": {"matchExpressions": [
-        {"key": "app", "operator": "Exists", "values": ["x"]}]}},
-     "spec.selector.matchExpressions[0].values", "must be empty when operator is Exists"),
-    ("selector label value", {"selector": {"matchLabels": {"app": "not ok"}}}, "spec.selector.matchLabels",
-     "label value 'not ok' is invalid"),
+    (
+        "pii action",
+        {"safety": {"pii": {"action": "mask"}}},
+        "spec.safety.pii.action",
+        "must be one of 'off', 'flag', 'redact' or 'block'",
+    ),
+    (
+        "pii type",
+        {"safety": {"pii": {"types": ["email", "passport"]}}},
+        "spec.safety.pii.types[1]",
+        "(got 'passport')",
+    ),
+    (
+        "injection regex",
+        {"safety": {"promptInjection": {"extraPatterns": ["(unclosed"]}}},
+        "spec.safety.promptInjection.extraPatterns",
+        "entry 0 ('(unclosed') is not a valid regular expression",
+    ),
+    (
+        "moderation checks nothing",
+        {"safety": {"moderation": {"action": "block", "input": False}}},
+        "spec.safety.moderation.action",
+        "both input and output are false",
+    ),
+    (
+        "price negative",
+        {"pricing": {"models": {"my-ft": {"inputPerMillion": -1, "outputPerMillion": 1}}}},
+        "spec.pricing.models.my-ft.inputPerMillion",
+        "must be at least 0",
+    ),
+    (
+        "price missing output",
+        {"pricing": {"models": {"my-ft": {"inputPerMillion": 1}}}},
+        "spec.pricing.models.my-ft.outputPerMillion",
+        "is required",
+    ),
+    (
+        "selector In without values",
+        {"selector": {"matchExpressions": [{"key": "app", "operator": "In"}]}},
+        "spec.selector.matchExpressions[0].values",
+        "must list at least one value when operator is In",
+    ),
+    (
+        "selector Exists with values",
+        {"selector": {"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["x"]}]}},
+        "spec.selector.matchExpressions[0].values",
+        "must be empty when operator is Exists",
+    ),
+    (
+        "selector label value",
+        {"selector": {"matchLabels": {"app": "not ok"}}},
+        "spec.selector.matchLabels",
+        "label value 'not ok' is invalid",
+    ),
     ("unknown field", {"budgt": {}}, "spec.budgt", "unknown field; did you mean 'budget'?"),
-    ("unknown nested field", {"budget": {"limit": []}}, "spec.budget.limit", "unknown field; did you mean 'limits'?"),
+    (
+        "unknown nested field",
+        {"budget": {"limit": []}},
+        "spec.budget.limit",
+        "unknown field; did you mean 'limits'?",
+    ),
     ("snake case name", {"rate_limits": {}}, "spec.rate_limits", "unknown field; did you mean 'rateLimits'?"),
     ("section not a mapping", {"budget": 5}, "spec.budget", "must be a mapping of fields (got 5)"),
-    ("list not a list", {"models": {"allow": "gpt-4o"}}, "spec.models.allow", "must be a list (got 'gpt-4o')"),
+    (
+        "list not a list",
+        {"models": {"allow": "gpt-4o"}},
+        "spec.models.allow",
+        "must be a list (got 'gpt-4o')",
+    ),
 ]
 
 
@@ -287,10 +488,18 @@ def test_refusal_names_the_field_and_the_problem(spec: dict[str, Any], path: str
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    error = refusal({"mode": "x", "budget": {"limits": [{"window": "month", "usd": 0}]},
-                     "requests": {"timeoutSeconds": -1}})
-    assert [p.path for p in error.problems] == ["spec.mode", "spec.budget.limits[0].usd",
-                                                "spec.requests.timeoutSeconds"]
+    error = refusal(
+        {
+            "mode": "x",
+            "budget": {"limits": [{"window": "month", "usd": 0}]},
+            "requests": {"timeoutSeconds": -1},
+        }
+    )
+    assert [p.path for p in error.problems] == [
+        "spec.mode",
+        "spec.budget.limits[0].usd",
+        "spec.requests.timeoutSeconds",
+    ]
     assert str(error).startswith("invalid OpenAIPolicy team-a/p (3 problems):\n  - spec.mode: ")
 
 
@@ -303,63 +512,94 @@ def test_wrong_api_version_kind_and_name() -> None:
     assert "metadata.name: must be a lowercase DNS name" in text
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ("spec: [unclosed", "not valid YAML or JSON at line 1"),
-    ("a: 1\n---\nb: 2\n", "expected exactly one OpenAIPolicy document, found 2"),
-    ("", "found 0"),
-    ("- 1\n- 2\n", "must be a mapping with apiVersion, kind, metadata and spec"),
-    ('{"apiVersion": "openaipolicy.dev/v1alpha1", "kind": "OpenAIPolicy"}', "metadata: is required"),
-])
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("spec: [unclosed", "not valid YAML or JSON at line 1"),
+        ("a: 1\n---\nb: 2\n", "expected exactly one OpenAIPolicy document, found 2"),
+        ("", "found 0"),
+        ("- 1\n- 2\n", "must be a mapping with apiVersion, kind, metadata and spec"),
+        ('{"apiVersion": "openaipolicy.dev/v1alpha1", "kind": "OpenAIPolicy"}', "metadata: is required"),
+    ],
+)
 def test_unreadable_documents(text: str, words: str) -> None:
     with pytest.raises(PolicyError, match=re.escape(words)):
         load_policy(text)
 
 
 def test_valid_edge_values_are_accepted() -> None:
-    spec = load_policy(document({
-        "budget": {"limits": [{"window": "hour", "usd": 0.01}, {"window": "day", "usd": 1},
-                              {"window": "month", "usd": 10}], "alertAtPercent": 0, "downgradeAtPercent": 100},
-        "models": {"allow": ["gpt-4o", "o[34]-mini*", "ft:gpt-4o-mini:org::*"], "fallback": "o4-mini-2025-04-16",
-                   "pin": {"gpt-4o-latest": "gpt-4o"}},
-        "retries": {"maxAttempts": 1, "baseDelaySeconds": 0, "maxDelaySeconds": 0},
-        "queue": {"maxDepth": 0, "maxWaitSeconds": 0},
-        "selector": {"matchLabels": {"app.kubernetes.io/name": "web"},
-                     "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["batch"]}]},
-        "upstream": {"baseURL": "http://127.0.0.1:8080/v1"},
-    })).spec
+    spec = load_policy(
+        document(
+            {
+                "budget": {
+                    "limits": [
+                        {"window": "hour", "usd": 0.01},
+                        {"window": "day", "usd": 1},
+                        {"window": "month", "usd": 10},
+                    ],
+                    "alertAtPercent": 0,
+                    "downgradeAtPercent": 100,
+                },
+                "models": {
+                    "allow": ["gpt-4o", "o[34]-mini*", "ft:gpt-4o-mini:org::*"],
+                    "fallback": "o4-mini-2025-04-16",
+                    "pin": {"gpt-4o-latest": "gpt-4o"},
+                },
+                "retries": {"maxAttempts": 1, "baseDelaySeconds": 0, "maxDelaySeconds": 0},
+                "queue": {"maxDepth": 0, "maxWaitSeconds": 0},
+                "selector": {
+                    "matchLabels": {"app.kubernetes.io/name": "web"},
+                    "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["batch"]}],
+                },
+                "upstream": {"baseURL": "http://127.0.0.1:8080/v1"},
+            }
+        )
+    ).spec
     assert [limit.window for limit in spec.budget.limits] == ["hour", "day", "month"]
     assert spec.models.allows("o4-mini-2025-04-16") and not spec.models.allows("o1-mini")
 
 
 # ---- helpers used by the sidecar and the operator ----------------------------------------
 
-@pytest.mark.parametrize(("model", "patterns", "allowed"), [
-    ("gpt-4o-2024-08-06", ["gpt-4o-*"], True),
-    ("gpt-4o", ["gpt-4o-*"], False),
-    ("gpt-4o", ["*"], True),
-    ("GPT-4O", ["gpt-4o"], False),
-    ("o3-mini", ["o[34]-mini"], True),
-    ("o1-mini", ["o[!1]-mini"], False),
-    ("gpt-4.1", ["gpt-4?1"], True),
-    ("gpt-4x1", ["gpt-4.1"], False),
-    ("ft:gpt-4o-mini:acme::abc", ["ft:gpt-4o-mini:acme::*"], True),
-])
-def test_model_allowed_is_fnmatch_and_the_cel_translation_agrees(model: str, patterns: list[str],
-                                                                  allowed: bool) -> None:
+
+@pytest.mark.parametrize(
+    ("model", "patterns", "allowed"),
+    [
+        ("gpt-4o-2024-08-06", ["gpt-4o-*"], True),
+        ("gpt-4o", ["gpt-4o-*"], False),
+        ("gpt-4o", ["*"], True),
+        ("GPT-4O", ["gpt-4o"], False),
+        ("o3-mini", ["o[34]-mini"], True),
+        ("o1-mini", ["o[!1]-mini"], False),
+        ("gpt-4.1", ["gpt-4?1"], True),
+        ("gpt-4x1", ["gpt-4.1"], False),
+        ("ft:gpt-4o-mini:acme::abc", ["ft:gpt-4o-mini:acme::*"], True),
+    ],
+)
+def test_model_allowed_is_fnmatch_and_the_cel_translation_agrees(
+    model: str, patterns: list[str], allowed: bool
+) -> None:
     assert model_allowed(model, patterns) is allowed
     # The CRD's CEL rule turns each glob into a regex with replace(); do the same replacements here.
     assert "replace('.', '\\\\.')" in cel_glob_regex("p")
     for pattern in patterns:
-        regex = "^" + pattern.replace(".", "\\.").replace("*", ".*").replace("?", ".").replace("[!", "[^") + "$"
+        regex = (
+            "^" + pattern.replace(".", "\\.").replace("*", ".*").replace("?", ".").replace("[!", "[^") + "$"
+        )
         assert bool(re.match(regex, model)) is fnmatchcase(model, pattern)
 
 
 def test_selector_matches_like_kubernetes() -> None:
-    selector = LabelSelector.model_validate({"matchLabels": {"app": "web"}, "matchExpressions": [
-        {"key": "tier", "operator": "In", "values": ["front", "api"]},
-        {"key": "canary", "operator": "DoesNotExist"},
-        {"key": "env", "operator": "NotIn", "values": ["dev"]},
-    ]})
+    selector = LabelSelector.model_validate(
+        {
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["front", "api"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+                {"key": "env", "operator": "NotIn", "values": ["dev"]},
+            ],
+        }
+    )
     assert selector.matches({"app": "web", "tier": "api"})
     assert not selector.matches({"app": "web", "tier": "batch"})
     assert not selector.matches({"app": "web", "tier": "api", "canary": "1"})
@@ -378,8 +618,12 @@ def test_models_spec_helpers() -> None:
 
 def test_status_summaries() -> None:
     spend = [
-        WindowSpend(window="month", bucket="2026-11", usd="1.234", limit_usd="10", remaining_usd="8.766", percent=12),
-        WindowSpend(window="hour", bucket="2026-11-22T14", usd="0.9", limit_usd="1", remaining_usd="0.1", percent=90),
+        WindowSpend(
+            window="month", bucket="2026-11", usd="1.234", limit_usd="10", remaining_usd="8.766", percent=12
+        ),
+        WindowSpend(
+            window="hour", bucket="2026-11-22T14", usd="0.9", limit_usd="1", remaining_usd="0.1", percent=90
+        ),
         WindowSpend(window="day", bucket="2026-11-22", usd="1.1"),
     ]
     assert spend_summary(spend) == "$0.90/$1.00 hour"
@@ -393,14 +637,31 @@ def test_status_summaries() -> None:
 
 
 def test_status_document_is_camel_case() -> None:
-    status = PolicyStatus.model_validate({
-        "observedGeneration": 3,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "Published", "message": "ok",
-                        "lastTransitionTime": "2026-11-22T14:00:00Z"}],
-        "usage": {"requests": 5, "blockedByReason": {"budget_exceeded": 2}, "blocked": 2},
-        "spend": [{"window": "month", "bucket": "2026-11", "usd": "1", "limitUsd": "10", "remainingUsd": "9",
-                   "percent": 10}],
-    })
+    status = PolicyStatus.model_validate(
+        {
+            "observedGeneration": 3,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Published",
+                    "message": "ok",
+                    "lastTransitionTime": "2026-11-22T14:00:00Z",
+                }
+            ],
+            "usage": {"requests": 5, "blockedByReason": {"budget_exceeded": 2}, "blocked": 2},
+            "spend": [
+                {
+                    "window": "month",
+                    "bucket": "2026-11",
+                    "usd": "1",
+                    "limitUsd": "10",
+                    "remainingUsd": "9",
+                    "percent": 10,
+                }
+            ],
+        }
+    )
     dumped = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     assert dumped["observedGeneration"] == 3 and dumped["usage"]["blockedByReason"] == {"budget_exceeded": 2}
     assert dumped["conditions"][0]["lastTransitionTime"].startswith("2026-11-22T14:00:00")

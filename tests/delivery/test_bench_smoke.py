@@ -24,8 +24,20 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, tiktoken_cache_dir: Path
     output = tmp_path_factory.mktemp("bench") / "results.json"
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tiktoken_cache_dir)}
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--targets", "direct,sidecar-memory", "--output", str(output)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--targets",
+            "direct,sidecar-memory",
+            "--output",
+            str(output),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return json.loads(output.read_text()), completed.stdout
@@ -46,7 +58,11 @@ def test_both_targets_ran_every_phase_without_errors(quick_run):
             assert run["concurrency"] == int(key[1:])
             assert run["rps"] > 0 and run["duration_s"] > 0
             latency = run["latency_us"]
-            assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"], (name, key, latency)
+            assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"], (
+                name,
+                key,
+                latency,
+            )
 
 
 def test_sidecar_applied_the_policy_and_was_sampled(quick_run):
@@ -75,7 +91,8 @@ def test_derived_figures_and_target_checks_are_computed(quick_run):
     assert derived["baseline"] == "paired direct runs"
     assert derived["added_latency_c1_us"]["p50"] == pytest.approx(run1["p50"] - paired1["p50"], abs=0.2)
     assert derived["throughput_c32_vs_direct"] == pytest.approx(
-        sidecar["runs"]["c32"]["rps"] / sidecar["baseline_runs"]["c32"]["rps"], rel=0.01)
+        sidecar["runs"]["c32"]["rps"] / sidecar["baseline_runs"]["c32"]["rps"], rel=0.01
+    )
     assert derived["throughput_c32_vs_direct"] > 0
     assert "throughput_c32_vs_litellm" not in derived  # no LiteLLM in this run
     checks = {c["target"]: c for c in results["targets_check"]}

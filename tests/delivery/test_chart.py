@@ -48,12 +48,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "customised": {
         "imagePullSecrets": [{"name": "regcred"}],
         "serviceAccount": {"create": False, "name": "platform-operator"},
-        "operator": {"extraArgs": ["--namespace=team-a"], "extraEnv": [{"name": "TZ", "value": "UTC"}],
-                     "podLabels": {"team": "platform"}, "podAnnotations": {"owner": "platform"},
-                     "nodeSelector": {"kubernetes.io/os": "linux"},
-                     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "platform",
-                                      "effect": "NoSchedule"}],
-                     "priorityClassName": "system-cluster-critical"},
+        "operator": {
+            "extraArgs": ["--namespace=team-a"],
+            "extraEnv": [{"name": "TZ", "value": "UTC"}],
+            "podLabels": {"team": "platform"},
+            "podAnnotations": {"owner": "platform"},
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "platform", "effect": "NoSchedule"}
+            ],
+            "priorityClassName": "system-cluster-critical",
+        },
         "redis": {"nodeSelector": {"kubernetes.io/os": "linux"}},
     },
     "single-replica-fail-closed": {
@@ -83,12 +88,23 @@ class Helm:
     def run(self, *args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
         extra = ["--values", "-"] if values is not None else []
         return subprocess.run(
-            [str(self.binary), *args, *extra], input=yaml.safe_dump(values) if values is not None else None,
-            capture_output=True, text=True, env=self.env, timeout=120,
+            [str(self.binary), *args, *extra],
+            input=yaml.safe_dump(values) if values is not None else None,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
         )
 
-    def template(self, values: dict[str, Any] | None = None, *, version: str = SUPPORTED_VERSIONS[-1],
-                 release: str = "opo", namespace: str = NAMESPACE, crds: bool = False) -> list[dict[str, Any]]:
+    def template(
+        self,
+        values: dict[str, Any] | None = None,
+        *,
+        version: str = SUPPORTED_VERSIONS[-1],
+        release: str = "opo",
+        namespace: str = NAMESPACE,
+        crds: bool = False,
+    ) -> list[dict[str, Any]]:
         key = (json.dumps(values, sort_keys=True), version, f"{release}/{namespace}/{crds}")
         if key not in self._cache:
             args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", version]
@@ -110,7 +126,9 @@ def helm(kubebuilder_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     matches = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(matches) == 1, f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in matches]}"
+    assert len(matches) == 1, (
+        f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in matches]}"
+    )
     return matches[0]
 
 
@@ -134,8 +152,9 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_helm_lint_is_clean(helm: Helm, variant: str) -> None:
-    result = helm.run("lint", "--strict", str(CHART), "--kube-version", SUPPORTED_VERSIONS[-1],
-                      values=VARIANTS[variant])
+    result = helm.run(
+        "lint", "--strict", str(CHART), "--kube-version", SUPPORTED_VERSIONS[-1], values=VARIANTS[variant]
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 chart(s) failed" in result.stdout
     # --strict already fails on warnings; an INFO about the missing icon is all that may show.
@@ -149,8 +168,11 @@ def test_rendered_manifests_match_the_kubernetes_schemas(helm: Helm, variant: st
     """Every built-in object, CRDs included, against the official schemas of each supported version
     (kubernetes-validate ships them offline), in strict mode: an unknown or misplaced field fails."""
     docs = helm.template(VARIANTS[variant], version=version, crds=True)
-    own_crds = {(c["spec"]["group"], c["spec"]["names"]["kind"]): c for c in docs
-                if c["kind"] == "CustomResourceDefinition"}
+    own_crds = {
+        (c["spec"]["group"], c["spec"]["names"]["kind"]): c
+        for c in docs
+        if c["kind"] == "CustomResourceDefinition"
+    }
     checked = 0
     for doc in docs:
         where = f"{doc['kind']}/{doc['metadata']['name']}"
@@ -158,10 +180,14 @@ def test_rendered_manifests_match_the_kubernetes_schemas(helm: Helm, variant: st
             group = doc["apiVersion"].split("/")[0]
             crd = own_crds.get((group, doc["kind"]))
             if crd is not None:  # our own CRDs (kopf peering): validate against their schema
-                (served,) = [v for v in crd["spec"]["versions"] if v["name"] == doc["apiVersion"].split("/")[1]]
+                (served,) = [
+                    v for v in crd["spec"]["versions"] if v["name"] == doc["apiVersion"].split("/")[1]
+                ]
                 jsonschema.validate(doc, served["schema"]["openAPIV3Schema"])
             else:  # Prometheus Operator / cert-manager kinds: no schema offline, check the shape
-                assert isinstance(doc.get("spec"), dict) and doc["metadata"].get("namespace") == NAMESPACE, where
+                assert isinstance(doc.get("spec"), dict) and doc["metadata"].get("namespace") == NAMESPACE, (
+                    where
+                )
             continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -190,15 +216,24 @@ BAD_VALUES = [
     ({"sidecar": {"image": {"pullPolicy": "Sometimes"}}}, "/sidecar/image/pullPolicy", "must be one of"),
     ({"webhook": {"timeoutSeconds": 60}}, "/webhook/timeoutSeconds", "maximum"),
     ({"webhook": {"excludedNamespaces": ["Not_A_Namespace"]}}, "/webhook/excludedNamespaces/0", "pattern"),
-    ({"monitoring": {"prometheusRule": {"successRate": 99.5}}}, "/monitoring/prometheusRule/successRate", "maximum"),
-    ({"certManager": {"issuerRef": {"name": "ca", "kind": "Vault"}}}, "/certManager/issuerRef/kind", "must be one of"),
+    (
+        {"monitoring": {"prometheusRule": {"successRate": 99.5}}},
+        "/monitoring/prometheusRule/successRate",
+        "maximum",
+    ),
+    (
+        {"certManager": {"issuerRef": {"name": "ca", "kind": "Vault"}}},
+        "/certManager/issuerRef/kind",
+        "must be one of",
+    ),
     ({"operator": {"statusIntervalSeconds": "soon"}}, "/operator/statusIntervalSeconds", "want number"),
 ]
 
 
 @pytest.mark.parametrize(("values", "where", "why"), BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
-def test_values_schema_refuses_bad_values_with_a_message(helm: Helm, values: dict[str, Any], where: str,
-                                                          why: str) -> None:
+def test_values_schema_refuses_bad_values_with_a_message(
+    helm: Helm, values: dict[str, Any], where: str, why: str
+) -> None:
     result = helm.run("template", "x", str(CHART), "--kube-version", SUPPORTED_VERSIONS[-1], values=values)
     assert result.returncode != 0, f"{values} was accepted"
     assert "don't meet the specifications of the schema" in result.stderr
@@ -218,13 +253,17 @@ def test_chart_crds_are_the_generated_crds(helm: Helm) -> None:
     chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
     assert "openaipolicies.openaipolicy.dev.yaml" in top, "crds/ has no OpenAIPolicy CRD"
     for name, content in top.items():
-        assert chart.get(name) == content, f"chart crds/{name} differs from crds/{name}: run scripts/sync-chart-crds.sh"
+        assert chart.get(name) == content, (
+            f"chart crds/{name} differs from crds/{name}: run scripts/sync-chart-crds.sh"
+        )
     extra = set(chart) - set(top)
     assert extra <= {"kopf-peerings.kopf.dev.yaml"}, f"unexpected chart CRDs {extra}"
     if "kopf-peerings.kopf.dev.yaml" in extra:
         generated = [d for d in yaml.safe_load_all(chart["kopf-peerings.kopf.dev.yaml"]) if d]
         assert generated == peering.crds(), "kopf peering CRDs are stale: run scripts/sync-chart-crds.sh"
-    rendered = {d["metadata"]["name"] for d in helm.template(crds=True) if d["kind"] == "CustomResourceDefinition"}
+    rendered = {
+        d["metadata"]["name"] for d in helm.template(crds=True) if d["kind"] == "CustomResourceDefinition"
+    }
     assert {"openaipolicies.openaipolicy.dev", "clusterkopfpeerings.kopf.dev"} <= rendered
 
 
@@ -233,12 +272,15 @@ def test_chart_rbac_is_the_operators_rbac(helm: Helm) -> None:
 
     docs = helm.template()
     role = find(docs, "ClusterRole")
-    assert role["rules"] == rbac.rules(), "chart RBAC differs from openai_policy_operator.rbac: run scripts/sync-chart-rbac.sh"
+    assert role["rules"] == rbac.rules(), (
+        "chart RBAC differs from openai_policy_operator.rbac: run scripts/sync-chart-rbac.sh"
+    )
     binding = find(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     account = find(docs, "ServiceAccount")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
-                                    "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
+    ]
     deployment = find(docs, "Deployment", "opo-openai-policy-operator")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
@@ -269,16 +311,24 @@ def test_operator_understands_every_flag_the_chart_passes(helm: Helm) -> None:
         assert set(settings.webhook.excluded_namespaces) == expected_excluded, name
         assert settings.webhook.failure_policy == values.get("webhook", {}).get("failurePolicy", "Ignore")
         assert settings.webhook.manage_configuration is None, "the chart owns the webhook configuration"
-        assert settings.webhook.listen_port == 9443 and settings.webhook.cert_dir == "/etc/openai-policy-operator/tls"
+        assert (
+            settings.webhook.listen_port == 9443
+            and settings.webhook.cert_dir == "/etc/openai-policy-operator/tls"
+        )
         assert settings.peering_name == "opo-openai-policy-operator"
         assert settings.injection.sidecar_image == "openai-policy-sidecar:0.1.0"
-        assert settings.injection.resources.as_k8s() == {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                                         "limits": {"memory": "256Mi"}}
+        assert settings.injection.resources.as_k8s() == {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        }
         assert (settings.injection.proxy_port, settings.injection.admin_port) == (8780, 8781)
         assert settings.injection.log_level == "INFO"
         # The Redis URL reaches the operator through the environment its parser defaults from.
         redis_url = env_of(container)["OPENAI_POLICY_REDIS_URL"]
-        expected = values.get("redis", {}).get("url") or f"redis://opo-openai-policy-operator-redis.{NAMESPACE}.svc:6379/0"
+        expected = (
+            values.get("redis", {}).get("url")
+            or f"redis://opo-openai-policy-operator-redis.{NAMESPACE}.svc:6379/0"
+        )
         assert redis_url == expected, name
 
 
@@ -292,16 +342,30 @@ def test_webhook_configuration_is_the_operators(helm: Helm) -> None:
         (hook,) = find(docs, "MutatingWebhookConfiguration")["webhooks"]
         webhook_values = variant.get("webhook", {})
         settings = WebhookSettings(
-            failure_policy=webhook_values.get("failurePolicy", "Ignore"), timeout_seconds=5,
+            failure_policy=webhook_values.get("failurePolicy", "Ignore"),
+            timeout_seconds=5,
             excluded_namespaces=("kube-system", *webhook_values.get("excludedNamespaces", [])),
         )
         (expected,) = mutating_webhook_configuration("x", {}, settings, NAMESPACE)["webhooks"]
-        for key in ("name", "admissionReviewVersions", "sideEffects", "failurePolicy", "matchPolicy", "rules",
-                    "timeoutSeconds", "reinvocationPolicy", "namespaceSelector"):
+        for key in (
+            "name",
+            "admissionReviewVersions",
+            "sideEffects",
+            "failurePolicy",
+            "matchPolicy",
+            "rules",
+            "timeoutSeconds",
+            "reinvocationPolicy",
+            "namespaceSelector",
+        ):
             assert hook[key] == expected[key], key
         service = hook["clientConfig"]["service"]
-        assert service == {"name": "opo-openai-policy-operator-webhook", "namespace": NAMESPACE,
-                           "path": "/inject-sidecar", "port": 443}
+        assert service == {
+            "name": "opo-openai-policy-operator-webhook",
+            "namespace": NAMESPACE,
+            "path": "/inject-sidecar",
+            "port": 443,
+        }
         assert "url" not in hook["clientConfig"]
 
 
@@ -350,14 +414,22 @@ def test_every_container_is_hardened(helm: Helm, variant: str) -> None:
 
 
 def test_webhook_selects_opted_in_namespaces_except_the_release_and_kube_system(helm: Helm) -> None:
-    (hook,) = find(helm.template(VARIANTS["single-replica-fail-closed"]), "MutatingWebhookConfiguration")["webhooks"]
+    (hook,) = find(helm.template(VARIANTS["single-replica-fail-closed"]), "MutatingWebhookConfiguration")[
+        "webhooks"
+    ]
     assert hook["namespaceSelector"] == {
         "matchLabels": {"openaipolicy.dev/injection": "enabled"},
-        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                              "values": ["ci", "kube-system", "monitoring", NAMESPACE]}],
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": ["ci", "kube-system", "monitoring", NAMESPACE],
+            }
+        ],
     }
-    assert hook["objectSelector"] == {"matchExpressions": [
-        {"key": "openaipolicy.dev/inject", "operator": "NotIn", "values": ["false"]}]}
+    assert hook["objectSelector"] == {
+        "matchExpressions": [{"key": "openaipolicy.dev/inject", "operator": "NotIn", "values": ["false"]}]
+    }
     assert hook["failurePolicy"] == "Fail"
     (default,) = find(helm.template(), "MutatingWebhookConfiguration")["webhooks"]
     assert default["failurePolicy"] == "Ignore"
@@ -367,8 +439,9 @@ def _pem(b64: str) -> bytes:
     return base64.b64decode(b64)
 
 
-def test_default_tls_is_a_chart_generated_ca_that_signs_the_serving_certificate(helm: Helm,
-                                                                                  tmp_path: Path) -> None:
+def test_default_tls_is_a_chart_generated_ca_that_signs_the_serving_certificate(
+    helm: Helm, tmp_path: Path
+) -> None:
     docs = helm.template()
     secret = find(docs, "Secret", "opo-openai-policy-operator-webhook-tls")
     assert secret["type"] == "kubernetes.io/tls"
@@ -376,33 +449,51 @@ def test_default_tls_is_a_chart_generated_ca_that_signs_the_serving_certificate(
     assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     (tmp_path / "ca.crt").write_bytes(_pem(secret["data"]["ca.crt"]))
     (tmp_path / "tls.crt").write_bytes(_pem(secret["data"]["tls.crt"]))
-    verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "tls.crt")],
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "tls.crt")],
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(tmp_path / "tls.crt")],
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-text", "-in", str(tmp_path / "tls.crt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"DNS:opo-openai-policy-operator-webhook.{NAMESPACE}.svc" in text
     # The Deployment mounts it; the operator never needs RBAC on Secrets for it.
     volumes = find(docs, "Deployment", "opo-openai-policy-operator")["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "webhook-tls", "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o440}} in volumes
+    assert {
+        "name": "webhook-tls",
+        "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o440},
+    } in volumes
 
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca(helm: Helm) -> None:
     docs = helm.template(VARIANTS["cert-manager"])
     assert not [d for d in docs if d["kind"] == "Secret"], "no chart-generated key with cert-manager"
     config = find(docs, "MutatingWebhookConfiguration")
-    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == \
-        f"{NAMESPACE}/opo-openai-policy-operator-webhook-tls"
+    assert (
+        config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        == f"{NAMESPACE}/opo-openai-policy-operator-webhook-tls"
+    )
     assert "caBundle" not in config["webhooks"][0]["clientConfig"]
     serving = find(docs, "Certificate", "opo-openai-policy-operator-webhook-tls")
     assert serving["spec"]["secretName"] == "opo-openai-policy-operator-webhook-tls"
     assert f"opo-openai-policy-operator-webhook.{NAMESPACE}.svc" in serving["spec"]["dnsNames"]
     issuer = find(docs, "Issuer", serving["spec"]["issuerRef"]["name"])
-    assert issuer["spec"]["ca"]["secretName"] == find(docs, "Certificate", "opo-openai-policy-operator-ca")["spec"]["secretName"]
+    assert (
+        issuer["spec"]["ca"]["secretName"]
+        == find(docs, "Certificate", "opo-openai-policy-operator-ca")["spec"]["secretName"]
+    )
     existing = helm.template(VARIANTS["cert-manager-existing-issuer"])
     assert "Issuer" not in kinds(existing)
-    assert find(existing, "Certificate")["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer",
-                                                                  "group": "cert-manager.io"}
+    assert find(existing, "Certificate")["spec"]["issuerRef"] == {
+        "name": "corp-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
 
 
 def test_bundled_redis_by_default_or_an_external_url(helm: Helm) -> None:
@@ -413,18 +504,33 @@ def test_bundled_redis_by_default_or_an_external_url(helm: Helm) -> None:
     find(default, "Service", "opo-openai-policy-operator-redis")
     external = helm.template(VARIANTS["external-redis"])
     assert [d["metadata"]["name"] for d in external if "redis" in d["metadata"]["name"]] == []
-    assert env_of(operator_container(external))["OPENAI_POLICY_REDIS_URL"] == "rediss://redis.example.internal:6380/0"
+    assert (
+        env_of(operator_container(external))["OPENAI_POLICY_REDIS_URL"]
+        == "rediss://redis.example.internal:6380/0"
+    )
 
 
 def test_sidecar_defaults_reach_the_operator(helm: Helm) -> None:
-    values = {"sidecar": {"image": {"repository": "registry.local/sidecar", "tag": "1.2.3", "pullPolicy": "Always"},
-                          "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-                          "ports": {"proxy": 18780, "admin": 18781}, "logLevel": "DEBUG"}}
+    values = {
+        "sidecar": {
+            "image": {"repository": "registry.local/sidecar", "tag": "1.2.3", "pullPolicy": "Always"},
+            "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+            "ports": {"proxy": 18780, "admin": 18781},
+            "logLevel": "DEBUG",
+        }
+    }
     container = operator_container(helm.template(values))
     args = container["args"]
-    for flag in ("--sidecar-image=registry.local/sidecar:1.2.3", "--sidecar-image-pull-policy=Always",
-                 "--sidecar-cpu-request=20m", "--sidecar-memory-request=32Mi", "--sidecar-memory-limit=128Mi",
-                 "--sidecar-proxy-port=18780", "--sidecar-admin-port=18781", "--sidecar-log-level=DEBUG"):
+    for flag in (
+        "--sidecar-image=registry.local/sidecar:1.2.3",
+        "--sidecar-image-pull-policy=Always",
+        "--sidecar-cpu-request=20m",
+        "--sidecar-memory-request=32Mi",
+        "--sidecar-memory-limit=128Mi",
+        "--sidecar-proxy-port=18780",
+        "--sidecar-admin-port=18781",
+        "--sidecar-log-level=DEBUG",
+    ):
         assert flag in args
 
 
@@ -436,8 +542,13 @@ def test_monitoring_is_off_by_default_and_complete_when_on(helm: Helm) -> None:
     assert endpoint["port"] == "policy-admin" and endpoint["path"] == "/metrics"
     rule = find(docs, "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert {"OpenAIPolicySuccessRateLow", "OpenAIPolicyLatencyP95High", "OpenAIPolicyHourlySpendAboveAlert",
-            "OpenAIPolicyHourlySpendHigh", "OpenAIPolicyQueueDepthHigh"} <= set(alerts)
+    assert {
+        "OpenAIPolicySuccessRateLow",
+        "OpenAIPolicyLatencyP95High",
+        "OpenAIPolicyHourlySpendAboveAlert",
+        "OpenAIPolicyHourlySpendHigh",
+        "OpenAIPolicyQueueDepthHigh",
+    } <= set(alerts)
     assert "< 0.995" in alerts["OpenAIPolicySuccessRateLow"]["expr"]
     assert "> 5" in alerts["OpenAIPolicyLatencyP95High"]["expr"]
     assert "> 1000" in alerts["OpenAIPolicyQueueDepthHigh"]["expr"]
@@ -453,15 +564,21 @@ def _exported_metric_names() -> set[str]:
 
     names: set[str] = set()
     for family in Metrics().registry.collect():
-        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
-                    "summary": ("_sum", "_count", "")}.get(family.type, ("",))
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+            "summary": ("_sum", "_count", ""),
+        }.get(family.type, ("",))
         names.update(family.name + s for s in suffixes)
     return names
 
 
 def _referenced_metric_names(helm: Helm) -> set[str]:
     docs = helm.template(VARIANTS["monitoring"])
-    text = json.dumps(find(docs, "PrometheusRule")["spec"]) + find(docs, "ConfigMap")["data"]["openai-policy.json"]
+    text = (
+        json.dumps(find(docs, "PrometheusRule")["spec"])
+        + find(docs, "ConfigMap")["data"]["openai-policy.json"]
+    )
     return set(re.findall(r"\bopenai_policy_[a-z0-9_]+", text))
 
 
@@ -510,8 +627,16 @@ def _wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
 
 
 def test_helm_install_refuses_a_bad_value_with_a_message(control_plane: Any, namespace: str) -> None:
-    result = control_plane.helm("install", "bad", str(CHART), "--namespace", namespace,
-                                "--set", "webhook.failurePolicy=Maybe", check=False)
+    result = control_plane.helm(
+        "install",
+        "bad",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--set",
+        "webhook.failurePolicy=Maybe",
+        check=False,
+    )
     assert result.returncode != 0
     assert "/webhook/failurePolicy" in result.stderr and "'Ignore', 'Fail'" in result.stderr, result.stderr
     assert not control_plane.helm("list", "--namespace", namespace, "-q").stdout.strip()
@@ -523,8 +648,16 @@ def test_install_upgrade_and_uninstall_in_the_control_plane(control_plane: Any, 
     manifest = control_plane.helm("get", "manifest", release, "--namespace", namespace).stdout
     objects = _manifest_objects(manifest)
     kinds_installed = {k.split(".")[0] for k, _, _ in objects}
-    assert {"Deployment", "Service", "Secret", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-            "MutatingWebhookConfiguration", "ClusterKopfPeering"} <= kinds_installed
+    assert {
+        "Deployment",
+        "Service",
+        "Secret",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+        "ClusterKopfPeering",
+    } <= kinds_installed
     for kind, name, ns in objects:
         assert _exists(control_plane, kind, name, ns), f"{kind} {name} was not created"
     crds = ["openaipolicies.openaipolicy.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]
@@ -536,40 +669,72 @@ def test_install_upgrade_and_uninstall_in_the_control_plane(control_plane: Any, 
     webhook_name = next(n for k, n, _ in objects if k.startswith("MutatingWebhookConfiguration"))
 
     def tls_state() -> tuple[str, str]:
-        secret = json.loads(control_plane.kubectl("get", "secret", secret_name, "-n", namespace, "-o", "json").stdout)
-        config = json.loads(control_plane.kubectl("get", "mutatingwebhookconfiguration", webhook_name,
-                                                  "-o", "json").stdout)
+        secret = json.loads(
+            control_plane.kubectl("get", "secret", secret_name, "-n", namespace, "-o", "json").stdout
+        )
+        config = json.loads(
+            control_plane.kubectl("get", "mutatingwebhookconfiguration", webhook_name, "-o", "json").stdout
+        )
         return secret["data"]["tls.crt"], config["webhooks"][0]["clientConfig"]["caBundle"]
 
     before = tls_state()
-    assert before[1] == json.loads(control_plane.kubectl("get", "secret", secret_name, "-n", namespace,
-                                                         "-o", "json").stdout)["data"]["ca.crt"]
-    control_plane.helm("upgrade", release, str(CHART), "--namespace", namespace, "--set", "webhook.timeoutSeconds=3")
+    assert (
+        before[1]
+        == json.loads(
+            control_plane.kubectl("get", "secret", secret_name, "-n", namespace, "-o", "json").stdout
+        )["data"]["ca.crt"]
+    )
+    control_plane.helm(
+        "upgrade", release, str(CHART), "--namespace", namespace, "--set", "webhook.timeoutSeconds=3"
+    )
     assert tls_state() == before, "the webhook certificate changed on upgrade"
 
     # A pod in an opted-in namespace is still created while no operator answers (Ignore).
-    workload = control_plane.create_namespace("chart-workload", labels={"openaipolicy.dev/injection": "enabled"})
+    workload = control_plane.create_namespace(
+        "chart-workload", labels={"openaipolicy.dev/injection": "enabled"}
+    )
     try:
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app", "namespace": workload},
-               "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "app", "namespace": workload},
+            "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]},
+        }
         control_plane.kubectl("create", "-f", "-", input=json.dumps(pod))
     finally:
         control_plane.delete_namespace(workload)
 
     control_plane.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s")
     for kind, name, ns in objects:
-        _wait_until(lambda kind=kind, name=name, ns=ns: not _exists(control_plane, kind, name, ns), 30,
-                    f"{kind} {name} to be deleted")
+        _wait_until(
+            lambda kind=kind, name=name, ns=ns: not _exists(control_plane, kind, name, ns),
+            30,
+            f"{kind} {name} to be deleted",
+        )
     # Nothing carrying the release's label remains (ReplicaSets and Pods made by controllers included).
     selector = f"app.kubernetes.io/instance={release}"
 
     def leftovers() -> str:
-        return control_plane.kubectl("get", "all,configmaps,secrets,serviceaccounts,roles,rolebindings", "-n",
-                                     namespace, "-l", selector, "-o", "name").stdout.strip()
+        return control_plane.kubectl(
+            "get",
+            "all,configmaps,secrets,serviceaccounts,roles,rolebindings",
+            "-n",
+            namespace,
+            "-l",
+            selector,
+            "-o",
+            "name",
+        ).stdout.strip()
 
     _wait_until(lambda: not leftovers(), 60, "the release's objects to be garbage-collected")
-    cluster_scoped = control_plane.kubectl("get", "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,"
-                                           "clusterkopfpeerings", "-l", selector, "-o", "name").stdout.strip()
+    cluster_scoped = control_plane.kubectl(
+        "get",
+        "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,clusterkopfpeerings",
+        "-l",
+        selector,
+        "-o",
+        "name",
+    ).stdout.strip()
     assert not cluster_scoped
     # helm keeps CRDs on uninstall, on purpose: deleting them would delete every policy.
     for crd in crds:

@@ -39,7 +39,11 @@ def processes_mentioning(marker: str) -> list[str]:
             if state == "Z":
                 continue
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            texts = [cmdline, os.readlink(entry / "cwd"), (entry / "environ").read_bytes().decode(errors="replace")]
+            texts = [
+                cmdline,
+                os.readlink(entry / "cwd"),
+                (entry / "environ").read_bytes().decode(errors="replace"),
+            ]
         except (OSError, IndexError):
             continue  # gone meanwhile, or not ours to read
         if any(marker in text for text in texts):
@@ -65,8 +69,15 @@ def spend_values(output: str) -> list[float]:
 def test_demo_runs_to_the_budget_and_leaves_nothing(kubebuilder_assets, tiktoken_cache_dir, tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    result = subprocess.run([sys.executable, "-m", "e2e.demo", "--timeout", "120"], cwd=ROOT, env=demo_env(tmp),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=220)
+    result = subprocess.run(
+        [sys.executable, "-m", "e2e.demo", "--timeout", "120"],
+        cwd=ROOT,
+        env=demo_env(tmp),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
     output = result.stdout + result.stderr
     assert not wait_gone(str(tmp)), f"processes left by the demo: {processes_mentioning(str(tmp))}"
     assert "kubectl get oaip" in output and "SPEND" in output, output[-5000:]
@@ -87,8 +98,14 @@ def test_interrupting_the_demo_stops_everything(kubebuilder_assets, tiktoken_cac
     tmp.mkdir()
     log = tmp_path / "demo.out"
     with log.open("w") as out:
-        demo = subprocess.Popen([sys.executable, "-m", "e2e.demo", "--timeout", "120"], cwd=ROOT, env=demo_env(tmp),
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "e2e.demo", "--timeout", "120"],
+            cwd=ROOT,
+            env=demo_env(tmp),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         # Interrupt once the whole stack runs: the workload's first status print.
         deadline = time.monotonic() + 120

@@ -79,8 +79,13 @@ def hadolint() -> str:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_hadolint_finds_nothing(dockerfile: str) -> None:
-    result = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "style", "--format", "json",
-                             dockerfile], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "style", "--format", "json", dockerfile],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     findings = json.loads(result.stdout or "[]")
     assert result.returncode == 0 and not findings, json.dumps(findings, indent=1) + result.stderr
 
@@ -129,8 +134,10 @@ def test_installs_with_the_script_ci_uses_and_the_constraints(dockerfile: str) -
 def test_sidecar_image_bakes_and_verifies_the_tiktoken_files() -> None:
     found = instructions(ROOT / "Dockerfile.sidecar")
     runs = " ".join(i.args for i in found if i.keyword == "RUN")
-    assert "tokenizer_files verify --dir /opt/tiktoken" in runs or \
-        '"openai_policy_sidecar.tokenizer_files", "verify", "--dir", "/opt/tiktoken"' in runs
+    assert (
+        "tokenizer_files verify --dir /opt/tiktoken" in runs
+        or '"openai_policy_sidecar.tokenizer_files", "verify", "--dir", "/opt/tiktoken"' in runs
+    )
     final = stages(ROOT / "Dockerfile.sidecar")[-1]
     assert any(i.keyword == "ENV" and "TIKTOKEN_CACHE_DIR=/opt/tiktoken" in i.args for i in final)
     assert any(i.keyword == "COPY" and "/opt/tiktoken" in i.args for i in final)
@@ -168,7 +175,9 @@ def _included(path: str, patterns: list[str]) -> bool:
         parts = path.split("/")
         prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
         if body.startswith("**/"):
-            hit = any(fnmatch.fnmatch(p, body[3:]) for p in parts) or any(fnmatch.fnmatch(p, body) for p in prefixes)
+            hit = any(fnmatch.fnmatch(p, body[3:]) for p in parts) or any(
+                fnmatch.fnmatch(p, body) for p in prefixes
+            )
         else:
             hit = any(fnmatch.fnmatch(p, body) for p in prefixes)
         if hit:
@@ -179,13 +188,27 @@ def _included(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_allows_only_the_build_inputs() -> None:
     patterns = _dockerignore()
     assert patterns[0] == "*", "an allow-list: everything is excluded first"
-    for needed in ("pyproject.toml", "constraints.txt", "README.md", INSTALL_SCRIPT,
-                   "operator/openai_policy_operator/__init__.py", "sidecar/openai_policy_sidecar/__init__.py",
-                   "sidecar/openai_policy_sidecar/data/prices.json"):
+    for needed in (
+        "pyproject.toml",
+        "constraints.txt",
+        "README.md",
+        INSTALL_SCRIPT,
+        "operator/openai_policy_operator/__init__.py",
+        "sidecar/openai_policy_sidecar/__init__.py",
+        "sidecar/openai_policy_sidecar/data/prices.json",
+    ):
         assert _included(needed, patterns), needed
-    for never in (".env", ".venv/bin/python", ".git/config", "tests/conftest.py", "sidecar/.env",
-                  "operator/openai_policy_operator/tls.key", "sidecar/secrets/api-key", "deploy/admin.kubeconfig",
-                  "sidecar/openai_policy_sidecar/__pycache__/x.pyc"):
+    for never in (
+        ".env",
+        ".venv/bin/python",
+        ".git/config",
+        "tests/conftest.py",
+        "sidecar/.env",
+        "operator/openai_policy_operator/tls.key",
+        "sidecar/secrets/api-key",
+        "deploy/admin.kubeconfig",
+        "sidecar/openai_policy_sidecar/__pycache__/x.pyc",
+    ):
         assert not _included(never, patterns), never
 
 
@@ -205,7 +228,7 @@ def test_install_script_is_strict_and_refuses_bad_arguments(tmp_path: Path) -> N
     script = ROOT / INSTALL_SCRIPT
     assert os.access(script, os.X_OK)
     assert "set -euo pipefail" in script.read_text()
-    assert "-c \"$root/constraints.txt\"" in script.read_text()
+    assert '-c "$root/constraints.txt"' in script.read_text()
     subprocess.run(["bash", "-n", str(script)], check=True)
     for args in ([], [str(tmp_path / "venv"), "--bogus"]):
         result = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=30)

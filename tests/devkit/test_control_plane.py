@@ -62,7 +62,12 @@ def test_kubectl_applies_a_crd_and_a_custom_resource(control_plane: ControlPlane
     assert crd["spec"]["group"] == "fixture.test"
     assert crd["spec"]["names"]["shortNames"] == ["wdg"]
 
-    widget = {"apiVersion": "fixture.test/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}}
+    widget = {
+        "apiVersion": "fixture.test/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w1"},
+        "spec": {"size": 3},
+    }
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(widget))
     read_back = json.loads(control_plane.kubectl("get", "wdg", "w1", "-n", namespace, "-o", "json").stdout)
     assert read_back["spec"] == {"size": 3}
@@ -70,7 +75,9 @@ def test_kubectl_applies_a_crd_and_a_custom_resource(control_plane: ControlPlane
 
     # The API server enforces the CRD's schema.
     invalid = {**widget, "metadata": {"name": "w2"}, "spec": {"size": 0}}
-    result = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(invalid), check=False)
+    result = control_plane.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(invalid), check=False
+    )
     assert result.returncode != 0
     assert "spec.size" in result.stderr
 
@@ -94,12 +101,16 @@ def test_deployment_yields_pods_and_owned_objects_are_garbage_collected(
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(deployment))
 
     def pods() -> list[dict]:
-        return control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=app%3Dweb")["items"]
+        return control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=app%3Dweb")[
+            "items"
+        ]
 
     created = eventually(lambda: len(pods()) == 2 and pods())
     owner = created[0]["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "ReplicaSet"
-    replica_set = control_plane.api("GET", f"/apis/apps/v1/namespaces/{namespace}/replicasets/{owner['name']}")
+    replica_set = control_plane.api(
+        "GET", f"/apis/apps/v1/namespaces/{namespace}/replicasets/{owner['name']}"
+    )
     assert replica_set["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
     # The ServiceAccount admission plugin ran: the pod got the namespace's default account.
     assert created[0]["spec"]["serviceAccountName"] == "default"
@@ -131,7 +142,10 @@ def test_service_account_kubeconfig_gets_exactly_what_rbac_grants(
     kubeconfig = control_plane.service_account_kubeconfig(namespace, "reader")
 
     who = control_plane.kubectl("auth", "whoami", "-o", "json", kubeconfig=kubeconfig)
-    assert json.loads(who.stdout)["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:reader"
+    assert (
+        json.loads(who.stdout)["status"]["userInfo"]["username"]
+        == f"system:serviceaccount:{namespace}:reader"
+    )
 
     refused = control_plane.kubectl("get", "configmaps", "-n", namespace, kubeconfig=kubeconfig, check=False)
     assert refused.returncode != 0
@@ -147,7 +161,9 @@ def test_service_account_kubeconfig_gets_exactly_what_rbac_grants(
 
     # RBAC reaches the authorizer through a watch: allow a moment.
     def allowed() -> bool:
-        result = control_plane.kubectl("get", "configmaps", "-n", namespace, kubeconfig=kubeconfig, check=False)
+        result = control_plane.kubectl(
+            "get", "configmaps", "-n", namespace, kubeconfig=kubeconfig, check=False
+        )
         return result.returncode == 0 and "kube-root-ca.crt" in result.stdout
 
     eventually(allowed, timeout=15)
@@ -170,7 +186,9 @@ class _DenyingWebhook(BaseHTTPRequestHandler):
         response = {"uid": review["request"]["uid"], "allowed": allowed}
         if not allowed:
             response["status"] = {"code": 403, "message": f"webhook on 127.0.0.1 refused {name}"}
-        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+        body = json.dumps(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+        )
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -214,7 +232,12 @@ def test_api_server_calls_an_admission_webhook_on_loopback(
                     "caBundle": base64.b64encode(control_plane.ca_cert.read_bytes()).decode(),
                 },
                 "rules": [
-                    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["configmaps"]}
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["configmaps"],
+                    }
                 ],
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
                 "sideEffects": "None",

@@ -22,7 +22,10 @@ from openai_policy_devkit.fake_openai_http import request
 from openai_policy_devkit.managed_process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the cluster."}]
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Say hello to the cluster."},
+]
 
 
 def client(fake: FakeOpenAI, **options) -> openai.OpenAI:
@@ -41,9 +44,11 @@ def expected_chat_prompt_tokens(messages: list[dict[str, str]]) -> int:
 
 # --- chat completions ---------------------------------------------------------------------------
 
+
 def test_chat_completion_through_the_sdk(fake_openai):
-    raw = client(fake_openai).chat.completions.with_raw_response.create(model="gpt-4o-2024-08-06",
-                                                                         messages=MESSAGES)
+    raw = client(fake_openai).chat.completions.with_raw_response.create(
+        model="gpt-4o-2024-08-06", messages=MESSAGES
+    )
     completion = raw.parse()
     assert completion.model == "gpt-4o-2024-08-06"  # a pinned dated id stays as it is
     assert completion.choices[0].message.content == DEFAULT_REPLY
@@ -57,15 +62,18 @@ def test_chat_completion_through_the_sdk(fake_openai):
     assert raw.headers["x-request-id"].startswith("req_")
     assert int(raw.headers["openai-processing-ms"]) >= 1
     for unit in ("requests", "tokens"):
-        assert int(raw.headers[f"x-ratelimit-limit-{unit}"]) > int(raw.headers[f"x-ratelimit-remaining-{unit}"])
+        assert int(raw.headers[f"x-ratelimit-limit-{unit}"]) > int(
+            raw.headers[f"x-ratelimit-remaining-{unit}"]
+        )
         assert raw.headers[f"x-ratelimit-reset-{unit}"].endswith("s")
     assert fake_openai.usage_log == [usage.model_dump(exclude_none=True)]
 
 
 @pytest.mark.parametrize("cap_field", ["max_tokens", "max_completion_tokens"])
 def test_completion_tokens_are_capped_by_the_request(fake_openai, cap_field):
-    completion = client(fake_openai).chat.completions.create(model="gpt-4o", messages=MESSAGES,
-                                                             **{cap_field: 3})
+    completion = client(fake_openai).chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, **{cap_field: 3}
+    )
     encoding = tiktoken.get_encoding("o200k_base")
     assert completion.usage.completion_tokens == 3
     assert completion.choices[0].finish_reason == "length"
@@ -108,8 +116,12 @@ def test_chat_stream_without_usage(fake_openai):
     assert all(c.usage is None for c in chunks)
     assert fake_openai.usage_log == []  # nothing was returned, so nothing is logged
 
-    frames = request(fake_openai.base_url, "POST", "/chat/completions",
-                     {"model": "gpt-4o", "messages": MESSAGES, "stream": True}).sse()
+    frames = request(
+        fake_openai.base_url,
+        "POST",
+        "/chat/completions",
+        {"model": "gpt-4o", "messages": MESSAGES, "stream": True},
+    ).sse()
     assert frames[-1] == (None, "[DONE]")
     bodies = [json.loads(data) for _, data in frames[:-1]]
     assert all(b["object"] == "chat.completion.chunk" and "usage" not in b for b in bodies)
@@ -117,8 +129,9 @@ def test_chat_stream_without_usage(fake_openai):
 
 
 def test_chat_stream_with_include_usage(fake_openai):
-    stream = client(fake_openai).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,
-                                                         stream_options={"include_usage": True})
+    stream = client(fake_openai).chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert chunks[-1].choices == []
     assert chunks[-1].usage.prompt_tokens == expected_chat_prompt_tokens(MESSAGES)
@@ -127,9 +140,12 @@ def test_chat_stream_with_include_usage(fake_openai):
     assert all(c.usage is None for c in chunks[:-1])
     assert fake_openai.usage_log == [chunks[-1].usage.model_dump(exclude_none=True)]
 
-    response = request(fake_openai.base_url, "POST", "/chat/completions",
-                       {"model": "gpt-4o", "messages": MESSAGES, "stream": True,
-                        "stream_options": {"include_usage": True}})
+    response = request(
+        fake_openai.base_url,
+        "POST",
+        "/chat/completions",
+        {"model": "gpt-4o", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}},
+    )
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.body.endswith(b"\n\ndata: [DONE]\n\n")
     bodies = [json.loads(data) for _, data in response.sse()[:-1]]
@@ -138,13 +154,16 @@ def test_chat_stream_with_include_usage(fake_openai):
 
 # --- responses ----------------------------------------------------------------------------------
 
+
 def test_responses_result(fake_openai):
-    result = client(fake_openai).responses.create(model="gpt-4.1", input="Summarise the policy.",
-                                                  instructions="Be terse.")
+    result = client(fake_openai).responses.create(
+        model="gpt-4.1", input="Summarise the policy.", instructions="Be terse."
+    )
     assert result.status == "completed"
     assert result.output_text == DEFAULT_REPLY
     assert result.usage.input_tokens == expected_chat_prompt_tokens(
-        [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Summarise the policy."}])
+        [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Summarise the policy."}]
+    )
     assert result.usage.output_tokens == o200k(DEFAULT_REPLY)
     assert result.usage.input_tokens_details.cached_tokens == 0
     assert result.usage.output_tokens_details.reasoning_tokens == 0
@@ -166,18 +185,30 @@ def test_responses_stream_event_sequence(fake_openai):
     events = list(stream)
     kinds = [e.type for e in events]
     deltas = kinds.count("response.output_text.delta")
-    assert kinds == (["response.created", "response.in_progress", "response.output_item.added",
-                      "response.content_part.added"] + ["response.output_text.delta"] * deltas +
-                     ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                      "response.completed"])
+    assert kinds == (
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+        ]
+        + ["response.output_text.delta"] * deltas
+        + [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    )
     assert deltas == o200k(DEFAULT_REPLY)
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == DEFAULT_REPLY
     assert events[-1].response.usage.output_tokens == deltas
     assert events[0].response.status == "in_progress" and events[0].response.usage is None
 
-    frames = request(fake_openai.base_url, "POST", "/responses",
-                     {"model": "gpt-4.1", "input": "hi", "stream": True}).sse()
+    frames = request(
+        fake_openai.base_url, "POST", "/responses", {"model": "gpt-4.1", "input": "hi", "stream": True}
+    ).sse()
     assert [name for name, _ in frames] == [json.loads(data)["type"] for _, data in frames]  # event: == type
     assert frames[-1][0] == "response.completed"  # no [DONE] sentinel on the Responses API
 
@@ -192,11 +223,15 @@ def test_sdk_stream_helper_accumulates_the_response(fake_openai):
 
 # --- other endpoints ----------------------------------------------------------------------------
 
+
 def test_embeddings_float_and_base64_agree(fake_openai):
     sdk = client(fake_openai)
-    as_float = sdk.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"],
-                                     encoding_format="float")
-    by_default = sdk.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"])  # SDK asks base64
+    as_float = sdk.embeddings.create(
+        model="text-embedding-3-small", input=["alpha", "beta"], encoding_format="float"
+    )
+    by_default = sdk.embeddings.create(
+        model="text-embedding-3-small", input=["alpha", "beta"]
+    )  # SDK asks base64
     assert fake_openai.requests[1].json["encoding_format"] == "base64"
     assert [d.embedding for d in as_float.data] == [d.embedding for d in by_default.data]
     assert len(as_float.data[0].embedding) == 1536
@@ -204,8 +239,12 @@ def test_embeddings_float_and_base64_agree(fake_openai):
     assert abs(sum(v * v for v in as_float.data[0].embedding) - 1.0) < 1e-4
     encoding = tiktoken.get_encoding("cl100k_base")
     assert as_float.usage.prompt_tokens == len(encoding.encode("alpha")) + len(encoding.encode("beta"))
-    raw = request(fake_openai.base_url, "POST", "/embeddings",
-                  {"model": "text-embedding-3-large", "input": "x", "encoding_format": "base64", "dimensions": 8})
+    raw = request(
+        fake_openai.base_url,
+        "POST",
+        "/embeddings",
+        {"model": "text-embedding-3-large", "input": "x", "encoding_format": "base64", "dimensions": 8},
+    )
     vector = base64.b64decode(raw.json()["data"][0]["embedding"])
     assert len(struct.unpack("<8f", vector)) == 8
 
@@ -230,14 +269,19 @@ def test_models_and_legacy_completions(fake_openai):
         sdk.models.retrieve("gpt-nonexistent")
     assert missing.value.code == "model_not_found"
     completion = sdk.completions.create(model="gpt-3.5-turbo-instruct", prompt="Once upon")
-    assert completion.usage.completion_tokens == min(16, len(tiktoken.get_encoding("cl100k_base").encode(DEFAULT_REPLY)))
+    assert completion.usage.completion_tokens == min(
+        16, len(tiktoken.get_encoding("cl100k_base").encode(DEFAULT_REPLY))
+    )
 
 
 # --- errors -------------------------------------------------------------------------------------
 
+
 def test_missing_key_malformed_json_and_missing_fields_are_openai_errors(fake_openai):
     base = fake_openai.base_url
-    no_key = request(base, "POST", "/chat/completions", {"model": "gpt-4o", "messages": MESSAGES}, api_key=None)
+    no_key = request(
+        base, "POST", "/chat/completions", {"model": "gpt-4o", "messages": MESSAGES}, api_key=None
+    )
     assert no_key.status == 401 and no_key.json()["error"]["type"] == "invalid_request_error"
     assert "x-request-id" in no_key.headers
     bad_json = request(base, "POST", "/chat/completions", raw=b'{"model": "gpt-4o", ')
@@ -293,8 +337,10 @@ def test_retry_after_ms_is_preferred_and_the_measurement_discriminates(fake_open
     assert 0.04 <= second.time - first.time < 0.9
 
 
-@pytest.mark.parametrize(("status", "error"), [(500, openai.InternalServerError), (503, openai.InternalServerError),
-                                               (400, openai.BadRequestError)])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(500, openai.InternalServerError), (503, openai.InternalServerError), (400, openai.BadRequestError)],
+)
 def test_scripted_status_errors(fake_openai, status, error):
     fake_openai.add_fault("status", status=status)
     with pytest.raises(error) as failed:
@@ -310,8 +356,18 @@ def test_sdk_retries_through_a_500(fake_openai):
 
 
 def test_custom_error_body(fake_openai):
-    fake_openai.add_fault("status", status=400, body={"error": {"message": "nope", "type": "invalid_request_error",
-                                                                "param": "model", "code": "model_not_found"}})
+    fake_openai.add_fault(
+        "status",
+        status=400,
+        body={
+            "error": {
+                "message": "nope",
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": "model_not_found",
+            }
+        },
+    )
     with pytest.raises(openai.BadRequestError) as failed:
         client(fake_openai).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert failed.value.code == "model_not_found" and failed.value.param == "model"
@@ -336,8 +392,9 @@ def test_latency_delays_the_answer(fake_openai):
 def test_cut_stream_raises_in_the_sdk_after_the_delivered_chunks(fake_openai):
     fake_openai.add_fault("cut_stream", after_events=3)
     received = []
-    stream = client(fake_openai).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,
-                                                         stream_options={"include_usage": True})
+    stream = client(fake_openai).chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     # What really happens: the connection closes mid chunked body; httpx reports an incomplete read
     # and the SDK raises APIConnectionError from the iterator. No usage chunk ever arrives.
     with pytest.raises(openai.APIConnectionError):
@@ -388,7 +445,8 @@ def test_fault_times_and_clearing(fake_openai):
 
 def test_recorded_requests_keep_headers_and_body(fake_openai):
     client(fake_openai, default_headers={"X-Trace": "abc"}).chat.completions.create(
-        model="gpt-4o", messages=MESSAGES, user="alice")
+        model="gpt-4o", messages=MESSAGES, user="alice"
+    )
     recorded = fake_openai.requests[0]
     assert (recorded.method, recorded.path) == ("POST", "/v1/chat/completions")
     assert recorded.headers["authorization"] == "Bearer sk-test-key"
@@ -399,12 +457,14 @@ def test_recorded_requests_keep_headers_and_body(fake_openai):
 
 # --- the three ways to run it -------------------------------------------------------------------
 
+
 async def test_fixture_serves_async_clients(fake_openai):
     sdk = openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0)
     completion = await sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     stream = await sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
     assert completion.choices[0].message.content == "".join(
-        [c.choices[0].delta.content or "" async for c in stream])
+        [c.choices[0].delta.content or "" async for c in stream]
+    )
     await sdk.close()
 
 
@@ -421,12 +481,17 @@ async def test_running_in_process_on_the_current_loop(tiktoken_cache_dir):
         socket.create_connection(("127.0.0.1", fake.port), timeout=1).close()
 
 
-
 def test_standalone_process_is_quiet_and_scriptable_over_http(tiktoken_cache_dir):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "openai_policy_devkit.fake_openai", "--port", str(port)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openai_policy_devkit.fake_openai", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         banner = proc.stdout.readline()
         assert f"127.0.0.1:{port}/v1" in banner
@@ -434,7 +499,10 @@ def test_standalone_process_is_quiet_and_scriptable_over_http(tiktoken_cache_dir
         sdk = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-test", max_retries=0)
         for _ in range(20):
             sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-        assert request(base, "POST", "/_fake/faults", {"kind": "status", "status": 429, "retry_after": 1}).status == 201
+        assert (
+            request(base, "POST", "/_fake/faults", {"kind": "status", "status": 429, "retry_after": 1}).status
+            == 201
+        )
         with pytest.raises(openai.RateLimitError):
             sdk.models.list()
         assert request(base, "GET", "/_fake/requests").json() == []  # not recording by default
@@ -447,8 +515,9 @@ def test_standalone_process_is_quiet_and_scriptable_over_http(tiktoken_cache_dir
 def test_multibyte_reply_streams_whole_characters(fake_openai):
     text = "Grüße aus dem Cluster: 你好, 🌍!"
     fake_openai.reply_text = text
-    stream = client(fake_openai).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,
-                                                         stream_options={"include_usage": True})
+    stream = client(fake_openai).chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert chunks[-1].usage.completion_tokens == o200k(text)
@@ -458,7 +527,12 @@ def test_admin_routes_script_the_same_server(fake_openai):
     base = fake_openai.url
     assert request(base, "POST", "/_fake/faults", {"kind": "nonsense"}).status == 400
     assert request(base, "POST", "/_fake/faults", {"kind": "status"}).status == 400  # no status
-    assert request(base, "POST", "/_fake/faults", {"kind": "model", "model": "gpt-4o-mini", "times": None}).status == 201
+    assert (
+        request(
+            base, "POST", "/_fake/faults", {"kind": "model", "model": "gpt-4o-mini", "times": None}
+        ).status
+        == 201
+    )
     sdk = client(fake_openai)
     assert sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES).model == "gpt-4o-mini"
     assert sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES).model == "gpt-4o-mini"

@@ -59,8 +59,15 @@ def test_chat_completion(fake_openai, openai_schema, extra):
     openai_schema.validate("CompletionUsage", body["usage"])
 
 
-@pytest.mark.parametrize("options", [None, {"include_usage": True}, {"include_usage": False},
-                                     {"include_usage": True, "include_obfuscation": False}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        None,
+        {"include_usage": True},
+        {"include_usage": False},
+        {"include_usage": True, "include_obfuscation": False},
+    ],
+)
 @pytest.mark.parametrize("n", [1, 2])
 def test_chat_stream_chunks(fake_openai, openai_schema, options, n):
     body: dict[str, Any] = {"model": "gpt-4o", "messages": MESSAGES, "stream": True, "n": n}
@@ -76,8 +83,11 @@ def test_chat_stream_chunks(fake_openai, openai_schema, options, n):
 def test_response_object(fake_openai, openai_schema, reply):
     if reply:
         fake_openai.add_fault("reply", text=reply)
-    body = post(fake_openai, "/responses", {"model": "gpt-4.1", "input": MESSAGES, "instructions": "x",
-                                            "max_output_tokens": 16}).json()
+    body = post(
+        fake_openai,
+        "/responses",
+        {"model": "gpt-4.1", "input": MESSAGES, "instructions": "x", "max_output_tokens": 16},
+    ).json()
     openai_schema.validate("Response", body)
     assert body["status"] == ("incomplete" if reply else "completed")
 
@@ -86,8 +96,13 @@ def test_response_object(fake_openai, openai_schema, reply):
 def test_response_stream_events(fake_openai, openai_schema, reply):
     if reply:
         fake_openai.add_fault("reply", text=reply)
-    events = events_of(post(fake_openai, "/responses", {"model": "gpt-4.1", "input": "hi", "stream": True,
-                                                        "max_output_tokens": 16}))
+    events = events_of(
+        post(
+            fake_openai,
+            "/responses",
+            {"model": "gpt-4.1", "input": "hi", "stream": True, "max_output_tokens": 16},
+        )
+    )
     for event in events:
         openai_schema.validate(openai_schema.stream_event_schema(event["type"]), event)
         openai_schema.validate("ResponseStreamEvent", event)
@@ -100,12 +115,18 @@ def test_legacy_completion(fake_openai, openai_schema):
 
 
 def test_embeddings(fake_openai, openai_schema):
-    as_float = post(fake_openai, "/embeddings", {"model": "text-embedding-3-small", "input": ["a", "b"],
-                                                 "encoding_format": "float"}).json()
+    as_float = post(
+        fake_openai,
+        "/embeddings",
+        {"model": "text-embedding-3-small", "input": ["a", "b"], "encoding_format": "float"},
+    ).json()
     openai_schema.validate("CreateEmbeddingResponse", as_float)
     # The spec only describes float arrays; the real API answers base64 with a string in their place.
-    as_base64 = post(fake_openai, "/embeddings", {"model": "text-embedding-3-small", "input": ["a", "b"],
-                                                  "encoding_format": "base64"}).json()
+    as_base64 = post(
+        fake_openai,
+        "/embeddings",
+        {"model": "text-embedding-3-small", "input": ["a", "b"], "encoding_format": "base64"},
+    ).json()
     decoded = copy.deepcopy(as_base64)
     for item in decoded["data"]:
         raw = base64.b64decode(item["embedding"])
@@ -138,7 +159,9 @@ def error_cases(fake: FakeOpenAI) -> list[Any]:
         request(base, "POST", "/chat/completions", raw=b"{nope"),
         request(base, "POST", "/chat/completions", {"messages": MESSAGES}),
         request(base, "POST", "/chat/completions", {"model": "gpt-4o"}),
-        request(base, "POST", "/chat/completions", {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 0}),
+        request(
+            base, "POST", "/chat/completions", {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 0}
+        ),
         request(base, "GET", "/models/unknown-model"),
         request(base, "GET", "/nothing-here"),
         request(base, "POST", "/embeddings", {"model": "text-embedding-3-small", "input": "x"}),
@@ -157,9 +180,11 @@ def test_errors(fake_openai, openai_schema):
 
 # --- the validator is not vacuous ---------------------------------------------------------------
 
+
 def _rename(key: str, new: str) -> Callable[[dict[str, Any]], None]:
     def mutate(doc: dict[str, Any]) -> None:
         doc[new] = doc.pop(key)
+
     return mutate
 
 
@@ -173,27 +198,43 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
             target[int(last)] = value
         else:
             target[last] = value
+
     return mutate
 
 
 BROKEN = {
-    "misspelt optional field": ("CreateChatCompletionResponse", "chat", _rename("system_fingerprint", "system_fingerprnt")),
+    "misspelt optional field": (
+        "CreateChatCompletionResponse",
+        "chat",
+        _rename("system_fingerprint", "system_fingerprnt"),
+    ),
     "misspelt required field": ("CreateChatCompletionResponse", "chat", _rename("choices", "choice")),
     "integer as string": ("CreateChatCompletionResponse", "chat", _set("created", "1700000000")),
     "integer as float": ("CreateChatCompletionResponse", "chat", _set("usage.prompt_tokens", 9.0)),
     "wrong object": ("CreateChatCompletionResponse", "chat", _set("object", "chat.completion.chunk")),
-    "extra usage field": ("CreateChatCompletionResponse", "chat", _set("usage.prompt_tokens_details.cache_hits", 1)),
+    "extra usage field": (
+        "CreateChatCompletionResponse",
+        "chat",
+        _set("usage.prompt_tokens_details.cache_hits", 1),
+    ),
     "bad finish_reason": ("CreateChatCompletionResponse", "chat", _set("choices.0.finish_reason", "done")),
     "chunk usage not object": ("CreateChatCompletionStreamResponse", "chunk", _set("usage", "none")),
-    "chunk delta typo": ("CreateChatCompletionStreamResponse", "chunk", _set("choices.0.delta", {"contents": "x"})),
+    "chunk delta typo": (
+        "CreateChatCompletionStreamResponse",
+        "chunk",
+        _set("choices.0.delta", {"contents": "x"}),
+    ),
     "response bad status": ("Response", "response", _set("status", "done")),
     "response usage typo": ("Response", "response", _rename("usage", "usages")),
     "response output typo": ("Response", "response", _set("output.0.content.0.type", "text")),
     "event missing sequence": ("ResponseStreamEvent", "event", lambda doc: doc.pop("sequence_number")),
     "event unknown field": ("ResponseStreamEvent", "event", _set("delta_text", "x")),
     "embedding as string": ("CreateEmbeddingResponse", "embedding", _set("data.0.embedding", "AAAA")),
-    "moderation category typo": ("CreateModerationResponse", "moderation",
-                                 _set("results.0.categories.violent", False)),
+    "moderation category typo": (
+        "CreateModerationResponse",
+        "moderation",
+        _set("results.0.categories.violent", False),
+    ),
     "model owner missing": ("Model", "model", lambda doc: doc.pop("owned_by")),
     "error code as int": ("ErrorResponse", "error", _set("error.code", 429)),
     "error missing param": ("ErrorResponse", "error", lambda doc: doc["error"].pop("param")),
@@ -202,15 +243,23 @@ BROKEN = {
 
 @pytest.fixture
 def samples(fake_openai) -> dict[str, Any]:
-    stream = {"model": "gpt-4o", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
+    stream = {
+        "model": "gpt-4o",
+        "messages": MESSAGES,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     events = events_of(post(fake_openai, "/responses", {"model": "gpt-4.1", "input": "hi", "stream": True}))
     return {
         "chat": post(fake_openai, "/chat/completions", {"model": "gpt-4o", "messages": MESSAGES}).json(),
         "chunk": chunks_of(post(fake_openai, "/chat/completions", stream))[1],
         "response": post(fake_openai, "/responses", {"model": "gpt-4.1", "input": "hi"}).json(),
         "event": next(e for e in events if e["type"] == "response.output_text.delta"),
-        "embedding": post(fake_openai, "/embeddings", {"model": "text-embedding-3-small", "input": "x",
-                                                       "encoding_format": "float"}).json(),
+        "embedding": post(
+            fake_openai,
+            "/embeddings",
+            {"model": "text-embedding-3-small", "input": "x", "encoding_format": "float"},
+        ).json(),
         "moderation": post(fake_openai, "/moderations", {"input": "x"}).json(),
         "model": request(fake_openai.base_url, "GET", "/models/gpt-4o").json(),
         "error": request(fake_openai.base_url, "GET", "/models/nope").json(),
@@ -224,11 +273,23 @@ def test_validator_rejects_a_broken_answer(openai_schema, samples, case):
     assert openai_schema.errors(schema, original) == []  # the untouched answer passes...
     broken = copy.deepcopy(original)
     mutate(broken)
-    assert openai_schema.errors(schema, broken), f"{case}: a broken {schema} was accepted"  # ...the broken fails
+    assert openai_schema.errors(schema, broken), (
+        f"{case}: a broken {schema} was accepted"
+    )  # ...the broken fails
 
 
 def test_every_schema_the_fake_claims_exists(openai_schema):
-    for name in ("CreateChatCompletionResponse", "CreateChatCompletionStreamResponse", "Response",
-                 "ResponseStreamEvent", "CreateEmbeddingResponse", "CreateModerationResponse",
-                 "ListModelsResponse", "Model", "Error", "ErrorResponse", "CreateCompletionResponse"):
+    for name in (
+        "CreateChatCompletionResponse",
+        "CreateChatCompletionStreamResponse",
+        "Response",
+        "ResponseStreamEvent",
+        "CreateEmbeddingResponse",
+        "CreateModerationResponse",
+        "ListModelsResponse",
+        "Model",
+        "Error",
+        "ErrorResponse",
+        "CreateCompletionResponse",
+    ):
         assert openai_schema.validator(name) is not None

@@ -47,8 +47,14 @@ def test_reference_docs_are_fresh() -> None:
 
 
 def test_the_module_prints_the_crd() -> None:
-    result = subprocess.run([sys.executable, "-m", "openai_policy_operator.crd"], capture_output=True, text=True,
-                            check=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "openai_policy_operator.crd"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.stdout == crd.render_crd_yaml()
     assert yaml.safe_load(result.stdout)["metadata"]["name"] == "openaipolicies.openaipolicy.dev"
 
@@ -73,8 +79,9 @@ def test_names_subresources_and_columns(generated: dict[str, Any]) -> None:
     assert list(columns) == ["READY", "ENFORCING", "SPEND", "REQUESTS", "BLOCKED", "AGE"]
 
 
-def test_printer_columns_point_at_fields_of_the_status_model(schema: dict[str, Any],
-                                                              generated: dict[str, Any]) -> None:
+def test_printer_columns_point_at_fields_of_the_status_model(
+    schema: dict[str, Any], generated: dict[str, Any]
+) -> None:
     paths = {p for p, _ in walk(schema)}
     for column in generated["spec"]["versions"][0]["additionalPrinterColumns"]:
         field = column["jsonPath"].lstrip(".").split("[")[0]
@@ -83,7 +90,18 @@ def test_printer_columns_point_at_fields_of_the_status_model(schema: dict[str, A
 
 
 def test_schema_is_structural(schema: dict[str, Any]) -> None:
-    forbidden = {"$ref", "$defs", "anyOf", "allOf", "oneOf", "not", "title", "const", "uniqueItems", "nullable"}
+    forbidden = {
+        "$ref",
+        "$defs",
+        "anyOf",
+        "allOf",
+        "oneOf",
+        "not",
+        "title",
+        "const",
+        "uniqueItems",
+        "nullable",
+    }
     for path, node in walk(schema):
         assert not forbidden & node.keys(), (path, forbidden & node.keys())
         assert "type" in node, path
@@ -155,10 +173,18 @@ def test_status_schema_has_no_defaults(schema: dict[str, Any]) -> None:
 
 def test_cross_field_rules_are_cel(schema: dict[str, Any]) -> None:
     spec = schema["properties"]["spec"]
-    messages = " | ".join(rule["message"] for _, node in walk(spec) for rule in node.get("x-kubernetes-validations", []))
-    for words in ("downgradeAtPercent requires models.fallback", "pinned target", "fallback must be allowed",
-                  "at most once in budget.limits", "must be greater than budget.alertAtPercent",
-                  "baseDelaySeconds must not be greater", "must be an exact model id"):
+    messages = " | ".join(
+        rule["message"] for _, node in walk(spec) for rule in node.get("x-kubernetes-validations", [])
+    )
+    for words in (
+        "downgradeAtPercent requires models.fallback",
+        "pinned target",
+        "fallback must be allowed",
+        "at most once in budget.limits",
+        "must be greater than budget.alertAtPercent",
+        "baseDelaySeconds must not be greater",
+        "must be an exact model id",
+    ):
         assert words in messages
     for _, node in walk(spec):
         for rule in node.get("x-kubernetes-validations", []):
@@ -170,13 +196,19 @@ def test_examples_validate_against_the_openapi_schema(schema: dict[str, Any], pa
     # Draft 4 is the JSON Schema dialect OpenAPI v3.0 builds on (boolean exclusiveMinimum).
     document = yaml.safe_load(path.read_text())
     jsonschema.Draft4Validator(schema["properties"]["spec"]).validate(document["spec"])
-    jsonschema.Draft4Validator(schema["properties"]["spec"]).validate(load_policy_file(path).to_document()["spec"])
+    jsonschema.Draft4Validator(schema["properties"]["spec"]).validate(
+        load_policy_file(path).to_document()["spec"]
+    )
 
 
 def test_openapi_bounds_refuse_what_the_model_refuses(schema: dict[str, Any]) -> None:
     validator = jsonschema.Draft4Validator(schema["properties"]["spec"])
-    for bad in ({"budget": {"limits": [{"window": "month", "usd": 0}]}}, {"mode": "x"},
-                {"requests": {"maxOutputTokens": 0}}, {"safety": {"pii": {"types": ["passport"]}}}):
+    for bad in (
+        {"budget": {"limits": [{"window": "month", "usd": 0}]}},
+        {"mode": "x"},
+        {"requests": {"maxOutputTokens": 0}},
+        {"safety": {"pii": {"types": ["passport"]}}},
+    ):
         assert list(validator.iter_errors(bad)), bad
 
 

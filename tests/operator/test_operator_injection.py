@@ -24,10 +24,20 @@ def pod(**spec_extra) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"generateName": "web-7d9f8b6c4-", "namespace": "apps",
-                     "labels": {"app": "web", "pod-template-hash": "7d9f8b6c4"},
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8b6c4",
-                                          "uid": "u1", "controller": True}]},
+        "metadata": {
+            "generateName": "web-7d9f8b6c4-",
+            "namespace": "apps",
+            "labels": {"app": "web", "pod-template-hash": "7d9f8b6c4"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": "web-7d9f8b6c4",
+                    "uid": "u1",
+                    "controller": True,
+                }
+            ],
+        },
         "spec": {"containers": [{"name": "app", "image": "app:1"}], **spec_extra},
     }
 
@@ -51,10 +61,18 @@ def test_native_sidecar_with_startup_probe_and_args():
     assert sidecar["name"] == names.SIDECAR_NAME
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 8781}
-    assert sidecar["args"] == ["--policy", "/etc/openai-policy/policy.yaml",
-                               "--listen", "127.0.0.1:8780", "--admin-listen", "0.0.0.0:8781",
-                               "--api-key-file", "/var/run/secrets/openai-policy/token",
-                               "--redis-url", "redis://127.0.0.1:6379/0"]
+    assert sidecar["args"] == [
+        "--policy",
+        "/etc/openai-policy/policy.yaml",
+        "--listen",
+        "127.0.0.1:8780",
+        "--admin-listen",
+        "0.0.0.0:8781",
+        "--api-key-file",
+        "/var/run/secrets/openai-policy/token",
+        "--redis-url",
+        "redis://127.0.0.1:6379/0",
+    ]
     assert sidecar["image"] == "sidecar:test"
     assert out["metadata"]["annotations"][names.INJECTED_ANNOTATION] == "team-a"
 
@@ -139,16 +157,28 @@ def test_input_is_not_mutated():
 def test_policy_without_key_and_without_redis():
     out = applied(pod(), InjectionTarget(policy_name="open"), InjectionSettings())
     sidecar = sidecar_of(out)
-    assert sidecar["args"] == ["--policy", "/etc/openai-policy/policy.yaml",
-                               "--listen", "127.0.0.1:8780", "--admin-listen", "0.0.0.0:8781"]
+    assert sidecar["args"] == [
+        "--policy",
+        "/etc/openai-policy/policy.yaml",
+        "--listen",
+        "127.0.0.1:8780",
+        "--admin-listen",
+        "0.0.0.0:8781",
+    ]
     assert all(v["name"] != names.API_KEY_VOLUME for v in out["spec"]["volumes"])
 
 
-@pytest.mark.parametrize(("meta", "expected"), [
-    ({"name": "solo"}, "solo"),
-    ({"generateName": "batch-"}, "batch"),
-    ({"name": "j-abc", "ownerReferences": [{"kind": "Job", "name": "nightly", "controller": True}]}, "nightly"),
-    ({"ownerReferences": [{"kind": "ReplicaSet", "name": "api-5f6d7c8b9d", "controller": True}]}, "api"),
-])
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ({"name": "solo"}, "solo"),
+        ({"generateName": "batch-"}, "batch"),
+        (
+            {"name": "j-abc", "ownerReferences": [{"kind": "Job", "name": "nightly", "controller": True}]},
+            "nightly",
+        ),
+        ({"ownerReferences": [{"kind": "ReplicaSet", "name": "api-5f6d7c8b9d", "controller": True}]}, "api"),
+    ],
+)
 def test_workload_name(meta, expected):
     assert workload_name({"metadata": meta}) == expected

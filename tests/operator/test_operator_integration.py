@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "openaipolicies.openaipolicy.dev.yaml"
 
 
-
-def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+def wait_for(
+    check: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -53,9 +54,14 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with log.open("wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "openai_policy_operator", *argv], env=env,
-                                            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "openai_policy_operator", *argv],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
@@ -74,8 +80,11 @@ def wait_established(control_plane, crd_name: str) -> None:
     # Polled rather than `kubectl wait`, which fails while a fresh CRD has no conditions at all.
     def established() -> bool:
         body = get_json(control_plane, "crd", crd_name) or {}
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (body.get("status") or {}).get("conditions") or [])
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (body.get("status") or {}).get("conditions") or []
+        )
+
     wait_for(established, 30.0, 0.1, f"CRD {crd_name} to be established")
 
 
@@ -95,25 +104,49 @@ def op_redis() -> Iterator[RedisServer]:
 
 
 @contextlib.contextmanager
-def running_operator(control_plane, redis_url: str, workdir: Path, *, extra: tuple[str, ...] = ("--standalone",),
-                     hook: str | None = None) -> Iterator[dict[str, Any]]:
+def running_operator(
+    control_plane,
+    redis_url: str,
+    workdir: Path,
+    *,
+    extra: tuple[str, ...] = ("--standalone",),
+    hook: str | None = None,
+) -> Iterator[dict[str, Any]]:
     """An operator process authenticated as a ServiceAccount holding exactly our RBAC rules."""
     suffix = secrets.token_hex(3)
     system_ns = control_plane.create_namespace("oaip-system")
     role = f"openai-policy-operator-test-{suffix}"
     hook = hook or f"openai-policy-injector-test-{suffix}"
     control_plane.kubectl("create", "serviceaccount", "operator", "-n", system_ns)
-    manifests = [rbac.cluster_role(role, webhook_configuration=hook),
-                 rbac.cluster_role_binding(role, system_ns, "operator")]
+    manifests = [
+        rbac.cluster_role(role, webhook_configuration=hook),
+        rbac.cluster_role_binding(role, system_ns, "operator"),
+    ]
     control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
     kubeconfig = control_plane.service_account_kubeconfig(system_ns, "operator")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    proc = OperatorProcess([
-        *extra, "--redis-url", redis_url, "--operator-namespace", system_ns,
-        "--webhook-listen", f"127.0.0.1:{port}", "--cert-dir", str(workdir / "certs"),
-        "--manage-webhook-configuration", hook, "--status-interval", "1", "--sidecar-image", "sidecar:test",
-    ], kubeconfig, workdir / "operator.log")
+    proc = OperatorProcess(
+        [
+            *extra,
+            "--redis-url",
+            redis_url,
+            "--operator-namespace",
+            system_ns,
+            "--webhook-listen",
+            f"127.0.0.1:{port}",
+            "--cert-dir",
+            str(workdir / "certs"),
+            "--manage-webhook-configuration",
+            hook,
+            "--status-interval",
+            "1",
+            "--sidecar-image",
+            "sidecar:test",
+        ],
+        kubeconfig,
+        workdir / "operator.log",
+    )
 
     def webhook_ready() -> bool:
         assert proc.process.poll() is None, f"operator exited:\n{proc.logs()}"
@@ -128,15 +161,29 @@ def running_operator(control_plane, redis_url: str, workdir: Path, *, extra: tup
         # Warm up: one policy handled end to end means the watches are established, so the
         # timing promises below measure the operator, not its start-up.
         apply_policy(control_plane, system_ns, "warm-up", {"selector": {"matchLabels": {"app": "warm-up"}}})
-        wait_for(lambda: (condition(control_plane, system_ns, "warm-up", "Ready") or {}).get("status") == "True",
-                 60, 0.1, "the warm-up policy to become Ready")
-        yield {"process": proc, "kubeconfig": kubeconfig, "system_ns": system_ns, "port": port,
-               "service_account": f"system:serviceaccount:{system_ns}:operator", "webhook": hook,
-               "certfile": workdir / "certs" / "tls.crt"}
+        wait_for(
+            lambda: (condition(control_plane, system_ns, "warm-up", "Ready") or {}).get("status") == "True",
+            60,
+            0.1,
+            "the warm-up policy to become Ready",
+        )
+        yield {
+            "process": proc,
+            "kubeconfig": kubeconfig,
+            "system_ns": system_ns,
+            "port": port,
+            "service_account": f"system:serviceaccount:{system_ns}:operator",
+            "webhook": hook,
+            "certfile": workdir / "certs" / "tls.crt",
+        }
     finally:
         proc.stop()
-        control_plane.kubectl("delete", "mutatingwebhookconfiguration", hook, "--ignore-not-found", check=False)
-        control_plane.kubectl("delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found", check=False)
+        control_plane.kubectl(
+            "delete", "mutatingwebhookconfiguration", hook, "--ignore-not-found", check=False
+        )
+        control_plane.kubectl(
+            "delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found", check=False
+        )
         control_plane.delete_namespace(system_ns)
         print(proc.logs()[-20000:])  # shown by pytest for a failing test
 
@@ -149,9 +196,14 @@ def operator(control_plane, crd, op_redis, tmp_path_factory) -> Iterator[dict[st
 
 # ---- helpers ----------------------------------------------------------------------------------
 
+
 def apply_policy(control_plane, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    doc = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name, "namespace": namespace},
-           "spec": spec}
+    doc = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
     control_plane.kubectl("apply", "-f", "-", input=json.dumps(doc))
 
 
@@ -183,13 +235,21 @@ def condition(control_plane, namespace: str, name: str, ctype: str) -> dict[str,
     return next((c for c in (body.get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
 
 
-def wait_condition(control_plane, namespace: str, name: str, ctype: str, status: str, timeout: float,
-                   reason: str | None = None) -> dict[str, Any]:
+def wait_condition(
+    control_plane,
+    namespace: str,
+    name: str,
+    ctype: str,
+    status: str,
+    timeout: float,
+    reason: str | None = None,
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         found = condition(control_plane, namespace, name, ctype)
         if found and found["status"] == status and (reason is None or found["reason"] == reason):
             return found
         return None
+
     return wait_for(check, timeout, 0.05, f"{ctype}={status} on {namespace}/{name}")
 
 
@@ -207,16 +267,30 @@ def kubectl_get_row(control_plane, *args: str) -> dict[str, str]:
 
 
 def label_for_injection(control_plane, namespace: str) -> None:
-    control_plane.kubectl("label", "namespace", namespace, f"{names.NAMESPACE_INJECTION_LABEL}=enabled",
-                          "--overwrite")
+    control_plane.kubectl(
+        "label", "namespace", namespace, f"{names.NAMESPACE_INJECTION_LABEL}=enabled", "--overwrite"
+    )
 
 
-def create_pod(control_plane, namespace: str, name: str, labels: dict[str, str] | None = None,
-               annotations: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": namespace, "labels": labels or {},
-                        "annotations": annotations or {}},
-           "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+def create_pod(
+    control_plane,
+    namespace: str,
+    name: str,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels or {},
+            "annotations": annotations or {},
+        },
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }
     result = control_plane.kubectl("create", *extra, "-f", "-", "-o", "json", input=json.dumps(pod))
     return json.loads(result.stdout)
 
@@ -227,10 +301,15 @@ def has_sidecar(pod: dict[str, Any]) -> bool:
 
 # ---- reconciliation ---------------------------------------------------------------------------
 
+
 def test_policy_ready_with_configmap_within_2s(control_plane, namespace, operator):
     started = time.monotonic()
-    apply_policy(control_plane, namespace, "fast", {"selector": {"matchLabels": {"app": "x"}},
-                                                     "apiKey": {"secretRef": {"name": "openai"}}})
+    apply_policy(
+        control_plane,
+        namespace,
+        "fast",
+        {"selector": {"matchLabels": {"app": "x"}}, "apiKey": {"secretRef": {"name": "openai"}}},
+    )
     wait_condition(control_plane, namespace, "fast", "Ready", "True", 2.0)
     configmap = wait_for(lambda: get_configmap(control_plane, namespace, "fast-policy"), 2.0)
     assert time.monotonic() - started < 2.0
@@ -275,8 +354,16 @@ def test_change_publishes_new_generation_within_2s(control_plane, namespace, ope
     pubsub = client.pubsub()
     pubsub.subscribe(f"oaip:{{{namespace}/live}}:policy-updates")
     started = time.monotonic()
-    control_plane.kubectl("patch", "oaip", "live", "-n", namespace, "--type=merge",
-                          "-p", '{"spec": {"requests": {"maxOutputTokens": 200}}}')
+    control_plane.kubectl(
+        "patch",
+        "oaip",
+        "live",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"requests": {"maxOutputTokens": 200}}}',
+    )
 
     def published() -> dict[str, Any] | None:
         raw = client.get(key)
@@ -296,11 +383,20 @@ def test_selector_conflict_marks_the_newer_policy(control_plane, namespace, oper
     wait_condition(control_plane, namespace, "older", "Ready", "True", 5.0)
     time.sleep(1.1)  # creationTimestamp has one-second resolution
     apply_policy(control_plane, namespace, "newer", {"selector": {}})
-    found = wait_condition(control_plane, namespace, "newer", "Ready", "False", 5.0, reason="SelectorConflict")
+    found = wait_condition(
+        control_plane, namespace, "newer", "Ready", "False", 5.0, reason="SelectorConflict"
+    )
     assert "older" in found["message"]
     assert condition(control_plane, namespace, "older", "Ready")["status"] == "True"
-    wait_for(lambda: any(e["reason"] == "SelectorConflict" and e["involvedObject"]["name"] == "newer"
-                         for e in events(control_plane, namespace)), 5.0, 0.2, "a SelectorConflict Event")
+    wait_for(
+        lambda: any(
+            e["reason"] == "SelectorConflict" and e["involvedObject"]["name"] == "newer"
+            for e in events(control_plane, namespace)
+        ),
+        5.0,
+        0.2,
+        "a SelectorConflict Event",
+    )
     # The conflict resolves by itself when the older policy goes away.
     control_plane.kubectl("delete", "oaip", "older", "-n", namespace)
     wait_condition(control_plane, namespace, "newer", "Ready", "True", 10.0)
@@ -308,21 +404,47 @@ def test_selector_conflict_marks_the_newer_policy(control_plane, namespace, oper
 
 # ---- injection --------------------------------------------------------------------------------
 
+
 def test_deployment_pod_is_stored_with_the_sidecar(control_plane, namespace, operator):
     label_for_injection(control_plane, namespace)
-    apply_policy(control_plane, namespace, "web", {"selector": {"matchLabels": {"app": "web"}},
-                                                    "apiKey": {"secretRef": {"name": "openai", "key": "token"}}})
+    apply_policy(
+        control_plane,
+        namespace,
+        "web",
+        {
+            "selector": {"matchLabels": {"app": "web"}},
+            "apiKey": {"secretRef": {"name": "openai", "key": "token"}},
+        },
+    )
     wait_condition(control_plane, namespace, "web", "Ready", "True", 5.0)
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": namespace},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}},
-                              "spec": {"containers": [{"name": "app", "image": "app:1",
-                                                       "env": [{"name": "OPENAI_API_KEY", "value": "sk-own"}]}]}}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "app:1",
+                            "env": [{"name": "OPENAI_API_KEY", "value": "sk-own"}],
+                        }
+                    ]
+                },
+            },
+        },
     }
     control_plane.kubectl("apply", "-f", "-", input=json.dumps(deployment))
-    pods = wait_for(lambda: (get_json(control_plane, "pods", "-n", namespace, "-l", "app=web") or {}).get("items"),
-                    30.0, 0.2, "the Deployment's pod")
+    pods = wait_for(
+        lambda: (get_json(control_plane, "pods", "-n", namespace, "-l", "app=web") or {}).get("items"),
+        30.0,
+        0.2,
+        "the Deployment's pod",
+    )
     pod = pods[0]
     assert pod["metadata"]["annotations"][names.INJECTED_ANNOTATION] == "web"
     sidecar = pod["spec"]["initContainers"][0]
@@ -337,11 +459,25 @@ def test_deployment_pod_is_stored_with_the_sidecar(control_plane, namespace, ope
     assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:8780/v1"
     assert env["OPENAI_API_KEY"] == names.PLACEHOLDER_API_KEY
     assert all(m["name"] != names.API_KEY_VOLUME for m in app.get("volumeMounts", []))
-    wait_for(lambda: any(e["reason"] == "APIKeyEnvReplaced" for e in events(control_plane, namespace)), 10.0, 0.2,
-             "an APIKeyEnvReplaced Event")
+    wait_for(
+        lambda: any(e["reason"] == "APIKeyEnvReplaced" for e in events(control_plane, namespace)),
+        10.0,
+        0.2,
+        "an APIKeyEnvReplaced Event",
+    )
     # The status counts the injected pod.
-    wait_for(lambda: ((get_json(control_plane, "oaip", "web", "-n", namespace) or {}).get("status", {})
-                      .get("pods", {}).get("injected") == 1), 10.0, 0.2, "pods.injected == 1")
+    wait_for(
+        lambda: (
+            (get_json(control_plane, "oaip", "web", "-n", namespace) or {})
+            .get("status", {})
+            .get("pods", {})
+            .get("injected")
+            == 1
+        ),
+        10.0,
+        0.2,
+        "pods.injected == 1",
+    )
 
 
 def test_unlabelled_namespace_is_untouched(control_plane, operator):
@@ -363,17 +499,27 @@ def test_opt_out_ambiguous_and_dry_run(control_plane, namespace, operator):
     # A pod labelled team=a and tier=b would match both: the newer policy says so.
     wait_condition(control_plane, namespace, "two", "Ready", "False", 5.0, reason="SelectorConflict")
 
-    opted_out = create_pod(control_plane, namespace, "opted-out", {"team": "a"}, {names.INJECT_ANNOTATION: "false"})
+    opted_out = create_pod(
+        control_plane, namespace, "opted-out", {"team": "a"}, {names.INJECT_ANNOTATION: "false"}
+    )
     assert not has_sidecar(opted_out)
     unmatched = create_pod(control_plane, namespace, "unmatched", {"team": "z"})
     assert not has_sidecar(unmatched)
     ambiguous = create_pod(control_plane, namespace, "ambiguous", {"team": "a", "tier": "b"})
     assert not has_sidecar(ambiguous)
-    wait_for(lambda: [e for e in events(control_plane, namespace)
-                      if e["reason"] == "AmbiguousPolicy" and e["involvedObject"]["name"] == "ambiguous"],
-             10.0, 0.2, "an AmbiguousPolicy Event")
-    chosen = create_pod(control_plane, namespace, "chosen", {"team": "a", "tier": "b"},
-                        {names.POLICY_ANNOTATION: "two"})
+    wait_for(
+        lambda: [
+            e
+            for e in events(control_plane, namespace)
+            if e["reason"] == "AmbiguousPolicy" and e["involvedObject"]["name"] == "ambiguous"
+        ],
+        10.0,
+        0.2,
+        "an AmbiguousPolicy Event",
+    )
+    chosen = create_pod(
+        control_plane, namespace, "chosen", {"team": "a", "tier": "b"}, {names.POLICY_ANNOTATION: "two"}
+    )
     assert has_sidecar(chosen) and chosen["metadata"]["annotations"][names.INJECTED_ANNOTATION] == "two"
 
     dry = create_pod(control_plane, namespace, "dry", {"team": "a"}, extra=("--dry-run=server",))
@@ -391,7 +537,10 @@ def test_operator_namespace_is_never_injected(control_plane, operator):
 
 # ---- status from the field --------------------------------------------------------------------
 
-def sidecar_reports(redis_url: str, ref: tuple[str, str], counters: dict[str, int], generation: int = 1) -> None:
+
+def sidecar_reports(
+    redis_url: str, ref: tuple[str, str], counters: dict[str, int], generation: int = 1
+) -> None:
     """Write usage and a heartbeat exactly as a sidecar does, through the state store."""
     from openai_policy_store import RedisStore, UsageReporter
 
@@ -401,8 +550,17 @@ def sidecar_reports(redis_url: str, ref: tuple[str, str], counters: dict[str, in
             reporter = UsageReporter(store, ref)
             reporter.add(counters)
             await reporter.flush()
-            await reporter.heartbeat("web-abc", {"generation": generation, "keyLoaded": True, "lastError": None,
-                                                 "mode": "enforce", "suspended": False, "circuit": "closed"})
+            await reporter.heartbeat(
+                "web-abc",
+                {
+                    "generation": generation,
+                    "keyLoaded": True,
+                    "lastError": None,
+                    "mode": "enforce",
+                    "suspended": False,
+                    "circuit": "closed",
+                },
+            )
         finally:
             await store.close()
 
@@ -430,8 +588,11 @@ def spend(redis_url: str, ref: tuple[str, str], budget_spec: dict[str, Any], usd
 def test_usage_appears_in_kubectl_get_within_15s(control_plane, namespace, operator):
     apply_policy(control_plane, namespace, "counted", {})
     wait_condition(control_plane, namespace, "counted", "Ready", "True", 5.0)
-    sidecar_reports(operator["redis"].url, (namespace, "counted"),
-                    {"requests": 7, "tokens_input": 120, "tokens_output": 30, "refused:rate_limit_exceeded": 2})
+    sidecar_reports(
+        operator["redis"].url,
+        (namespace, "counted"),
+        {"requests": 7, "tokens_input": 120, "tokens_output": 30, "refused:rate_limit_exceeded": 2},
+    )
     started = time.monotonic()
 
     def row() -> dict[str, str] | None:
@@ -462,10 +623,15 @@ def test_budget_alert_and_exceeded_conditions_and_events(control_plane, namespac
     spend(operator["redis"].url, ref, budget, "0.40")
     found = wait_condition(control_plane, namespace, "capped", "BudgetExceeded", "True", 15.0)
     assert found["reason"] == "LimitReached" and "$1.00 of $1.00" in found["message"]
-    reasons = wait_for(lambda: {e["reason"] for e in events(control_plane, namespace)
-                                if e["involvedObject"]["name"] == "capped"} >= {"AlertThresholdReached",
-                                                                                "LimitReached"},
-                       10.0, 0.2, "BudgetAlert and BudgetExceeded Events")
+    reasons = wait_for(
+        lambda: (
+            {e["reason"] for e in events(control_plane, namespace) if e["involvedObject"]["name"] == "capped"}
+            >= {"AlertThresholdReached", "LimitReached"}
+        ),
+        10.0,
+        0.2,
+        "BudgetAlert and BudgetExceeded Events",
+    )
     assert reasons
     status = get_json(control_plane, "oaip", "capped", "-n", namespace)["status"]
     day = next(w for w in status["spend"] if w["window"] == "day")
@@ -478,8 +644,12 @@ def test_delete_removes_the_configmap(control_plane, namespace, operator):
     control_plane.kubectl("delete", "oaip", "gone", "-n", namespace)
     # The controller-manager's garbage collector learns about a new CRD at its next discovery
     # resync (every 30 s), so a CRD installed moments ago can take that long.
-    wait_for(lambda: get_json(control_plane, "configmap", "gone-policy", "-n", namespace) is None, 75.0, 0.5,
-             "garbage collection of the ConfigMap")
+    wait_for(
+        lambda: get_json(control_plane, "configmap", "gone-policy", "-n", namespace) is None,
+        75.0,
+        0.5,
+        "garbage collection of the ConfigMap",
+    )
 
 
 def test_spend_survives_delete_and_recreate(control_plane, namespace, operator):
@@ -499,8 +669,17 @@ def test_spend_survives_delete_and_recreate(control_plane, namespace, operator):
 
 # ---- RBAC -------------------------------------------------------------------------------------
 
+
 def test_operator_service_account_cannot_read_secrets(control_plane, operator):
     for verb in ("get", "list", "watch"):
-        result = control_plane.kubectl("auth", "can-i", verb, "secrets", "--all-namespaces",
-                                       "--as", operator["service_account"], check=False)
+        result = control_plane.kubectl(
+            "auth",
+            "can-i",
+            verb,
+            "secrets",
+            "--all-namespaces",
+            "--as",
+            operator["service_account"],
+            check=False,
+        )
         assert result.stdout.strip() == "no", (verb, result.stdout, result.stderr)

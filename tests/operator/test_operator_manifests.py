@@ -12,10 +12,21 @@ from openai_policy_operator.rendering import policy_document, policy_input, rend
 from openai_policy_operator.webhook_server import mutating_webhook_configuration, with_handler_path
 
 BODY = {
-    "apiVersion": names.API_VERSION, "kind": names.KIND,
-    "metadata": {"name": "team", "namespace": "apps", "uid": "uid-1", "generation": 4, "resourceVersion": "9",
-                 "managedFields": [{"manager": "kubectl"}], "creationTimestamp": "2026-11-22T10:00:00Z"},
-    "spec": {"selector": {"matchLabels": {"app": "web"}}, "budget": {"limits": [{"window": "day", "usd": 5}]}},
+    "apiVersion": names.API_VERSION,
+    "kind": names.KIND,
+    "metadata": {
+        "name": "team",
+        "namespace": "apps",
+        "uid": "uid-1",
+        "generation": 4,
+        "resourceVersion": "9",
+        "managedFields": [{"manager": "kubectl"}],
+        "creationTimestamp": "2026-11-22T10:00:00Z",
+    },
+    "spec": {
+        "selector": {"matchLabels": {"app": "web"}},
+        "budget": {"limits": [{"window": "day", "usd": 5}]},
+    },
     "status": {"observedGeneration": 3},
 }
 
@@ -25,8 +36,14 @@ def test_configmap_is_owned_and_carries_the_generation():
     configmap = render_configmap(BODY, policy_document(policy, 4))
     assert configmap["metadata"]["name"] == "team-policy"
     owner = configmap["metadata"]["ownerReferences"][0]
-    assert owner == {"apiVersion": "openaipolicy.dev/v1alpha1", "kind": "OpenAIPolicy", "name": "team",
-                     "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+    assert owner == {
+        "apiVersion": "openaipolicy.dev/v1alpha1",
+        "kind": "OpenAIPolicy",
+        "name": "team",
+        "uid": "uid-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     rendered = yaml.safe_load(configmap["data"]["policy.yaml"])
     assert rendered["metadata"]["generation"] == 4
     assert rendered["spec"]["requests"]["maxOutputTokens"] == 500  # defaults filled
@@ -41,8 +58,11 @@ def test_policy_input_drops_server_fields():
 
 def test_webhook_configuration_selects_labelled_namespaces_and_excludes_system_ones():
     config = mutating_webhook_configuration(
-        "injector", with_handler_path({"url": "https://127.0.0.1:9443", "caBundle": "Q0E="}),
-        WebhookSettings(), "openai-policy-system")
+        "injector",
+        with_handler_path({"url": "https://127.0.0.1:9443", "caBundle": "Q0E="}),
+        WebhookSettings(),
+        "openai-policy-system",
+    )
     hook = config["webhooks"][0]
     assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/inject-sidecar"
     assert hook["failurePolicy"] == "Ignore"
@@ -63,9 +83,26 @@ def test_rbac_never_grants_secrets():
 def test_cli_defaults_and_options():
     settings = settings_from(parser().parse_args([]))
     assert settings.webhook.failure_policy == "Ignore" and settings.namespaces == ()
-    settings = settings_from(parser().parse_args([
-        "-n", "a", "-n", "b", "--redis-url", "redis://127.0.0.1:1/0", "--webhook-listen", "127.0.0.1:8443",
-        "--failure-policy", "Fail", "--exclude-namespace", "infra", "--operator-namespace", "ops"]))
+    settings = settings_from(
+        parser().parse_args(
+            [
+                "-n",
+                "a",
+                "-n",
+                "b",
+                "--redis-url",
+                "redis://127.0.0.1:1/0",
+                "--webhook-listen",
+                "127.0.0.1:8443",
+                "--failure-policy",
+                "Fail",
+                "--exclude-namespace",
+                "infra",
+                "--operator-namespace",
+                "ops",
+            ]
+        )
+    )
     assert settings.namespaces == ("a", "b")
     assert settings.injection.redis_url == "redis://127.0.0.1:1/0"
     assert (settings.webhook.listen_host, settings.webhook.listen_port) == ("127.0.0.1", 8443)

@@ -31,11 +31,21 @@ class DownStore:
         raise ConnectionError("redis is down")
 
 
-def body(name: str = "p", generation: int = 1, spec: dict | None = None, created: str = "2026-11-22T10:00:00Z"):
-    return {"apiVersion": "openaipolicy.dev/v1alpha1", "kind": "OpenAIPolicy",
-            "metadata": {"name": name, "namespace": "apps", "uid": f"uid-{name}", "generation": generation,
-                         "creationTimestamp": created},
-            "spec": spec if spec is not None else {"selector": {"matchLabels": {"app": "web"}}}}
+def body(
+    name: str = "p", generation: int = 1, spec: dict | None = None, created: str = "2026-11-22T10:00:00Z"
+):
+    return {
+        "apiVersion": "openaipolicy.dev/v1alpha1",
+        "kind": "OpenAIPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": "apps",
+            "uid": f"uid-{name}",
+            "generation": generation,
+            "creationTimestamp": created,
+        },
+        "spec": spec if spec is not None else {"selector": {"matchLabels": {"app": "web"}}},
+    }
 
 
 async def test_ready_renders_and_publishes_once_per_generation():
@@ -60,8 +70,9 @@ async def test_configmap_is_resynced_after_a_while():
 
 
 async def test_invalid_policy():
-    outcome = await Reconciler(FakeKube(), None).reconcile(body(spec={"budget": {"limits": [{"window": "day",
-                                                                                             "usd": -1}]}}), [])
+    outcome = await Reconciler(FakeKube(), None).reconcile(
+        body(spec={"budget": {"limits": [{"window": "day", "usd": -1}]}}), []
+    )
     assert not outcome.ready.ready and outcome.ready.reason == "InvalidPolicy"
     assert "spec.budget.limits[0].usd" in outcome.ready.message
 
@@ -77,7 +88,9 @@ async def test_store_down_is_publish_failed():
     assert (outcome.ready.ready, outcome.ready.reason) == (False, "PublishFailed")
 
 
-@pytest.mark.parametrize(("created", "conflict"), [("2026-11-22T11:00:00Z", True), ("2026-11-22T09:00:00Z", False)])
+@pytest.mark.parametrize(
+    ("created", "conflict"), [("2026-11-22T11:00:00Z", True), ("2026-11-22T09:00:00Z", False)]
+)
 async def test_selector_conflict_only_for_the_newer(created, conflict):
     older = PolicySummary("old", "2026-11-22T10:00:00Z", {})
     outcome = await Reconciler(FakeKube(), None).reconcile(body(created=created), [older])

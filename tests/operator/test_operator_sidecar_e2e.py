@@ -32,36 +32,67 @@ REAL_KEY = "sk-test-real-key-from-the-secret"
 
 
 @pytest.mark.timeout(180)
-def test_sidecar_from_the_stored_pod_serves_the_sdk_and_reports(control_plane, crd, namespace, redis,  # noqa: F811
-                                                                  fake_openai, tmp_path):
+def test_sidecar_from_the_stored_pod_serves_the_sdk_and_reports(
+    control_plane,
+    crd,
+    namespace,
+    redis,  # noqa: F811
+    fake_openai,
+    tmp_path,
+):
     with running_operator(control_plane, redis.url, tmp_path / "operator"):
         label_for_injection(control_plane, namespace)
-        control_plane.kubectl("create", "secret", "generic", "openai", "-n", namespace,
-                              f"--from-literal=api-key={REAL_KEY}")
-        apply_policy(control_plane, namespace, "agents", {
-            "selector": {"matchLabels": {"app": "agent"}},
-            "apiKey": {"secretRef": {"name": "openai"}},
-            "upstream": {"baseURL": fake_openai.base_url},
-            "models": {"allow": ["gpt-4o-mini*"]},
-            "budget": {"limits": [{"window": "day", "usd": 5}]},
-        })
+        control_plane.kubectl(
+            "create", "secret", "generic", "openai", "-n", namespace, f"--from-literal=api-key={REAL_KEY}"
+        )
+        apply_policy(
+            control_plane,
+            namespace,
+            "agents",
+            {
+                "selector": {"matchLabels": {"app": "agent"}},
+                "apiKey": {"secretRef": {"name": "openai"}},
+                "upstream": {"baseURL": fake_openai.base_url},
+                "models": {"allow": ["gpt-4o-mini*"]},
+                "budget": {"limits": [{"window": "day", "usd": 5}]},
+            },
+        )
         wait_condition(control_plane, namespace, "agents", "Ready", "True", 5.0)
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "agent", "namespace": namespace, "labels": {"app": "agent"}},
-               "spec": {"containers": [{"name": "app", "image": "app:1",
-                                        "command": [sys.executable, "-c", "import time; time.sleep(600)"]}]}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "agent", "namespace": namespace, "labels": {"app": "agent"}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": "app:1",
+                        "command": [sys.executable, "-c", "import time; time.sleep(600)"],
+                    }
+                ]
+            },
+        }
         control_plane.kubectl("create", "-f", "-", input=json.dumps(pod))
 
         api_client = k8s_config.new_client_from_config(config_file=str(control_plane.kubeconfig))
-        local = LocalPod(api_client, namespace, "agent", tmp_path / "pod",
-                         image_commands={"sidecar:test": [sys.executable, "-m", "openai_policy_sidecar"]})
+        local = LocalPod(
+            api_client,
+            namespace,
+            "agent",
+            tmp_path / "pod",
+            image_commands={"sidecar:test": [sys.executable, "-m", "openai_policy_sidecar"]},
+        )
         try:
             local.start(probe_timeout=60)
             assert names.SIDECAR_NAME in local.containers
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{local.host_port(names.PROXY_PORT)}/v1",
-                                   api_key=names.PLACEHOLDER_API_KEY, max_retries=0)
-            reply = client.chat.completions.create(model="gpt-4o-mini",
-                                                   messages=[{"role": "user", "content": "hello"}])
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{local.host_port(names.PROXY_PORT)}/v1",
+                api_key=names.PLACEHOLDER_API_KEY,
+                max_retries=0,
+            )
+            reply = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+            )
             assert reply.choices[0].message.content
             upstream = fake_openai.requests[-1]
             assert upstream.headers["authorization"] == f"Bearer {REAL_KEY}"
@@ -78,14 +109,23 @@ def test_sidecar_from_the_stored_pod_serves_the_sdk_and_reports(control_plane, c
             wait_condition(control_plane, namespace, "agents", "Enforced", "True", 10.0)
 
             # The kill switch reaches the running sidecar (no restart) within 2 s.
-            control_plane.kubectl("patch", "oaip", "agents", "-n", namespace, "--type=merge",
-                                  "-p", '{"spec": {"suspend": true}}')
+            control_plane.kubectl(
+                "patch",
+                "oaip",
+                "agents",
+                "-n",
+                namespace,
+                "--type=merge",
+                "-p",
+                '{"spec": {"suspend": true}}',
+            )
             started = time.monotonic()
 
             def refused() -> bool:
                 try:
-                    client.chat.completions.create(model="gpt-4o-mini",
-                                                   messages=[{"role": "user", "content": "again"}])
+                    client.chat.completions.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": "again"}]
+                    )
                 except openai.APIStatusError as error:
                     return error.status_code == 403 and "policy_suspended" in str(error.body)
                 return False

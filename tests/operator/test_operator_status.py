@@ -22,20 +22,45 @@ def conditions(status: dict) -> dict[str, dict]:
 
 
 def beat(generation: int = 3, age: float = 1.0, **extra) -> dict:
-    return {"generation": generation, "keyLoaded": True, "lastError": None, "time": NOW - age, "mode": "enforce",
-            **extra}
+    return {
+        "generation": generation,
+        "keyLoaded": True,
+        "lastError": None,
+        "time": NOW - age,
+        "mode": "enforce",
+        **extra,
+    }
 
 
 def report(facts=FACTS, ready=READY, usage=None, heartbeats=None, windows=(), injected=0, previous=None):
-    return build_status(facts=facts, ready=ready, usage=usage or {}, heartbeats=heartbeats or {},
-                        windows=list(windows), injected_pods=injected, previous=previous, now=NOW)
+    return build_status(
+        facts=facts,
+        ready=ready,
+        usage=usage or {},
+        heartbeats=heartbeats or {},
+        windows=list(windows),
+        injected_pods=injected,
+        previous=previous,
+        now=NOW,
+    )
 
 
 def test_usage_counters_and_refusals_by_reason():
-    status = report(usage={"requests": 10, "tokens_input": 100, "tokens_output": 50, "tokens_cached": 5,
-                           "cache_hits": 2, "errors": 1, "model_drift": 1, "cost_micros": 1234,
-                           "refused:budget_exceeded": 3, "refused:rate_limit_exceeded": 1,
-                           "dryrun_refused:pii_detected": 2}).status
+    status = report(
+        usage={
+            "requests": 10,
+            "tokens_input": 100,
+            "tokens_output": 50,
+            "tokens_cached": 5,
+            "cache_hits": 2,
+            "errors": 1,
+            "model_drift": 1,
+            "cost_micros": 1234,
+            "refused:budget_exceeded": 3,
+            "refused:rate_limit_exceeded": 1,
+            "dryrun_refused:pii_detected": 2,
+        }
+    ).status
     usage = status["usage"]
     assert usage["requests"] == 10 and usage["tokensInput"] == 100 and usage["tokensOutput"] == 50
     assert usage["tokensCached"] == 5 and usage["cacheHits"] == 2 and usage["errors"] == 1
@@ -51,11 +76,21 @@ def test_retries_and_cache_savings_are_reported():
 
 
 def test_spend_per_window_in_decimal_strings():
-    status = report(windows=[WindowFigures("day", "2026-11-22", 10_000_000, 2_500_000, 100_000),
-                             WindowFigures("month", "2026-11", None, 7_000_000)]).status
+    status = report(
+        windows=[
+            WindowFigures("day", "2026-11-22", 10_000_000, 2_500_000, 100_000),
+            WindowFigures("month", "2026-11", None, 7_000_000),
+        ]
+    ).status
     day, month = status["spend"]
-    assert day == {"window": "day", "bucket": "2026-11-22", "usd": "2.50", "limitUsd": "10.00",
-                   "remainingUsd": "7.50", "percent": 25}
+    assert day == {
+        "window": "day",
+        "bucket": "2026-11-22",
+        "usd": "2.50",
+        "limitUsd": "10.00",
+        "remainingUsd": "7.50",
+        "percent": 25,
+    }
     assert month == {"window": "month", "bucket": "2026-11", "usd": "7.00"}
     assert status["summary"]["spend"] == "$2.50/$10.00 day"
 
@@ -63,8 +98,12 @@ def test_spend_per_window_in_decimal_strings():
 def test_pods_reporting_and_generations():
     beats = {"p1": beat(), "p2": beat(generation=2), "p3": beat(age=600)}
     status = report(heartbeats=beats, injected=3).status
-    assert status["pods"] == {"injected": 3, "reporting": 2, "upToDate": 1,
-                              "generations": [{"generation": 2, "pods": 1}, {"generation": 3, "pods": 1}]}
+    assert status["pods"] == {
+        "injected": 3,
+        "reporting": 2,
+        "upToDate": 1,
+        "generations": [{"generation": 2, "pods": 1}, {"generation": 3, "pods": 1}],
+    }
     assert conditions(status)["Enforced"]["status"] == "False"
     assert conditions(status)["Enforced"]["reason"] == "PodsNotCurrent"
     assert status["lastReportTime"] == rfc3339(NOW - 1.0)
@@ -92,7 +131,9 @@ def test_budget_alert_and_exceeded():
     alert = report(windows=[WindowFigures("day", "d", limit, 8_000_000)], previous=below)
     assert conditions(alert.status)["BudgetAlert"]["status"] == "True"
     assert conditions(alert.status)["BudgetExceeded"]["status"] == "False"
-    assert [(t.type, t.status, t.event_type) for t in alert.transitions] == [("BudgetAlert", "True", "Warning")]
+    assert [(t.type, t.status, t.event_type) for t in alert.transitions] == [
+        ("BudgetAlert", "True", "Warning")
+    ]
     over = report(windows=[WindowFigures("day", "d", limit, limit)], previous=alert.status)
     exceeded = conditions(over.status)["BudgetExceeded"]
     assert exceeded["status"] == "True" and exceeded["reason"] == "LimitReached"
@@ -136,7 +177,10 @@ def test_status_patched_only_when_changed():
 
 
 def test_merge_patch_removes_vanished_keys():
-    assert merge_patch({"a": 1, "b": {"c": 1, "d": 2}}, {"b": {"c": 2}}) == {"a": None, "b": {"c": 2, "d": None}}
+    assert merge_patch({"a": 1, "b": {"c": 1, "d": 2}}, {"b": {"c": 2}}) == {
+        "a": None,
+        "b": {"c": 2, "d": None},
+    }
 
 
 def test_budget_exceeded_when_sidecars_refuse_below_the_limit():
@@ -150,11 +194,15 @@ def test_budget_exceeded_when_sidecars_refuse_below_the_limit():
     assert "budget_exceeded" in exceeded["message"]
     assert ("BudgetExceeded", "True") in [(t.type, t.status) for t in refusing.transitions]
     # No new call since: still exceeded, as long as the window's bucket is the same.
-    quiet = report(windows=[window], usage={"requests": 6, "refused:budget_exceeded": 1}, previous=refusing.status)
+    quiet = report(
+        windows=[window], usage={"requests": 6, "refused:budget_exceeded": 1}, previous=refusing.status
+    )
     assert conditions(quiet.status)["BudgetExceeded"]["status"] == "True" and quiet.transitions == []
     # The window rolls over: a new bucket, nothing spent, nothing refused.
     next_day = WindowFigures("day", "2026-11-23", 300_000, 0)
-    rolled = report(windows=[next_day], usage={"requests": 6, "refused:budget_exceeded": 1}, previous=quiet.status)
+    rolled = report(
+        windows=[next_day], usage={"requests": 6, "refused:budget_exceeded": 1}, previous=quiet.status
+    )
     assert conditions(rolled.status)["BudgetExceeded"]["status"] == "False"
 
 
@@ -169,6 +217,10 @@ def test_a_policy_change_re_evaluates_a_sticky_exceeded():
     first = report(windows=[window], usage={"requests": 1}).status
     refusing = report(windows=[window], usage={"refused:budget_exceeded": 1}, previous=first).status
     raised = WindowFigures("day", "d", 1_000_000, 277_200)
-    after = report(facts=PolicyFacts(generation=4), windows=[raised], usage={"refused:budget_exceeded": 1},
-                   previous=refusing).status
+    after = report(
+        facts=PolicyFacts(generation=4),
+        windows=[raised],
+        usage={"refused:budget_exceeded": 1},
+        previous=refusing,
+    ).status
     assert conditions(after)["BudgetExceeded"]["status"] == "False"

@@ -17,8 +17,10 @@ def policy(name: str, selector: dict | None = None, secret: str | None = None) -
 
 
 def pod(labels: dict | None = None, annotations: dict | None = None) -> dict:
-    return {"metadata": {"generateName": "web-", "labels": labels or {}, "annotations": annotations or {}},
-            "spec": {"containers": [{"name": "app", "image": "a"}]}}
+    return {
+        "metadata": {"generateName": "web-", "labels": labels or {}, "annotations": annotations or {}},
+        "spec": {"containers": [{"name": "app", "image": "a"}]},
+    }
 
 
 def test_single_matching_policy_is_injected():
@@ -58,7 +60,9 @@ def test_ambiguous_is_untouched_and_announced():
 
 
 def test_annotation_chooses_among_several():
-    d = decide(pod(annotations={names.POLICY_ANNOTATION: "b"}), "apps", ENABLED, [policy("a"), policy("b")], NEVER)
+    d = decide(
+        pod(annotations={names.POLICY_ANNOTATION: "b"}), "apps", ENABLED, [policy("a"), policy("b")], NEVER
+    )
     assert d.action == INJECT and d.policy_name == "b"
 
 
@@ -81,7 +85,8 @@ def test_target_from_raw_policy():
 
 def test_events_go_to_the_controller_of_a_nameless_pod():
     p = pod()
-    p["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1",
-                                         "uid": "u", "controller": True}]
+    p["metadata"]["ownerReferences"] = [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "u", "controller": True}
+    ]
     assert involved_object(p)["kind"] == "ReplicaSet"
     assert involved_object(pod()) == {"apiVersion": "v1", "kind": "Pod", "name": "web-"}

@@ -30,8 +30,10 @@ class FakeModeration:
             await asyncio.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
-        results = [{"flagged": "kill" in text, "categories": {"violence": "kill" in text, "hate": False}}
-                   for text in body["input"]]
+        results = [
+            {"flagged": "kill" in text, "categories": {"violence": "kill" in text, "hate": False}}
+            for text in body["input"]
+        ]
         return self.status, {"id": "modr-1", "model": body["model"], "results": results}
 
 
@@ -90,18 +92,26 @@ async def test_failure_propagates_to_concurrent_waiters_and_is_not_cached():
 
 
 def chat(user: str) -> dict:
-    return {"messages": [{"role": "system", "content": "kill switch docs"}, {"role": "user", "content": user}]}
+    return {
+        "messages": [{"role": "system", "content": "kill switch docs"}, {"role": "user", "content": user}]
+    }
 
 
 async def test_input_stage_block_flag_and_system_prompt_skipped():
     client = ModerationClient(FakeModeration())
-    ok = await check_input_moderation(client, "chat.completions", chat("hello"), ModerationSpec(action="block"))
+    ok = await check_input_moderation(
+        client, "chat.completions", chat("hello"), ModerationSpec(action="block")
+    )
     assert ok.checked and not ok.flagged and not ok.blocked
-    bad = await check_input_moderation(client, "chat.completions", chat("kill them"), ModerationSpec(action="block"))
+    bad = await check_input_moderation(
+        client, "chat.completions", chat("kill them"), ModerationSpec(action="block")
+    )
     assert bad.blocked and bad.categories == ["violence"] and bad.paths == ["messages[1].content"]
     exc = bad.exception()
     assert exc.code == "content_flagged" and exc.status == 400
-    flag = await check_input_moderation(client, "chat.completions", chat("kill them"), ModerationSpec(action="flag"))
+    flag = await check_input_moderation(
+        client, "chat.completions", chat("kill them"), ModerationSpec(action="flag")
+    )
     assert flag.flagged and not flag.blocked
     off = await check_input_moderation(client, "chat.completions", chat("kill"), ModerationSpec())
     assert not off.checked
@@ -111,8 +121,9 @@ async def test_fail_open_and_fail_closed():
     client = ModerationClient(FakeModeration(status=500))
     open_ = await check_input_moderation(client, "responses", {"input": "x"}, ModerationSpec(action="block"))
     assert open_.error and not open_.blocked
-    closed = await check_input_moderation(client, "responses", {"input": "x"},
-                                          ModerationSpec(action="block", on_error="block"))
+    closed = await check_input_moderation(
+        client, "responses", {"input": "x"}, ModerationSpec(action="block", on_error="block")
+    )
     assert closed.blocked
     exc = closed.exception()
     assert exc.code == "moderation_unavailable" and exc.status == 503
@@ -124,7 +135,9 @@ async def test_output_stage():
     spec = ModerationSpec(action="block", input=False, output=True)
     outcome = await check_output_moderation(client, "chat.completions", response, spec)
     assert outcome.blocked and outcome.direction == "output"
-    assert not (await check_output_moderation(client, "chat.completions", response, ModerationSpec(action="block"))).checked
+    assert not (
+        await check_output_moderation(client, "chat.completions", response, ModerationSpec(action="block"))
+    ).checked
 
 
 async def test_against_fake_openai(fake_openai):
@@ -132,9 +145,11 @@ async def test_against_fake_openai(fake_openai):
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
+
         async def post(body: dict):
-            async with session.post(f"{fake_openai.base_url}/moderations", json=body,
-                                    headers={"Authorization": "Bearer sk-test"}) as response:
+            async with session.post(
+                f"{fake_openai.base_url}/moderations", json=body, headers={"Authorization": "Bearer sk-test"}
+            ) as response:
                 return response.status, await response.json()
 
         client = ModerationClient(post)
@@ -150,9 +165,16 @@ def test_every_refusal_carries_what_the_proxy_needs():
     from openai_policy_sidecar.guardrails.prompt_injection import PromptInjectionDetected
     from openai_policy_sidecar.resilience import CircuitOpen, DeadlineExceeded, QueueFull, StreamIdleTimeout
 
-    refusals = [PiiDetected({"email": 1}, ["input"]), PromptInjectionDetected([]), ContentFlagged("input", [], []),
-                ModerationUnavailable("down"), CircuitOpen("u", 3), QueueFull("depth", 2, 1, 1),
-                DeadlineExceeded(30), StreamIdleTimeout(30, 2)]
+    refusals = [
+        PiiDetected({"email": 1}, ["input"]),
+        PromptInjectionDetected([]),
+        ContentFlagged("input", [], []),
+        ModerationUnavailable("down"),
+        CircuitOpen("u", 3),
+        QueueFull("depth", 2, 1, 1),
+        DeadlineExceeded(30),
+        StreamIdleTimeout(30, 2),
+    ]
     for exc in refusals:
         assert isinstance(exc.code, str) and exc.status in (400, 503, 504) and str(exc)
         assert exc.error_type in ("invalid_request_error", "server_error")

@@ -33,8 +33,22 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "pii_labelled.jsonl"
 #   are far more often ids; the floor admits those two and nothing more.
 # - email recall: the obfuscated "john at example dot com" is a known miss.
 # - ipAddress precision: the holdout's firmware version (see above) is a known false positive.
-PRECISION_FLOOR = {"email": 0.95, "phone": 0.95, "ssn": 0.95, "creditCard": 0.95, "ipAddress": 0.8, "apiKey": 0.95}
-RECALL_FLOOR = {"email": 0.85, "phone": 0.75, "ssn": 0.95, "creditCard": 0.95, "ipAddress": 0.95, "apiKey": 0.95}
+PRECISION_FLOOR = {
+    "email": 0.95,
+    "phone": 0.95,
+    "ssn": 0.95,
+    "creditCard": 0.95,
+    "ipAddress": 0.8,
+    "apiKey": 0.95,
+}
+RECALL_FLOOR = {
+    "email": 0.85,
+    "phone": 0.75,
+    "ssn": 0.95,
+    "creditCard": 0.95,
+    "ipAddress": 0.95,
+    "apiKey": 0.95,
+}
 
 
 def _load() -> list[dict]:
@@ -78,7 +92,9 @@ def evaluate(split: str | None = None) -> dict[str, dict[str, float]]:
 def format_table(table: dict[str, dict[str, float]]) -> str:
     lines = [f"{'type':<10} {'tp':>3} {'fp':>3} {'fn':>3} {'precision':>9} {'recall':>7}"]
     for kind, r in table.items():
-        lines.append(f"{kind:<10} {r['tp']:>3} {r['fp']:>3} {r['fn']:>3} {r['precision']:>9.3f} {r['recall']:>7.3f}")
+        lines.append(
+            f"{kind:<10} {r['tp']:>3} {r['fp']:>3} {r['fn']:>3} {r['precision']:>9.3f} {r['recall']:>7.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -15,13 +15,19 @@ CHAT = {
     "messages": [
         {"role": "system", "content": "You are helpful."},
         {"role": "user", "content": "hello"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "part one"},
-            {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
-            {"type": "text", "text": "part two"},
-        ]},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
-                                                               "function": {"name": "f", "arguments": "{}"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "part one"},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+                {"type": "text", "text": "part two"},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "c", "content": "tool says hi"},
         {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
     ],
@@ -32,11 +38,19 @@ RESPONSES = {
     "instructions": "Be brief.",
     "input": [
         {"role": "user", "content": "plain string item"},
-        {"type": "message", "role": "user", "content": [
-            {"type": "input_text", "text": "input text part"},
-            {"type": "input_image", "image_url": "https://x/y.png"},
-        ]},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "earlier answer"}]},
+        {
+            "type": "message",
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "input text part"},
+                {"type": "input_image", "image_url": "https://x/y.png"},
+            ],
+        },
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "earlier answer"}],
+        },
         {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "c", "output": "function result"},
     ],
@@ -54,7 +68,11 @@ def test_chat_string_and_parts():
         ("messages[5].content[0].refusal", "assistant", "no"),
     ]
     assert [s.path for s in iter_texts("chat.completions", CHAT, skip_roles={"system", "assistant"})] == [
-        "messages[1].content", "messages[2].content[0].text", "messages[2].content[2].text", "messages[4].content"]
+        "messages[1].content",
+        "messages[2].content[0].text",
+        "messages[2].content[2].text",
+        "messages[4].content",
+    ]
 
 
 def test_responses_input_items_and_instructions():
@@ -66,12 +84,17 @@ def test_responses_input_items_and_instructions():
         ("input[2].content[0].text", "assistant", "earlier answer"),
         ("input[4].output", "tool", "function result"),
     ]
-    assert [(s.path, s.text) for s in iter_texts("responses", {"input": "just a string"})] == [("input", "just a string")]
+    assert [(s.path, s.text) for s in iter_texts("responses", {"input": "just a string"})] == [
+        ("input", "just a string")
+    ]
 
 
 def test_completions_prompt_and_embeddings_input():
     assert [s.text for s in iter_texts("completions", {"prompt": "once"})] == ["once"]
-    assert [s.path for s in iter_texts("completions", {"prompt": ["a", "b", [1, 2, 3]]})] == ["prompt[0]", "prompt[1]"]
+    assert [s.path for s in iter_texts("completions", {"prompt": ["a", "b", [1, 2, 3]]})] == [
+        "prompt[0]",
+        "prompt[1]",
+    ]
     assert iter_texts("completions", {"prompt": [1, 2, 3]}) == []
     assert [s.text for s in iter_texts("embeddings", {"input": ["x", "y"]})] == ["x", "y"]
 
@@ -84,8 +107,12 @@ def test_unknown_endpoint_and_malformed_bodies_yield_nothing():
 
 
 def test_rewrite_changes_every_form_in_place():
-    for endpoint, body in (("chat.completions", CHAT), ("responses", RESPONSES),
-                           ("completions", {"prompt": ["a b", "c"]}), ("embeddings", {"input": "zz"})):
+    for endpoint, body in (
+        ("chat.completions", CHAT),
+        ("responses", RESPONSES),
+        ("completions", {"prompt": ["a b", "c"]}),
+        ("embeddings", {"input": "zz"}),
+    ):
         body = copy.deepcopy(body)
         before = iter_texts(endpoint, body)
         changed = rewrite_texts(endpoint, body, lambda slot: slot.text.upper())
@@ -104,8 +131,15 @@ def test_rewrite_respects_skip_roles_and_keeps_non_text_parts():
 
 
 def test_output_texts_per_endpoint():
-    chat = {"choices": [{"message": {"role": "assistant", "content": "answer"}}, {"message": {"content": None}}]}
+    chat = {
+        "choices": [{"message": {"role": "assistant", "content": "answer"}}, {"message": {"content": None}}]
+    }
     assert [s.text for s in iter_output_texts("chat.completions", chat)] == ["answer"]
-    resp = {"output": [{"type": "reasoning"}, {"type": "message", "content": [{"type": "output_text", "text": "hi"}]}]}
+    resp = {
+        "output": [
+            {"type": "reasoning"},
+            {"type": "message", "content": [{"type": "output_text", "text": "hi"}]},
+        ]
+    }
     assert [s.path for s in iter_output_texts("responses", resp)] == ["output[1].content[0].text"]
     assert [s.text for s in iter_output_texts("completions", {"choices": [{"text": "t"}]})] == ["t"]

@@ -32,7 +32,8 @@ def make(threshold: int = 5, recovery: float = 60, **kw):
     changes: list[tuple[str, str, str]] = []
     breaker = CircuitBreaker(
         CircuitBreakerSpec(failure_threshold=threshold, recovery_seconds=recovery, **kw),
-        name="https://api.example/v1", clock=clock,
+        name="https://api.example/v1",
+        clock=clock,
         on_change=lambda name, old, new: changes.append((name, old.value, new.value)),
     )
     return breaker, clock, changes

@@ -101,7 +101,7 @@ async def test_slot_granted_as_client_leaves_is_passed_on():
     nxt = asyncio.create_task(queue.acquire())
     await settle()
     queue.release()  # hands the slot to `gone`...
-    gone.cancel()    # ...which is cancelled before it could run
+    gone.cancel()  # ...which is cancelled before it could run
     with pytest.raises(asyncio.CancelledError):
         await gone
     await asyncio.wait_for(nxt, 1)
@@ -142,7 +142,13 @@ async def test_slot_released_on_error_and_retry_after_tracks_hold_time():
             raise RuntimeError("upstream broke")
     assert queue.in_flight == 0
     assert queue.retry_after() == 4  # one slot, nobody waiting: one hold time
-    assert queue.snapshot() == {"inFlight": 0, "depth": 0, "refusedDepth": 0, "refusedWait": 0, "abandoned": 0}
+    assert queue.snapshot() == {
+        "inFlight": 0,
+        "depth": 0,
+        "refusedDepth": 0,
+        "refusedWait": 0,
+        "abandoned": 0,
+    }
 
 
 async def test_raising_max_concurrent_admits_waiters_now():

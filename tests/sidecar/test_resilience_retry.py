@@ -62,9 +62,24 @@ def script(*steps):
 
 # -- pure pieces -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("status,expected", [(429, True), (500, True), (502, True), (503, True), (599, True),
-                                             (400, False), (401, False), (403, False), (404, False),
-                                             (409, False), (422, False), (200, False)])
+
+@pytest.mark.parametrize(
+    "status,expected",
+    [
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+        (599, True),
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (409, False),
+        (422, False),
+        (200, False),
+    ],
+)
 def test_retryable_statuses(status, expected):
     assert is_retryable_status(status) is expected
 
@@ -108,9 +123,13 @@ def test_backoff_is_full_jitter_exponential_and_capped():
 
 
 def test_decide_retry_bounds():
-    spec = RetriesSpec(max_attempts=3, base_delay_seconds=1, max_delay_seconds=10, max_retry_duration_seconds=20)
+    spec = RetriesSpec(
+        max_attempts=3, base_delay_seconds=1, max_delay_seconds=10, max_retry_duration_seconds=20
+    )
     one = lambda: 1.0  # noqa: E731
-    assert decide_retry(attempts=1, spec=spec, status=500, rng=one) == decide_retry(attempts=1, spec=spec, status=500, rng=one)
+    assert decide_retry(attempts=1, spec=spec, status=500, rng=one) == decide_retry(
+        attempts=1, spec=spec, status=500, rng=one
+    )
     d = decide_retry(attempts=1, spec=spec, status=503, rng=one)
     assert (d.retry, d.delay, d.reason) == (True, 1.0, "retry")
     assert decide_retry(attempts=1, spec=spec, status=400).reason == "not_retryable"
@@ -121,12 +140,17 @@ def test_decide_retry_bounds():
     # ...but beyond the per-delay cap we stop and pass the 429 on instead of retrying early.
     assert decide_retry(attempts=1, spec=spec, status=429, retry_after=11).reason == "retry_after_too_long"
     # total retry time
-    assert decide_retry(attempts=2, spec=spec, status=500, elapsed=19.5, rng=one).reason == "retry_duration_exhausted"
+    assert (
+        decide_retry(attempts=2, spec=spec, status=500, elapsed=19.5, rng=one).reason
+        == "retry_duration_exhausted"
+    )
     # never past the deadline (and not so close to it that the attempt could only time out)
     assert decide_retry(attempts=1, spec=spec, status=500, time_left=0.5, rng=one).reason == "deadline"
     assert decide_retry(attempts=1, spec=spec, status=500, time_left=1.2, rng=one).retry
     # connection errors retried, timeouts not
-    assert decide_retry(attempts=1, spec=spec, error=aiohttp.ClientConnectorError.__new__(aiohttp.ClientConnectorError)).retry
+    assert decide_retry(
+        attempts=1, spec=spec, error=aiohttp.ClientConnectorError.__new__(aiohttp.ClientConnectorError)
+    ).retry
     assert decide_retry(attempts=1, spec=spec, error=TimeoutError()).reason == "not_retryable"
 
 
@@ -137,13 +161,21 @@ def test_max_attempts_one_disables_retries():
 
 # -- the loop ------------------------------------------------------------------------------------
 
+
 async def test_429_with_retry_after_is_retried_after_that_delay():
     t = FakeTime()
     first, second = Resp(429, {"Retry-After": "2"}), Resp(200)
     attempt, calls = script(first, second)
     events = []
-    outcome = await call_with_retries(attempt, RetriesSpec(), Deadline.after(30, t.clock), events.append,
-                                      clock=t.clock, sleep=t.sleep, rng=lambda: 0.0)
+    outcome = await call_with_retries(
+        attempt,
+        RetriesSpec(),
+        Deadline.after(30, t.clock),
+        events.append,
+        clock=t.clock,
+        sleep=t.sleep,
+        rng=lambda: 0.0,
+    )
     assert outcome.result is second and outcome.error is None
     assert outcome.attempts == 2 and outcome.retried and outcome.stop_reason == "success"
     assert t.sleeps == [2.0] and outcome.delays == [2.0]
@@ -162,7 +194,9 @@ async def test_retry_after_ms_preferred():
 async def test_backoff_delays_follow_full_jitter_until_attempts_run_out():
     t = FakeTime()
     attempt, calls = script(Resp(500))
-    spec = RetriesSpec(max_attempts=6, base_delay_seconds=1, max_delay_seconds=60, max_retry_duration_seconds=1000)
+    spec = RetriesSpec(
+        max_attempts=6, base_delay_seconds=1, max_delay_seconds=60, max_retry_duration_seconds=1000
+    )
     outcome = await call_with_retries(attempt, spec, None, clock=t.clock, sleep=t.sleep, rng=lambda: 0.5)
     assert t.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert outcome.attempts == 6 and outcome.stop_reason == "attempts_exhausted"
@@ -173,7 +207,9 @@ async def test_backoff_delays_follow_full_jitter_until_attempts_run_out():
 async def test_total_retry_duration_caps_the_sequence():
     t = FakeTime()
     attempt, calls = script(Resp(500))
-    spec = RetriesSpec(max_attempts=20, base_delay_seconds=4, max_delay_seconds=60, max_retry_duration_seconds=30)
+    spec = RetriesSpec(
+        max_attempts=20, base_delay_seconds=4, max_delay_seconds=60, max_retry_duration_seconds=30
+    )
     outcome = await call_with_retries(attempt, spec, None, clock=t.clock, sleep=t.sleep, rng=lambda: 1.0)
     # 4 + 8 + 16 = 28 s; the next (32 s) would pass 30 s
     assert t.sleeps == [4, 8, 16]
@@ -183,8 +219,9 @@ async def test_total_retry_duration_caps_the_sequence():
 async def test_never_sleeps_past_the_deadline():
     t = FakeTime()
     attempt, _ = script(Resp(429, {"Retry-After": "20"}), Resp(200))
-    outcome = await call_with_retries(attempt, RetriesSpec(), Deadline.after(10, t.clock), clock=t.clock,
-                                      sleep=t.sleep)
+    outcome = await call_with_retries(
+        attempt, RetriesSpec(), Deadline.after(10, t.clock), clock=t.clock, sleep=t.sleep
+    )
     assert t.sleeps == [] and outcome.stop_reason == "deadline" and outcome.status == 429
 
 
@@ -192,8 +229,9 @@ async def test_seeds_forty_hours_of_429_is_impossible():
     """Upstream answers 429 forever: the sidecar gives up within the request timeout."""
     t = FakeTime()
     attempt, calls = script(Resp(429))
-    outcome = await call_with_retries(attempt, RetriesSpec(), Deadline.after(30, t.clock), clock=t.clock,
-                                      sleep=t.sleep, rng=lambda: 1.0)
+    outcome = await call_with_retries(
+        attempt, RetriesSpec(), Deadline.after(30, t.clock), clock=t.clock, sleep=t.sleep, rng=lambda: 1.0
+    )
     assert len(calls) <= 6 and t.now - 1000.0 <= 30
     assert outcome.retried and outcome.status == 429
 
@@ -202,17 +240,26 @@ async def test_non_retryable_status_returned_at_once():
     t = FakeTime()
     attempt, calls = script(Resp(400), Resp(200))
     outcome = await call_with_retries(attempt, RetriesSpec(), None, clock=t.clock, sleep=t.sleep)
-    assert calls == [1] and outcome.status == 400 and not outcome.retried and outcome.stop_reason == "not_retryable"
+    assert (
+        calls == [1]
+        and outcome.status == 400
+        and not outcome.retried
+        and outcome.stop_reason == "not_retryable"
+    )
 
 
 async def test_connection_errors_retried_then_reported():
     t = FakeTime()
     err = aiohttp.ServerDisconnectedError()
     attempt, calls = script(err, Resp(200))
-    outcome = await call_with_retries(attempt, RetriesSpec(), None, clock=t.clock, sleep=t.sleep, rng=lambda: 0.1)
+    outcome = await call_with_retries(
+        attempt, RetriesSpec(), None, clock=t.clock, sleep=t.sleep, rng=lambda: 0.1
+    )
     assert outcome.status == 200 and calls == [1, 2]
     attempt, calls = script(err)
-    outcome = await call_with_retries(attempt, RetriesSpec(max_attempts=3), None, clock=t.clock, sleep=t.sleep)
+    outcome = await call_with_retries(
+        attempt, RetriesSpec(max_attempts=3), None, clock=t.clock, sleep=t.sleep
+    )
     assert outcome.result is None and outcome.error is err and outcome.attempts == 3
 
 
@@ -261,12 +308,15 @@ async def test_async_on_retry_is_awaited_and_cancellation_propagates():
 
 # -- with a circuit breaker ----------------------------------------------------------------------
 
+
 def _breaker(threshold: int = 2):
     from openai_policy_api.spec import CircuitBreakerSpec
     from openai_policy_sidecar.resilience.circuit_breaker import CircuitBreaker
 
     now = [0.0]
-    return CircuitBreaker(CircuitBreakerSpec(failure_threshold=threshold, recovery_seconds=10), clock=lambda: now[0]), now
+    return CircuitBreaker(
+        CircuitBreakerSpec(failure_threshold=threshold, recovery_seconds=10), clock=lambda: now[0]
+    ), now
 
 
 async def test_breaker_counts_5xx_and_stops_the_loop_when_it_opens():
@@ -275,11 +325,15 @@ async def test_breaker_counts_5xx_and_stops_the_loop_when_it_opens():
     t = FakeTime()
     breaker, _ = _breaker(threshold=2)
     attempt, calls = script(Resp(503))
-    outcome = await call_with_retries(attempt, RetriesSpec(), None, breaker=breaker, clock=t.clock, sleep=t.sleep)
+    outcome = await call_with_retries(
+        attempt, RetriesSpec(), None, breaker=breaker, clock=t.clock, sleep=t.sleep
+    )
     assert calls == [1, 2] and outcome.attempts == 2 and isinstance(outcome.error, CircuitOpen)
     assert outcome.stop_reason == "circuit_open" and outcome.retried
     # refused before any call: zero attempts
-    outcome = await call_with_retries(attempt, RetriesSpec(), None, breaker=breaker, clock=t.clock, sleep=t.sleep)
+    outcome = await call_with_retries(
+        attempt, RetriesSpec(), None, breaker=breaker, clock=t.clock, sleep=t.sleep
+    )
     assert outcome.attempts == 0 and not outcome.retried and calls == [1, 2]
 
 
@@ -287,7 +341,9 @@ async def test_breaker_outcomes_per_kind():
     t = FakeTime()
     breaker, now = _breaker(threshold=3)
     attempt, _ = script(aiohttp.ServerDisconnectedError(), Resp(200))
-    outcome = await call_with_retries(attempt, RetriesSpec(), None, breaker=breaker, clock=t.clock, sleep=t.sleep)
+    outcome = await call_with_retries(
+        attempt, RetriesSpec(), None, breaker=breaker, clock=t.clock, sleep=t.sleep
+    )
     assert outcome.status == 200 and breaker.consecutive_failures == 0  # failure then success resets
     attempt, _ = script(Resp(429), Resp(404))
     await call_with_retries(attempt, RetriesSpec(), None, breaker=breaker, clock=t.clock, sleep=t.sleep)

@@ -36,7 +36,9 @@ async def _chunks(response: aiohttp.ClientResponse):
 
 def attempt_factory(session: aiohttp.ClientSession, url: str, body: dict = BODY):
     async def attempt(n: int) -> aiohttp.ClientResponse:
-        return await session.post(f"{url}/chat/completions", json=body, headers={"Authorization": "Bearer sk-test"})
+        return await session.post(
+            f"{url}/chat/completions", json=body, headers={"Authorization": "Bearer sk-test"}
+        )
 
     return attempt
 
@@ -46,8 +48,9 @@ async def test_429_with_retry_after_ms_is_retried_and_succeeds(fake_openai):
     breaker = CircuitBreaker(CircuitBreakerSpec())
     async with aiohttp.ClientSession() as session:
         started = time.monotonic()
-        outcome = await call_with_retries(attempt_factory(session, fake_openai.base_url), RetriesSpec(),
-                                          Deadline.after(5), breaker=breaker)
+        outcome = await call_with_retries(
+            attempt_factory(session, fake_openai.base_url), RetriesSpec(), Deadline.after(5), breaker=breaker
+        )
         elapsed = time.monotonic() - started
         assert outcome.status == 200 and outcome.attempts == 2 and outcome.retried
         assert outcome.delays == [0.08] and elapsed >= 0.08
@@ -60,8 +63,9 @@ async def test_run_of_500s_opens_the_circuit_which_fails_fast(fake_openai):
     fake_openai.add_fault("status", status=500, times=None)
     breaker = CircuitBreaker(CircuitBreakerSpec(failure_threshold=3, recovery_seconds=60))
     async with aiohttp.ClientSession() as session:
-        outcome = await call_with_retries(attempt_factory(session, fake_openai.base_url), FAST_RETRIES,
-                                          Deadline.after(5), breaker=breaker)
+        outcome = await call_with_retries(
+            attempt_factory(session, fake_openai.base_url), FAST_RETRIES, Deadline.after(5), breaker=breaker
+        )
         # calls 1-3 fail (500) and open the circuit; the 4th is refused without a call
         assert isinstance(outcome.error, CircuitOpen) and outcome.attempts == 3
         assert outcome.stop_reason == "circuit_open"
@@ -75,8 +79,12 @@ async def test_hung_upstream_is_cut_at_the_deadline(fake_openai):
     breaker = CircuitBreaker(CircuitBreakerSpec())
     async with aiohttp.ClientSession() as session:
         started = time.monotonic()
-        outcome = await call_with_retries(attempt_factory(session, fake_openai.base_url), RetriesSpec(),
-                                          Deadline.after(0.3), breaker=breaker)
+        outcome = await call_with_retries(
+            attempt_factory(session, fake_openai.base_url),
+            RetriesSpec(),
+            Deadline.after(0.3),
+            breaker=breaker,
+        )
     assert isinstance(outcome.error, DeadlineExceeded) and outcome.attempts == 1
     assert 0.25 <= time.monotonic() - started < 2
     assert breaker.consecutive_failures == 1  # a timeout counts against the upstream
@@ -89,8 +97,12 @@ async def test_stalled_stream_is_cut_by_the_idle_timeout(fake_openai):
     queue = AdmissionQueue(QueueSpec(max_concurrent=1))
     received: list[bytes] = []
     async with aiohttp.ClientSession() as session, queue.slot():
-        outcome = await call_with_retries(attempt_factory(session, fake_openai.base_url, body),
-                                          RetriesSpec(), Deadline.after(5), breaker=breaker)
+        outcome = await call_with_retries(
+            attempt_factory(session, fake_openai.base_url, body),
+            RetriesSpec(),
+            Deadline.after(5),
+            breaker=breaker,
+        )
         assert outcome.status == 200
         with pytest.raises(StreamIdleTimeout):
             async for chunk in idle_timeout(_chunks(outcome.result), 0.2):
@@ -106,8 +118,12 @@ async def test_stalled_stream_is_cut_by_the_idle_timeout(fake_openai):
 async def test_stream_completes_within_idle_timeout(fake_openai):
     breaker = CircuitBreaker(CircuitBreakerSpec())
     async with aiohttp.ClientSession() as session:
-        outcome = await call_with_retries(attempt_factory(session, fake_openai.base_url, dict(BODY, stream=True)),
-                                          RetriesSpec(), Deadline.after(5), breaker=breaker)
+        outcome = await call_with_retries(
+            attempt_factory(session, fake_openai.base_url, dict(BODY, stream=True)),
+            RetriesSpec(),
+            Deadline.after(5),
+            breaker=breaker,
+        )
         chunks = [chunk async for chunk in idle_timeout(_chunks(outcome.result), 2.0)]
         outcome.result.release()
     text = b"".join(chunks).decode()

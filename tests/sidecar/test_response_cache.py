@@ -41,6 +41,7 @@ def key(**changes) -> str:
 
 # -- key -------------------------------------------------------------------------------------------
 
+
 def test_key_is_hex_sha256_and_stable():
     k = cache_key("chat.completions", BASE)
     assert len(k) == 64 and int(k, 16) >= 0
@@ -51,32 +52,37 @@ def test_key_ignores_order_number_form_and_bookkeeping_fields():
     reordered = dict(reversed(list(BASE.items())))
     assert cache_key("chat.completions", reordered) == key()
     assert key(temperature=0.0) == key()
-    assert key(user="u-1", metadata={"a": "b"}, store=True, safety_identifier="x", prompt_cache_key="p") == key()
+    assert (
+        key(user="u-1", metadata={"a": "b"}, store=True, safety_identifier="x", prompt_cache_key="p") == key()
+    )
     assert key(stream=False) == key()  # absent means not streamed
 
 
-@pytest.mark.parametrize("field,value", [
-    ("model", "gpt-4o-mini"),
-    ("messages", [{"role": "user", "content": "What is 2+3?"}]),
-    ("messages", [{"role": "system", "content": "terse"}, {"role": "user", "content": "What is 2+2?"}]),
-    ("temperature", 0.2),
-    ("top_p", 0.5),
-    ("max_completion_tokens", 101),
-    ("max_tokens", 100),
-    ("tools", [{"type": "function", "function": {"name": "add", "parameters": {}}}]),
-    ("tool_choice", "required"),
-    ("response_format", {"type": "json_object"}),
-    ("seed", 7),
-    ("n", 2),
-    ("stop", ["\n"]),
-    ("presence_penalty", 0.5),
-    ("frequency_penalty", 0.5),
-    ("logit_bias", {"50256": -100}),
-    ("reasoning_effort", "high"),
-    ("stream", True),
-    ("stream_options", {"include_usage": True}),
-    ("some_future_field", 1),  # unknown fields count: a miss is safe, a wrong hit is not
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("model", "gpt-4o-mini"),
+        ("messages", [{"role": "user", "content": "What is 2+3?"}]),
+        ("messages", [{"role": "system", "content": "terse"}, {"role": "user", "content": "What is 2+2?"}]),
+        ("temperature", 0.2),
+        ("top_p", 0.5),
+        ("max_completion_tokens", 101),
+        ("max_tokens", 100),
+        ("tools", [{"type": "function", "function": {"name": "add", "parameters": {}}}]),
+        ("tool_choice", "required"),
+        ("response_format", {"type": "json_object"}),
+        ("seed", 7),
+        ("n", 2),
+        ("stop", ["\n"]),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", 0.5),
+        ("logit_bias", {"50256": -100}),
+        ("reasoning_effort", "high"),
+        ("stream", True),
+        ("stream_options", {"include_usage": True}),
+        ("some_future_field", 1),  # unknown fields count: a miss is safe, a wrong hit is not
+    ],
+)
 def test_every_answer_changing_field_changes_the_key(field, value):
     assert key(**{field: value}) != key()
 
@@ -88,6 +94,7 @@ def test_key_uses_pinned_model_and_endpoint():
 
 
 # -- cacheability ----------------------------------------------------------------------------------
+
 
 def test_is_cacheable_matrix():
     on = CacheSpec(enabled=True)
@@ -101,8 +108,9 @@ def test_is_cacheable_matrix():
     assert is_cacheable(dict(BASE, temperature=0.7), CacheSpec(enabled=True, deterministic_only=False))
     assert is_cacheable({"model": "text-embedding-3-small", "input": "x"}, on, endpoint="embeddings")
     assert is_cacheable({"model": "gpt-4o", "input": "x", "temperature": 0}, on, endpoint="responses")
-    assert not is_cacheable({"model": "gpt-4o", "input": "x", "temperature": 0, "background": True}, on,
-                            endpoint="responses")
+    assert not is_cacheable(
+        {"model": "gpt-4o", "input": "x", "temperature": 0, "background": True}, on, endpoint="responses"
+    )
     assert not is_cacheable(BASE, on, endpoint="images")
 
 
@@ -116,14 +124,23 @@ EVENTS = [
 
 
 def test_entry_round_trip_body_and_stream():
-    body = CachedResponse(body=b'{"id":"x","choices":[]}', model="gpt-4o-2024-08-06",
-                          usage={"prompt_tokens": 5, "completion_tokens": 1}, headers={"x-request-id": "r1"},
-                          stored_at=12.5)
+    body = CachedResponse(
+        body=b'{"id":"x","choices":[]}',
+        model="gpt-4o-2024-08-06",
+        usage={"prompt_tokens": 5, "completion_tokens": 1},
+        headers={"x-request-id": "r1"},
+        stored_at=12.5,
+    )
     assert CachedResponse.from_bytes(body.to_bytes()) == body and not body.streamed
     stream = CachedResponse(content_type="text/event-stream", events=list(EVENTS) + [b""], model="m")
     back = CachedResponse.from_bytes(stream.to_bytes())
     assert back == stream and back.streamed
-    for broken in (b"", b"no header", b'{"v":2}\n', b'{"v":1,"status":200,"contentType":"x","events":[5]}\nabc'):
+    for broken in (
+        b"",
+        b"no header",
+        b'{"v":2}\n',
+        b'{"v":1,"status":200,"contentType":"x","events":[5]}\nabc',
+    ):
         with pytest.raises((ValueError, KeyError)):
             CachedResponse.from_bytes(broken)
 
@@ -159,6 +176,7 @@ def test_response_entry_only_for_200_json_without_error():
 
 
 # -- backends and the cache ------------------------------------------------------------------------
+
 
 async def test_memory_lru_ttl_and_bounds():
     now = [0.0]

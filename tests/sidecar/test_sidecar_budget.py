@@ -47,7 +47,8 @@ async def _fire(base_urls: list[str]) -> tuple[int, int, list[BaseException]]:
         client = clients[index % len(clients)]
         try:
             await client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": f"question number {index}"}])
+                model=MODEL, messages=[{"role": "user", "content": f"question number {index}"}]
+            )
         except openai.RateLimitError as error:
             return error.code or "?"
         return "ok"
@@ -60,8 +61,12 @@ async def _fire(base_urls: list[str]) -> tuple[int, int, list[BaseException]]:
 def _real_spend(fake, prices: PriceTable) -> tuple[int, int]:
     """(total real cost of every answered call, the largest single call's cost), in micros."""
     costs = [
-        prices.cost_micros(MODEL, u["prompt_tokens"], (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-                           u["completion_tokens"])
+        prices.cost_micros(
+            MODEL,
+            u["prompt_tokens"],
+            (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+            u["completion_tokens"],
+        )
         for u in fake.usage_log
     ]
     return sum(costs), max(costs)
@@ -91,8 +96,16 @@ async def test_budget_holds_under_200_concurrent_requests_one_sidecar(tmp_path, 
 
 async def test_budget_holds_across_three_sidecars_sharing_redis(tmp_path, fake_openai, redis):
     policy = write_policy(tmp_path / "policy.yaml", _spec(fake_openai))
-    sidecars = [SidecarProcess(policy, tmp_path / f"sidecar-{i}.log", env_key="sk-shared-test-key",
-                               redis_url=redis.url, pod=f"pod-{i}") for i in range(3)]
+    sidecars = [
+        SidecarProcess(
+            policy,
+            tmp_path / f"sidecar-{i}.log",
+            env_key="sk-shared-test-key",
+            redis_url=redis.url,
+            pod=f"pod-{i}",
+        )
+        for i in range(3)
+    ]
     try:
         for sidecar in sidecars:
             sidecar.wait_healthy()

@@ -28,16 +28,20 @@ def sample(sidecar, name: str, **labels: str) -> float:
     return sidecar.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-async def test_a_plain_hit_is_the_original_answer_costs_nothing_and_never_reaches_the_upstream(tmp_path, fake_openai):
+async def test_a_plain_hit_is_the_original_answer_costs_nothing_and_never_reaches_the_upstream(
+    tmp_path, fake_openai
+):
     policy = write_policy(tmp_path / "policy.yaml", cached_spec(fake_openai))
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         first = await client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=HELLO, temperature=0)
+            model="gpt-4o", messages=HELLO, temperature=0
+        )
         assert first.headers["x-openai-policy-cache"] == "miss"
         await quiesce(sidecar)  # stored once the first reply went out
         second = await client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=HELLO, temperature=0, user="someone-else")  # user does not change the answer
+            model="gpt-4o", messages=HELLO, temperature=0, user="someone-else"
+        )  # user does not change the answer
         assert second.headers["x-openai-policy-cache"] == "hit"
         assert second.http_response.content == first.http_response.content  # byte for byte
         assert len(fake_openai.requests) == 1
@@ -59,7 +63,8 @@ async def test_a_streamed_hit_replays_the_same_events(tmp_path, fake_openai):
 
         async def raw() -> tuple[bytes, str]:
             async with client.chat.completions.with_streaming_response.create(
-                    model="gpt-4o", messages=HELLO, stream=True, seed=7) as response:
+                model="gpt-4o", messages=HELLO, stream=True, seed=7
+            ) as response:
                 body = b"".join([chunk async for chunk in response.iter_bytes()])
                 return body, response.headers["x-openai-policy-cache"]
 
@@ -85,8 +90,14 @@ async def test_non_deterministic_requests_are_not_cached_by_default(tmp_path, fa
 
 
 async def test_while_the_circuit_is_open_a_cached_answer_is_served(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", cached_spec(
-        fake_openai, retries={"maxAttempts": 1}, circuitBreaker={"failureThreshold": 1, "recoverySeconds": 30}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        cached_spec(
+            fake_openai,
+            retries={"maxAttempts": 1},
+            circuitBreaker={"failureThreshold": 1, "recoverySeconds": 30},
+        ),
+    )
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         original = await client.chat.completions.create(model="gpt-4o", messages=HELLO, temperature=0)
@@ -104,19 +115,28 @@ async def test_while_the_circuit_is_open_a_cached_answer_is_served(tmp_path, fak
         assert len(fake_openai.requests) == 2
 
 
-async def test_with_redis_killed_the_cache_misses_and_the_request_still_succeeds(tmp_path, fake_openai, redis):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, cache={"enabled": True}, budget={**BUDGET, "onStoreUnavailable": "localShare"}))
+async def test_with_redis_killed_the_cache_misses_and_the_request_still_succeeds(
+    tmp_path, fake_openai, redis
+):
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai, cache={"enabled": True}, budget={**BUDGET, "onStoreUnavailable": "localShare"}
+        ),
+    )
     async with running_sidecar(policy, redis_url=redis.url) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         await client.chat.completions.create(model="gpt-4o", messages=HELLO, temperature=0)
         await quiesce(sidecar)
-        hit = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO, temperature=0)
+        hit = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, temperature=0
+        )
         assert hit.headers["x-openai-policy-cache"] == "hit"  # shared through Redis
         assert redis.client().keys("*cache*")
         redis.stop()
         degraded = await client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=HELLO, temperature=0)
+            model="gpt-4o", messages=HELLO, temperature=0
+        )
         assert degraded.headers["x-openai-policy-cache"] == "miss"
         assert degraded.parse().choices[0].message.content
         assert len(fake_openai.requests) == 2

@@ -24,7 +24,9 @@ def sidecar_command() -> list[str]:
 
 
 def client(sidecar: SidecarProcess, max_retries: int = 0) -> openai.OpenAI:
-    return openai.OpenAI(base_url=sidecar.base_url, api_key="sk-placeholder", max_retries=max_retries, timeout=60)
+    return openai.OpenAI(
+        base_url=sidecar.base_url, api_key="sk-placeholder", max_retries=max_retries, timeout=60
+    )
 
 
 def last_key(fake) -> str:
@@ -33,8 +35,20 @@ def last_key(fake) -> str:
 
 def test_an_invalid_policy_is_refused_at_start_naming_the_field(tmp_path):
     policy = write_policy(tmp_path / "policy.yaml", {"budget": {"limits": [{"window": "day", "usd": -1}]}})
-    done = subprocess.run([*sidecar_command(), "--policy", str(policy), "--listen", "127.0.0.1:0",
-                           "--admin-listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            *sidecar_command(),
+            "--policy",
+            str(policy),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "spec.budget.limits[0].usd" in done.stderr
 
@@ -42,8 +56,9 @@ def test_an_invalid_policy_is_refused_at_start_naming_the_field(tmp_path):
 def test_missing_tokenizer_files_are_a_clear_start_up_error(tmp_path):
     policy = write_policy(tmp_path / "policy.yaml", {})
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty")}
-    done = subprocess.run([*sidecar_command(), "--policy", str(policy)], capture_output=True, text=True,
-                          timeout=60, env=env)
+    done = subprocess.run(
+        [*sidecar_command(), "--policy", str(policy)], capture_output=True, text=True, timeout=60, env=env
+    )
     assert done.returncode == 2 and "o200k_base is missing" in done.stderr
 
 
@@ -89,8 +104,10 @@ def test_policy_and_key_hot_reload(tmp_path, fake_openai):
         wait_for(suspended, timeout=10, interval=0.2)
 
         # A broken update keeps the last good policy and says so: /readyz, a log line, a metric.
-        policy.write_text("apiVersion: openaipolicy.dev/v1alpha1\nkind: OpenAIPolicy\nmetadata: {name: demo}\n"
-                          "spec:\n  budget:\n    limits: [{window: fortnight, usd: 1}]\n")
+        policy.write_text(
+            "apiVersion: openaipolicy.dev/v1alpha1\nkind: OpenAIPolicy\nmetadata: {name: demo}\n"
+            "spec:\n  budget:\n    limits: [{window: fortnight, usd: 1}]\n"
+        )
         detail = wait_for(lambda: (lambda d: d if d["policy"]["lastError"] else None)(sidecar.readyz()[1]))
         assert "spec.budget.limits[0].window" in detail["policy"]["lastError"]
         assert detail["policy"]["generation"] == 2 and detail["policy"]["suspended"] is True
@@ -112,22 +129,37 @@ def test_the_key_never_leaks(tmp_path, fake_openai):
     key_file.write_text(KEY_1)
     # One attempt: the sidecar would otherwise retry the scripted 500 (issue 4) and the caller
     # would never see the error body this test checks for the key.
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, models={"allow": ["gpt-4o*"]}, logging={"prompts": True}, retries={"maxAttempts": 1}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai, models={"allow": ["gpt-4o*"]}, logging={"prompts": True}, retries={"maxAttempts": 1}
+        ),
+    )
     bodies: list[str] = []
     with SidecarProcess(policy, tmp_path / "sidecar.log", api_key_file=key_file) as sidecar:
         c = client(sidecar)
         # The caller even sends the key in its prompt: with logging.prompts on, the line is redacted.
-        c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"my key is {KEY_1}"}])
+        c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": f"my key is {KEY_1}"}]
+        )
         for _chunk in c.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True):
             pass
         with pytest.raises(openai.BadRequestError) as refused:
             c.chat.completions.create(model="o3", messages=HELLO)
         bodies.append(refused.value.response.text)
         # An upstream error that quotes the key (as some gateways do) is scrubbed.
-        fake_openai.add_fault("status", status=401, body={"error": {
-            "message": f"Incorrect API key provided: {KEY_1}.", "type": "invalid_request_error", "param": None,
-            "code": "invalid_api_key"}})
+        fake_openai.add_fault(
+            "status",
+            status=401,
+            body={
+                "error": {
+                    "message": f"Incorrect API key provided: {KEY_1}.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            },
+        )
         with pytest.raises(openai.AuthenticationError) as unauthorized:
             c.chat.completions.create(model="gpt-4o", messages=HELLO)
         bodies.append(unauthorized.value.response.text)
@@ -148,8 +180,13 @@ def test_the_key_never_leaks(tmp_path, fake_openai):
     assert any("[REDACTED]" in str(line.get("prompt")) for line in access)
     assert "openai_policy_requests_total" in metrics
     for key in (KEY_1, KEY_2, KEY_1[8:], KEY_2[8:]):
-        for where, text in {"log": log, "metrics": metrics, "readyz": readyz, "healthz": healthz,
-                            **{f"body {i}": b for i, b in enumerate(bodies)}}.items():
+        for where, text in {
+            "log": log,
+            "metrics": metrics,
+            "readyz": readyz,
+            "healthz": healthz,
+            **{f"body {i}": b for i, b in enumerate(bodies)},
+        }.items():
             assert key not in text, f"the key leaked into {where}"
 
 
@@ -157,7 +194,8 @@ def test_access_log_line_fields(tmp_path, fake_openai):
     policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai))
     with SidecarProcess(policy, tmp_path / "sidecar.log", env_key=KEY_1) as sidecar:
         client(sidecar).chat.completions.create(
-            model="gpt-4o", messages=HELLO, user="alice", extra_headers={"X-OpenAI-Policy-Feature": "search"})
+            model="gpt-4o", messages=HELLO, user="alice", extra_headers={"X-OpenAI-Policy-Feature": "search"}
+        )
         line = wait_for(lambda: next((x for x in sidecar.log_lines() if "request_id" in x), None))
     assert line["request_id"].startswith("oaip-") and line["openai_request_id"].startswith("req_")
     assert line["user"] == "alice" and line["feature"] == "search"

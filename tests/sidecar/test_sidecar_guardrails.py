@@ -38,7 +38,9 @@ def chat(fake_openai) -> list:
 
 async def test_redaction_is_visible_in_what_reached_the_upstream(tmp_path, fake_openai, caplog):
     caplog.set_level(logging.INFO, logger="openai_policy_sidecar.access")
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai, safety={"pii": {"action": "redact"}}))
+    policy = write_policy(
+        tmp_path / "policy.yaml", upstream_spec(fake_openai, safety={"pii": {"action": "redact"}})
+    )
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         messages = [{"role": "user", "content": [{"type": "text", "text": f"Write to {EMAIL} please"}]}]
@@ -48,25 +50,40 @@ async def test_redaction_is_visible_in_what_reached_the_upstream(tmp_path, fake_
         assert EMAIL.encode() not in sent.body
         assert sent.json["messages"][0]["content"][0]["text"] == "Write to [REDACTED_EMAIL] please"
         await settled_usage(sidecar, 1)
-        assert sample(sidecar, "openai_policy_guardrail_findings_total",
-                      guardrail="pii", type="email", action="redact") == 1
+        assert (
+            sample(
+                sidecar,
+                "openai_policy_guardrail_findings_total",
+                guardrail="pii",
+                type="email",
+                action="redact",
+            )
+            == 1
+        )
     [line] = access_lines(caplog)
     assert line["guardrails"] == [{"guardrail": "pii", "type": "email", "action": "redact", "count": 1}]
     assert EMAIL not in json.dumps(line)
 
 
-@pytest.mark.parametrize("safety, content, code", [
-    ({"pii": {"action": "block"}}, f"my mail is {EMAIL}", "pii_detected"),
-    ({"promptInjection": {"action": "block"}}, INJECTION, "prompt_injection_detected"),
-    ({"moderation": {"action": "block"}}, "I will kill the process", "content_flagged"),
-])
-async def test_a_blocked_prompt_never_reaches_the_upstream(tmp_path, fake_openai, caplog, safety, content, code):
+@pytest.mark.parametrize(
+    "safety, content, code",
+    [
+        ({"pii": {"action": "block"}}, f"my mail is {EMAIL}", "pii_detected"),
+        ({"promptInjection": {"action": "block"}}, INJECTION, "prompt_injection_detected"),
+        ({"moderation": {"action": "block"}}, "I will kill the process", "content_flagged"),
+    ],
+)
+async def test_a_blocked_prompt_never_reaches_the_upstream(
+    tmp_path, fake_openai, caplog, safety, content, code
+):
     caplog.set_level(logging.INFO, logger="openai_policy_sidecar.access")
     policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai, safety=safety))
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=3)
         with pytest.raises(openai.BadRequestError) as raised:
-            await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": content}])
+            await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": content}]
+            )
         assert raised.value.code == code
         assert raised.value.response.headers["x-should-retry"] == "false"
         assert content not in raised.value.response.text
@@ -79,18 +96,43 @@ async def test_a_blocked_prompt_never_reaches_the_upstream(tmp_path, fake_openai
 
 
 async def test_flagged_prompts_are_forwarded_and_counted(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai, safety={
-        "pii": {"action": "flag"}, "promptInjection": {"action": "flag"}, "moderation": {"action": "flag"}}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai,
+            safety={
+                "pii": {"action": "flag"},
+                "promptInjection": {"action": "flag"},
+                "moderation": {"action": "flag"},
+            },
+        ),
+    )
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         content = f"{INJECTION} Also mail {EMAIL}, or I kill it."
         await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": content}])
         assert chat(fake_openai)[-1].json["messages"][0]["content"] == content  # flag: unchanged
         await settled_usage(sidecar, 1)
-        assert sample(sidecar, "openai_policy_guardrail_findings_total",
-                      guardrail="pii", type="email", action="flag") == 1
-        assert sample(sidecar, "openai_policy_guardrail_findings_total",
-                      guardrail="prompt_injection", type="prompt_injection", action="flag") >= 1
+        assert (
+            sample(
+                sidecar,
+                "openai_policy_guardrail_findings_total",
+                guardrail="pii",
+                type="email",
+                action="flag",
+            )
+            == 1
+        )
+        assert (
+            sample(
+                sidecar,
+                "openai_policy_guardrail_findings_total",
+                guardrail="prompt_injection",
+                type="prompt_injection",
+                action="flag",
+            )
+            >= 1
+        )
         assert sample(sidecar, "openai_policy_moderation_calls_total", result="ok") == 1
         # The same text again is judged from the verdict cache: no second moderation call.
         await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": content}])
@@ -99,8 +141,10 @@ async def test_flagged_prompts_are_forwarded_and_counted(tmp_path, fake_openai):
 
 @pytest.mark.parametrize("on_error", ["allow", "block"])
 async def test_moderation_failure_fails_open_or_closed_per_policy(tmp_path, fake_openai, on_error):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, safety={"moderation": {"action": "block", "onError": on_error}}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(fake_openai, safety={"moderation": {"action": "block", "onError": on_error}}),
+    )
     async with running_sidecar(policy) as sidecar:
         fake_openai.add_fault("status", status=500, match="/moderations")
         client = async_client(base_url=sidecar.base_url, max_retries=0)
@@ -117,8 +161,14 @@ async def test_moderation_failure_fails_open_or_closed_per_policy(tmp_path, fake
 
 
 async def test_dry_run_reports_but_neither_blocks_nor_redacts(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, mode="dryRun", safety={"pii": {"action": "redact"}, "promptInjection": {"action": "block"}}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai,
+            mode="dryRun",
+            safety={"pii": {"action": "redact"}, "promptInjection": {"action": "block"}},
+        ),
+    )
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         content = f"{INJECTION} {EMAIL}"
@@ -129,7 +179,9 @@ async def test_dry_run_reports_but_neither_blocks_nor_redacts(tmp_path, fake_ope
 
 
 async def test_guardrails_apply_to_responses_input(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai, safety={"pii": {"action": "redact"}}))
+    policy = write_policy(
+        tmp_path / "policy.yaml", upstream_spec(fake_openai, safety={"pii": {"action": "redact"}})
+    )
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         await client.responses.create(model="gpt-4o", input=f"mail {EMAIL}")
@@ -138,9 +190,14 @@ async def test_guardrails_apply_to_responses_input(tmp_path, fake_openai):
 
 
 async def test_output_moderation_refuses_a_flagged_answer_but_still_charges_it(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai, budget={
-        "limits": [{"window": "day", "usd": 5}]}, safety={"moderation": {"action": "block", "input": False,
-                                                                           "output": True}}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai,
+            budget={"limits": [{"window": "day", "usd": 5}]},
+            safety={"moderation": {"action": "block", "input": False, "output": True}},
+        ),
+    )
     async with running_sidecar(policy) as sidecar:
         fake_openai.add_fault("reply", text="I will kill the process now.")
         client = async_client(base_url=sidecar.base_url, max_retries=0)

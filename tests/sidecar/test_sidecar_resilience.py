@@ -64,8 +64,14 @@ async def test_a_429_with_retry_after_is_retried_after_it_and_succeeds(tmp_path,
 
 
 async def test_retries_stop_at_max_attempts_and_the_last_answer_is_passed_on(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, retries={"maxAttempts": 2, "baseDelaySeconds": 0.05}, circuitBreaker={"enabled": False}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai,
+            retries={"maxAttempts": 2, "baseDelaySeconds": 0.05},
+            circuitBreaker={"enabled": False},
+        ),
+    )
     async with running_sidecar(policy) as sidecar:
         fake_openai.add_fault("status", status=503, times=5)
         client = async_client(base_url=sidecar.base_url, max_retries=3)
@@ -77,8 +83,14 @@ async def test_retries_stop_at_max_attempts_and_the_last_answer_is_passed_on(tmp
 
 
 async def test_the_circuit_opens_fails_fast_half_opens_and_closes(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, retries={"maxAttempts": 1}, circuitBreaker={"failureThreshold": 3, "recoverySeconds": 1}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai,
+            retries={"maxAttempts": 1},
+            circuitBreaker={"failureThreshold": 3, "recoverySeconds": 1},
+        ),
+    )
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         fake_openai.add_fault("status", status=500, times=3)
@@ -109,8 +121,9 @@ async def test_the_circuit_opens_fails_fast_half_opens_and_closes(tmp_path, fake
 
 
 async def test_a_hung_upstream_is_cut_at_the_timeout(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, budget=BUDGET, requests={"timeoutSeconds": 0.5}))
+    policy = write_policy(
+        tmp_path / "policy.yaml", upstream_spec(fake_openai, budget=BUDGET, requests={"timeoutSeconds": 0.5})
+    )
     async with running_sidecar(policy) as sidecar:
         fake_openai.add_fault("hang")
         client = async_client(base_url=sidecar.base_url, max_retries=0)
@@ -128,8 +141,12 @@ async def test_a_hung_upstream_is_cut_at_the_timeout(tmp_path, fake_openai):
 
 
 async def test_a_stalled_stream_is_cut_by_the_idle_timeout_and_settled(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, budget=BUDGET, requests={"maxOutputTokens": 100, "streamIdleTimeoutSeconds": 0.3}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai, budget=BUDGET, requests={"maxOutputTokens": 100, "streamIdleTimeoutSeconds": 0.3}
+        ),
+    )
     async with running_sidecar(policy) as sidecar:
         fake_openai.add_fault("stall_stream", after_events=2, seconds=5)
         client = async_client(base_url=sidecar.base_url, max_retries=0)
@@ -152,9 +169,13 @@ async def test_a_stalled_stream_is_cut_by_the_idle_timeout_and_settled(tmp_path,
         assert usage["errors"] == 1 and usage["cost_micros"] == day.spent_micros
 
 
-async def test_a_burst_beyond_the_queue_gets_queue_full_while_admitted_requests_succeed(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, queue={"maxConcurrent": 1, "maxDepth": 1, "maxWaitSeconds": 10}))
+async def test_a_burst_beyond_the_queue_gets_queue_full_while_admitted_requests_succeed(
+    tmp_path, fake_openai
+):
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(fake_openai, queue={"maxConcurrent": 1, "maxDepth": 1, "maxWaitSeconds": 10}),
+    )
     async with running_sidecar(policy) as sidecar:
         fake_openai.add_fault("latency", seconds=1.0, times=2)
         client = async_client(base_url=sidecar.base_url, max_retries=0)
@@ -184,9 +205,13 @@ async def test_a_burst_beyond_the_queue_gets_queue_full_while_admitted_requests_
         assert usage["refused:queue_full"] == 2
 
 
-async def test_a_waiter_whose_client_left_leaves_the_queue_and_releases_its_reservation(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, budget=BUDGET, queue={"maxConcurrent": 1, "maxWaitSeconds": 10}))
+async def test_a_waiter_whose_client_left_leaves_the_queue_and_releases_its_reservation(
+    tmp_path, fake_openai
+):
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(fake_openai, budget=BUDGET, queue={"maxConcurrent": 1, "maxWaitSeconds": 10}),
+    )
     async with running_sidecar(policy) as sidecar:
         fake_openai.add_fault("latency", seconds=1.0)
         client = async_client(base_url=sidecar.base_url, max_retries=0)
@@ -213,20 +238,27 @@ async def test_a_policy_reload_retunes_the_queue(tmp_path, fake_openai):
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         fake_openai.add_fault("latency", seconds=0.5, times=4)
         results = await asyncio.gather(
-            *(client.chat.completions.create(model="gpt-4o", messages=HELLO) for _ in range(2)), return_exceptions=True)
+            *(client.chat.completions.create(model="gpt-4o", messages=HELLO) for _ in range(2)),
+            return_exceptions=True,
+        )
         assert sum(isinstance(r, openai.APIStatusError) for r in results) == 1
-        write_policy(path, upstream_spec(fake_openai, queue={"maxConcurrent": 4, "maxDepth": 0}), generation=2)
+        write_policy(
+            path, upstream_spec(fake_openai, queue={"maxConcurrent": 4, "maxDepth": 0}), generation=2
+        )
         for _ in range(100):
             if sidecar.source.runtime.generation == 2:
                 break
             await asyncio.sleep(0.05)
         results = await asyncio.gather(
-            *(client.chat.completions.create(model="gpt-4o", messages=HELLO) for _ in range(2)), return_exceptions=True)
+            *(client.chat.completions.create(model="gpt-4o", messages=HELLO) for _ in range(2)),
+            return_exceptions=True,
+        )
         assert not [r for r in results if isinstance(r, BaseException)], results
 
 
-async def test_workload_and_namespace_attribute_the_heartbeat_and_the_access_line(tmp_path, fake_openai, monkeypatch,
-                                                                                caplog):
+async def test_workload_and_namespace_attribute_the_heartbeat_and_the_access_line(
+    tmp_path, fake_openai, monkeypatch, caplog
+):
     monkeypatch.setenv("POD_NAMESPACE", "shop")
     monkeypatch.setenv("OPENAI_POLICY_WORKLOAD", "checkout")
     caplog.set_level(logging.INFO, logger="openai_policy_sidecar.access")
@@ -244,8 +276,14 @@ async def test_workload_and_namespace_attribute_the_heartbeat_and_the_access_lin
 
 async def test_a_policy_reload_retunes_the_circuit_breaker(tmp_path, fake_openai):
     path = tmp_path / "policy.yaml"
-    write_policy(path, upstream_spec(
-        fake_openai, retries={"maxAttempts": 1}, circuitBreaker={"failureThreshold": 1, "recoverySeconds": 60}))
+    write_policy(
+        path,
+        upstream_spec(
+            fake_openai,
+            retries={"maxAttempts": 1},
+            circuitBreaker={"failureThreshold": 1, "recoverySeconds": 60},
+        ),
+    )
     async with running_sidecar(path) as sidecar:
         client = async_client(base_url=sidecar.base_url, max_retries=0)
         fake_openai.add_fault("status", status=500)

@@ -23,8 +23,11 @@ def models_spec(**models):
 
 
 def test_allow_pin_and_fallback():
-    models = models_spec(allow=["gpt-4o*"], pin={"gpt-4o": "gpt-4o-2024-08-06", "gpt-4o-mini": "gpt-4o-mini-2024-07-18"},
-                         fallback="gpt-4o-mini")
+    models = models_spec(
+        allow=["gpt-4o*"],
+        pin={"gpt-4o": "gpt-4o-2024-08-06", "gpt-4o-mini": "gpt-4o-mini-2024-07-18"},
+        fallback="gpt-4o-mini",
+    )
     choice = choose_model(models, "gpt-4o", downgrade=False)
     assert (choice.sent, choice.pinned, choice.downgraded) == ("gpt-4o-2024-08-06", True, False)
     choice = choose_model(models, "gpt-4o", downgrade=True)
@@ -54,8 +57,13 @@ def test_drift():
         ("chat.completions", {}, 500, {"max_completion_tokens": 500}, 500),
         ("chat.completions", {"max_tokens": 900}, 500, {"max_tokens": 500}, 500),
         ("chat.completions", {"max_completion_tokens": 100}, 500, {"max_completion_tokens": 100}, 100),
-        ("chat.completions", {"max_tokens": 900, "max_completion_tokens": 50}, 500,
-         {"max_tokens": 500, "max_completion_tokens": 50}, 500),
+        (
+            "chat.completions",
+            {"max_tokens": 900, "max_completion_tokens": 50},
+            500,
+            {"max_tokens": 500, "max_completion_tokens": 50},
+            500,
+        ),
         ("responses", {"max_output_tokens": 4000}, 300, {"max_output_tokens": 300}, 300),
         ("responses", {}, 300, {"max_output_tokens": 300}, 300),
         ("completions", {}, 64, {"max_tokens": 64}, 64),
@@ -96,8 +104,11 @@ def _parse(body, path="/v1/chat/completions", headers=None):
         ({"model": "gpt-4o", "messages": "hi"}, "messages", "invalid_type"),
         ({"model": "gpt-4o", "messages": [], "max_tokens": "10"}, "max_tokens", "invalid_type"),
         ({"model": "gpt-4o", "messages": [], "max_tokens": True}, "max_tokens", "invalid_type"),
-        ({"model": "gpt-4o", "messages": [], "max_completion_tokens": 0}, "max_completion_tokens",
-         "integer_below_min_value"),
+        (
+            {"model": "gpt-4o", "messages": [], "max_completion_tokens": 0},
+            "max_completion_tokens",
+            "integer_below_min_value",
+        ),
         ({"model": "gpt-4o", "messages": [], "stream": "yes"}, "stream", "invalid_type"),
         ({"model": "gpt-4o", "messages": [], "user": 7}, "user", "invalid_type"),
     ],
@@ -112,7 +123,9 @@ def test_malformed_bodies_are_refused_openai_style(raw, param, code):
 
 
 def test_user_attribution_header_wins():
-    parsed = _parse({"model": "m", "messages": [], "user": "body-user"}, headers={"X-OpenAI-Policy-User": "hdr"})
+    parsed = _parse(
+        {"model": "m", "messages": [], "user": "body-user"}, headers={"X-OpenAI-Policy-User": "hdr"}
+    )
     assert parsed.user == "hdr"
     assert _parse({"model": "m", "messages": [], "user": "u", "safety_identifier": "s"}).user == "s"
     assert _parse({"model": "m", "messages": [], "user": "u"}).user == "u"
@@ -126,9 +139,14 @@ def test_passthrough_paths_never_fail_on_their_body():
 
 
 def test_upstream_headers_replace_credentials():
-    incoming = [("Authorization", "Bearer placeholder"), ("OpenAI-Project", "caller-project"),
-                ("X-OpenAI-Policy-User", "alice"), ("Content-Type", "application/json"), ("Host", "x"),
-                ("X-Stainless-Retry-Count", "0")]
+    incoming = [
+        ("Authorization", "Bearer placeholder"),
+        ("OpenAI-Project", "caller-project"),
+        ("X-OpenAI-Policy-User", "alice"),
+        ("Content-Type", "application/json"),
+        ("Host", "x"),
+        ("X-Stainless-Retry-Count", "0"),
+    ]
     headers = upstream_headers(incoming, "sk-real", "org-1", "proj-1")
     assert headers["Authorization"] == "Bearer sk-real"
     assert headers.getall("Authorization") == ["Bearer sk-real"]
@@ -140,14 +158,20 @@ def test_upstream_headers_replace_credentials():
 
 
 def test_join_url():
-    assert join_url("https://api.openai.com/v1", "/v1/chat/completions", "") == "https://api.openai.com/v1/chat/completions"
+    assert (
+        join_url("https://api.openai.com/v1", "/v1/chat/completions", "")
+        == "https://api.openai.com/v1/chat/completions"
+    )
     assert join_url("http://h:1/v1/", "/v1/models", "limit=2") == "http://h:1/v1/models?limit=2"
 
 
 def test_usage_shapes():
-    assert parse_usage({"prompt_tokens": 10, "completion_tokens": 5,
-                        "prompt_tokens_details": {"cached_tokens": 4}}) == Usage(10, 4, 5)
-    assert parse_usage({"input_tokens": 7, "output_tokens": 3, "input_tokens_details": {"cached_tokens": 1}}) == Usage(7, 1, 3)
+    assert parse_usage(
+        {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 4}}
+    ) == Usage(10, 4, 5)
+    assert parse_usage(
+        {"input_tokens": 7, "output_tokens": 3, "input_tokens_details": {"cached_tokens": 1}}
+    ) == Usage(7, 1, 3)
     assert parse_usage({"prompt_tokens": 9, "total_tokens": 9}) == Usage(9, 0, 0)
     assert parse_usage(None) is None
 
@@ -163,8 +187,13 @@ def test_include_usage_is_added_only_when_missing():
 def test_stream_meter_strips_exactly_what_include_usage_added():
     meter = StreamMeter("chat.completions", strip_usage=True)
     first = b'data: {"id":"c","model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}'
-    assert meter.transform(first) == b'data: {"id":"c","model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"Hi"}}]}'
-    usage_chunk = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}'
+    assert (
+        meter.transform(first)
+        == b'data: {"id":"c","model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"Hi"}}]}'
+    )
+    usage_chunk = (
+        b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}'
+    )
     assert meter.transform(usage_chunk) is None
     assert meter.transform(b"data: [DONE]") == b"data: [DONE]"
     assert meter.usage == Usage(3, 0, 1) and meter.model == "gpt-4o-2024-08-06" and meter.completed
@@ -172,7 +201,9 @@ def test_stream_meter_strips_exactly_what_include_usage_added():
 
 def test_stream_meter_leaves_a_caller_requested_usage_alone():
     meter = StreamMeter("chat.completions", strip_usage=False)
-    usage_chunk = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}'
+    usage_chunk = (
+        b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}'
+    )
     assert meter.transform(usage_chunk) == usage_chunk
     assert meter.usage == Usage(3, 0, 1)
 
@@ -180,8 +211,10 @@ def test_stream_meter_leaves_a_caller_requested_usage_alone():
 def test_stream_meter_reads_responses_usage():
     meter = StreamMeter("responses", strip_usage=False)
     created = b'event: response.created\ndata: {"type":"response.created","response":{"model":"gpt-4o","usage":null}}'
-    done = (b'event: response.completed\ndata: {"type":"response.completed","response":{"model":"gpt-4o",'
-            b'"usage":{"input_tokens":5,"output_tokens":2,"input_tokens_details":{"cached_tokens":0}}}}')
+    done = (
+        b'event: response.completed\ndata: {"type":"response.completed","response":{"model":"gpt-4o",'
+        b'"usage":{"input_tokens":5,"output_tokens":2,"input_tokens_details":{"cached_tokens":0}}}}'
+    )
     assert meter.transform(created) == created and meter.transform(done) == done
     assert meter.usage == Usage(5, 0, 2) and meter.model == "gpt-4o"
 
@@ -191,4 +224,8 @@ def test_refusal_headers():
     assert refusal.status == 429 and refusal.response_headers()["x-should-retry"] == "false"
     limited = refusals.rate_limit_exceeded("slow down", 1.2, {"x-ratelimit-limit-requests": "10"})
     headers = limited.response_headers()
-    assert headers["Retry-After"] == "2" and headers["retry-after-ms"] == "1200" and headers["x-should-retry"] == "true"
+    assert (
+        headers["Retry-After"] == "2"
+        and headers["retry-after-ms"] == "1200"
+        and headers["x-should-retry"] == "true"
+    )

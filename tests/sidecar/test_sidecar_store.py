@@ -67,8 +67,10 @@ async def test_a_newer_generation_published_in_the_store_is_applied(tmp_path, fa
 
 
 async def test_store_outage_fails_closed_by_default_and_readyz_says_so(tmp_path, fake_openai, redis):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, budget={"limits": [{"window": "day", "usd": 10}]}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(fake_openai, budget={"limits": [{"window": "day", "usd": 10}]}),
+    )
     async with running_sidecar(policy, redis_url=redis.url) as sidecar:
         client = async_client(base_url=sidecar.base_url, api_key="x", max_retries=0)
         await client.chat.completions.create(model="gpt-4o", messages=HELLO)
@@ -83,9 +85,17 @@ async def test_store_outage_fails_closed_by_default_and_readyz_says_so(tmp_path,
 
 
 async def test_store_outage_with_local_share_keeps_serving_within_the_share(tmp_path, fake_openai, redis):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, budget={"limits": [{"window": "day", "usd": 10}], "onStoreUnavailable": "localShare",
-                             "localSharePercent": 10}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai,
+            budget={
+                "limits": [{"window": "day", "usd": 10}],
+                "onStoreUnavailable": "localShare",
+                "localSharePercent": 10,
+            },
+        ),
+    )
     async with running_sidecar(policy, redis_url=redis.url) as sidecar:
         client = async_client(base_url=sidecar.base_url, api_key="x", max_retries=0)
         redis.stop()

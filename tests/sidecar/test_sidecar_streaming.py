@@ -52,17 +52,23 @@ def _blank(value: object) -> object:
 async def raw_stream(client: openai.AsyncOpenAI, kind: str, **extra: object) -> bytes:
     if kind == "chat":
         call = client.chat.completions.with_streaming_response.create(
-            model="gpt-4o-2024-08-06", messages=HELLO, stream=True, max_completion_tokens=30, **extra)
+            model="gpt-4o-2024-08-06", messages=HELLO, stream=True, max_completion_tokens=30, **extra
+        )
     else:
         call = client.responses.with_streaming_response.create(
-            model="gpt-4o-2024-08-06", input="stream me something", stream=True, max_output_tokens=30, **extra)
+            model="gpt-4o-2024-08-06", input="stream me something", stream=True, max_output_tokens=30, **extra
+        )
     async with call as response:
         return b"".join([chunk async for chunk in response.iter_bytes()])
 
 
 async def _compare(tmp_path, fake_openai, kind: str, **extra: object) -> tuple[bytes, bytes]:
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, requests={"maxOutputTokens": 30}, budget={"limits": [{"window": "day", "usd": 5}]}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai, requests={"maxOutputTokens": 30}, budget={"limits": [{"window": "day", "usd": 5}]}
+        ),
+    )
     direct = async_client(base_url=fake_openai.base_url, api_key="sk-direct")
     expected = await raw_stream(direct, kind, **extra)
     async with running_sidecar(policy) as sidecar:
@@ -112,8 +118,12 @@ async def test_stream_is_forwarded_incrementally(tmp_path, fake_openai):
 
 
 async def test_a_cut_stream_is_charged_the_worst_case(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, budget={"limits": [{"window": "day", "usd": 5}]}, requests={"maxOutputTokens": 100}))
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        upstream_spec(
+            fake_openai, budget={"limits": [{"window": "day", "usd": 5}]}, requests={"maxOutputTokens": 100}
+        ),
+    )
     async with running_sidecar(policy) as sidecar:
         fake_openai.add_fault("cut_stream", after_events=3)
         client = async_client(base_url=sidecar.base_url, api_key="sk-x", max_retries=0)
@@ -137,7 +147,9 @@ async def test_a_cut_stream_is_charged_the_worst_case(tmp_path, fake_openai):
 
 
 async def test_a_refused_stream_raises_before_any_event(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai, models={"allow": ["gpt-4o-mini"]}))
+    policy = write_policy(
+        tmp_path / "policy.yaml", upstream_spec(fake_openai, models={"allow": ["gpt-4o-mini"]})
+    )
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, api_key="sk-x", max_retries=3)
         with pytest.raises(openai.BadRequestError) as raised:
@@ -146,8 +158,9 @@ async def test_a_refused_stream_raises_before_any_event(tmp_path, fake_openai):
 
 
 async def test_a_client_leaving_mid_stream_is_charged_and_the_sidecar_carries_on(tmp_path, fake_openai):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(
-        fake_openai, budget={"limits": [{"window": "day", "usd": 5}]}))
+    policy = write_policy(
+        tmp_path / "policy.yaml", upstream_spec(fake_openai, budget={"limits": [{"window": "day", "usd": 5}]})
+    )
     async with running_sidecar(policy) as sidecar:
         fake_openai.add_fault("stall_stream", after_events=2, seconds=0.5)
         body = {"model": "gpt-4o", "messages": HELLO, "stream": True}
@@ -159,6 +172,6 @@ async def test_a_client_leaving_mid_stream_is_charged_and_the_sidecar_carries_on
         [day] = [w for w in await sidecar.source.runtime.ledger.usage() if w.window == "day"]
         assert day.reserved_micros == 0 and day.spent_micros > 0  # charged (worst case), not leaked
         reply = await async_client(base_url=sidecar.base_url, api_key="sk-x").chat.completions.create(
-            model="gpt-4o", messages=HELLO)
+            model="gpt-4o", messages=HELLO
+        )
         assert reply.choices
-

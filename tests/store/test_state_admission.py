@@ -89,7 +89,10 @@ async def test_budget_refusal_names_the_window_and_still_counts_the_request(stor
     exceeded = refused.budget_exceeded
     assert exceeded is not None
     assert (exceeded.window, exceeded.limit_micros, exceeded.spent_micros, exceeded.reserved_micros) == (
-        "hour", 1_000_000, 0, 700_000
+        "hour",
+        1_000_000,
+        0,
+        700_000,
     )
     assert ledger.last_fraction_used >= 1.0
     assert await hour_usage(ledger) == (0, 700_000)  # nothing more held

@@ -119,7 +119,9 @@ class ModerationClient:
                 for key, future in futures.items():
                     self._pending.pop(key, None)
                     if not future.done():
-                        future.set_exception(exc if isinstance(exc, ModerationError) else ModerationError(str(exc)))
+                        future.set_exception(
+                            exc if isinstance(exc, ModerationError) else ModerationError(str(exc))
+                        )
                         future.exception()  # mark retrieved: other waiters may not exist
                 raise
             for (key, future), result in zip(futures.items(), fresh, strict=True):
@@ -160,11 +162,14 @@ def _parse(payload: Any, expected: int) -> list[ModerationResult]:
         if not isinstance(item, dict) or not isinstance(item.get("flagged"), bool):
             raise ModerationError("moderation result without a boolean 'flagged'")
         categories = item.get("categories") if isinstance(item.get("categories"), dict) else {}
-        parsed.append(ModerationResult(item["flagged"], tuple(sorted(k for k, v in categories.items() if v is True))))
+        parsed.append(
+            ModerationResult(item["flagged"], tuple(sorted(k for k, v in categories.items() if v is True)))
+        )
     return parsed
 
 
 # -- the stage ---------------------------------------------------------------------------------
+
 
 class ContentFlagged(Exception):
     """Refusal (maps to ``content_flagged``, 400, ``x-should-retry: false``)."""

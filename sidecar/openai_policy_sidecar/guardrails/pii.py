@@ -67,7 +67,9 @@ class PiiMatch:
 
 # An apostrophe is allowed inside the local part (o'brien@...), never at its edges (quotes).
 _EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+(?:'[A-Za-z0-9._%+-]+)*@[A-Za-z0-9.-]+\.([A-Za-z]{2,})\b")
-_FILE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tif", "tiff", "avif"})
+_FILE_EXTENSIONS = frozenset(
+    {"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tif", "tiff", "avif"}
+)
 
 _SSN_SEPARATED = re.compile(r"(?<![\w.-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\w-]|\.\d)")
 _SSN_BARE = re.compile(r"(?<![\w.-])(\d{3})(\d{2})(\d{4})(?![\w-]|\.\d)")
@@ -97,6 +99,7 @@ _API_KEY = re.compile(r"(?<![\w-])sk-(?:proj-|svcacct-|admin-)?([A-Za-z0-9_-]{20
 
 
 # -- validators --------------------------------------------------------------------------------
+
 
 def luhn_valid(digits: str) -> bool:
     """The Luhn (mod 10) checksum of a payment card number."""
@@ -249,6 +252,7 @@ def redact_text(text: str, types: Collection[str] | None = None) -> tuple[str, l
 
 
 # -- the stage ---------------------------------------------------------------------------------
+
 
 class PiiDetected(Exception):
     """Refusal (maps to ``pii_detected``, 400; retrying cannot help: ``x-should-retry: false``)."""

@@ -64,7 +64,9 @@ class InjectionDetector:
                 compiled.append(re.compile(pattern, re.IGNORECASE))
             except re.error as exc:
                 # The policy model validates extraPatterns; this guards direct callers.
-                raise ValueError(f"prompt-injection pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+                raise ValueError(
+                    f"prompt-injection pattern {pattern!r} is not a valid regular expression: {exc}"
+                ) from exc
         self._compiled = tuple(compiled)
 
     def find(self, text: str, path: str = "") -> list[InjectionMatch]:

@@ -51,7 +51,9 @@ def _set_item(container: Any, key: Any) -> _Setter:
     return setter
 
 
-def _parts(path: str, role: str, parts: list[Any], kinds: dict[str, str]) -> Iterator[tuple[TextSlot, _Setter]]:
+def _parts(
+    path: str, role: str, parts: list[Any], kinds: dict[str, str]
+) -> Iterator[tuple[TextSlot, _Setter]]:
     for j, part in enumerate(parts):
         if isinstance(part, str):  # tolerated by some clients
             yield TextSlot(f"{path}[{j}]", role, part), _set_item(parts, j)
@@ -63,9 +65,9 @@ def _parts(path: str, role: str, parts: list[Any], kinds: dict[str, str]) -> Ite
             yield TextSlot(f"{path}[{j}].{field}", role, part[field]), _set_item(part, field)
 
 
-def _content(path: str, role: str, holder: dict[str, Any], key: str, kinds: dict[str, str]) -> Iterator[
-    tuple[TextSlot, _Setter]
-]:
+def _content(
+    path: str, role: str, holder: dict[str, Any], key: str, kinds: dict[str, str]
+) -> Iterator[tuple[TextSlot, _Setter]]:
     value = holder.get(key)
     if isinstance(value, str):
         yield TextSlot(f"{path}.{key}", role, value), _set_item(holder, key)
@@ -176,13 +178,21 @@ def iter_output_texts(endpoint: str, response: dict[str, Any]) -> list[TextSlot]
         for i, choice in enumerate(response.get("choices") or []):
             message = choice.get("message") if isinstance(choice, dict) else None
             if isinstance(message, dict):
-                slots.extend(slot for slot, _ in _content(f"choices[{i}].message", "assistant", message, "content",
-                                                          _CHAT_TEXT_PARTS))
+                slots.extend(
+                    slot
+                    for slot, _ in _content(
+                        f"choices[{i}].message", "assistant", message, "content", _CHAT_TEXT_PARTS
+                    )
+                )
     elif endpoint == "responses":
         for i, item in enumerate(response.get("output") or []):
             if isinstance(item, dict) and item.get("type") == "message":
-                slots.extend(slot for slot, _ in _content(f"output[{i}]", "assistant", item, "content",
-                                                          _RESPONSES_TEXT_PARTS))
+                slots.extend(
+                    slot
+                    for slot, _ in _content(
+                        f"output[{i}]", "assistant", item, "content", _RESPONSES_TEXT_PARTS
+                    )
+                )
     elif endpoint == "completions":
         for i, choice in enumerate(response.get("choices") or []):
             if isinstance(choice, dict) and isinstance(choice.get("text"), str):

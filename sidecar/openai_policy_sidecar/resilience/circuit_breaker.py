@@ -200,9 +200,8 @@ class CircuitBreaker:
 
     # -- internals ---------------------------------------------------------------------------
     def _advance(self) -> None:
-        if (
-            self._state is CircuitState.OPEN
-            and self._clock() >= self._opened_at + float(self._spec.recovery_seconds)
+        if self._state is CircuitState.OPEN and self._clock() >= self._opened_at + float(
+            self._spec.recovery_seconds
         ):
             self._transition(CircuitState.HALF_OPEN)
 

@@ -114,9 +114,13 @@ def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = Non
     return seconds
 
 
-def backoff_delay(retry_number: int, spec: RetriesSpecLike, rng: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    retry_number: int, spec: RetriesSpecLike, rng: Callable[[], float] = random.random
+) -> float:
     """Full-jitter delay before the ``retry_number``-th retry (1-based)."""
-    ceiling = min(float(spec.max_delay_seconds), float(spec.base_delay_seconds) * 2 ** max(0, retry_number - 1))
+    ceiling = min(
+        float(spec.max_delay_seconds), float(spec.base_delay_seconds) * 2 ** max(0, retry_number - 1)
+    )
     return rng() * ceiling
 
 
@@ -212,7 +216,9 @@ async def _release(result: object) -> None:
         await _maybe_await(release())
 
 
-def _report(breaker: CircuitBreaker, permit: CircuitPermit, status: int | None, error: Exception | None) -> None:
+def _report(
+    breaker: CircuitBreaker, permit: CircuitPermit, status: int | None, error: Exception | None
+) -> None:
     if error is not None:
         if isinstance(error, TimeoutError) or is_connection_error(error):
             breaker.on_failure(permit)

@@ -7,7 +7,9 @@ from typing import Any
 from .. import refusals
 
 
-async def check_rate(limiter: Any, user: str | None, tokens: int) -> tuple[refusals.Refusal | None, dict[str, str]]:
+async def check_rate(
+    limiter: Any, user: str | None, tokens: int
+) -> tuple[refusals.Refusal | None, dict[str, str]]:
     """Ask the limiter; return (refusal or None, the x-ratelimit-* headers to send back)."""
     return refusal_for_decision(await limiter.check(user, tokens))
 
@@ -23,10 +25,12 @@ def refusal_for_decision(decision: Any) -> tuple[refusals.Refusal | None, dict[s
     if not retryable:
         # The request alone is over a per-minute limit: waiting cannot help, so no SDK retry.
         return refusals.Refusal(
-            429, "rate_limit_exceeded",
+            429,
+            "rate_limit_exceeded",
             f"This request alone exceeds the rate limit {scope}: {decision.limit} {decision.unit} per minute "
             "(spec.rateLimits).",
-            type=refusals.RATE_LIMIT, headers=headers,
+            type=refusals.RATE_LIMIT,
+            headers=headers,
         ), headers
     message = (
         f"Rate limit reached {scope}: {decision.limit} {decision.unit} per minute "
