@@ -180,6 +180,12 @@ class ModelsSpec(SpecModel):
         """True when ``model`` (already resolved) may be called."""
         return model_allowed(model, self.allow)
 
+    def permits(self, requested: str) -> bool:
+        """The one allow rule: a request may ask for ``requested`` when what would be *sent* for it
+        (after pinning) is allowed. Users allow what may reach OpenAI; an alias pinned to an
+        allowed dated id is therefore usable even when the alias itself is not listed."""
+        return self.allows(self.resolve(requested))
+
     def has_wildcards(self) -> bool:
         """True when any allow entry is a pattern rather than an exact id."""
         return any(is_wildcard(p) for p in self.allow)

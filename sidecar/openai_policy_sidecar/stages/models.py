@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
-from typing import Any
+
+from openai_policy_api import ModelsSpec
 
 from .. import refusals
 
@@ -17,10 +17,6 @@ class ModelChoice:
     downgraded: bool
 
 
-def is_allowed(model: str, allow: list[str]) -> bool:
-    return any(fnmatchcase(model, pattern) for pattern in allow)
-
-
 def should_downgrade(fraction_used: float, downgrade_at_percent: int | None, fallback: str | None) -> bool:
     """Above ``downgradeAtPercent`` of any budget window, requests switch to ``models.fallback``."""
     if downgrade_at_percent is None or not fallback:
@@ -28,14 +24,19 @@ def should_downgrade(fraction_used: float, downgrade_at_percent: int | None, fal
     return fraction_used * 100 >= downgrade_at_percent
 
 
-def choose_model(models: Any, requested: str, downgrade: bool) -> ModelChoice:
+def choose_model(models: ModelsSpec, requested: str, downgrade: bool) -> ModelChoice:
     """Apply allow, fallback and pin to a requested model; raises ``model_not_allowed``.
 
-    The allow-list is checked against the name the caller asked for; the fallback is the policy
-    author's own choice and is therefore always allowed. Pinning applies to the fallback too.
+    The allow-list is matched after pinning (``ModelsSpec.permits``): what may be sent is what
+    is allowed. The fallback is the policy author's own choice and always allowed (the CRD
+    checks it against the allow-list); pinning applies to it too.
     """
-    if not is_allowed(requested, list(models.allow)):
-        raise refusals.model_not_allowed(requested, f"Allowed models: {', '.join(models.allow) or 'none'}.")
+    if not models.permits(requested):
+        resolved = models.resolve(requested)
+        sent_as = f" ({requested} is pinned to {resolved})" if resolved != requested else ""
+        raise refusals.model_not_allowed(
+            requested, f"Allowed models{sent_as}: {', '.join(models.allow) or 'none'}."
+        )
     chosen = models.fallback if downgrade and models.fallback else requested
     pinned_to = models.pin.get(chosen)
     return ModelChoice(
