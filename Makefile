@@ -32,8 +32,12 @@ tiktoken: venv
 
 setup: venv redis control-plane tiktoken
 
+# Style, formatting, types (strict for the api and store packages) and the import layers.
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy -p openai_policy_api -p openai_policy_store -p openai_policy_sidecar -p openai_policy_operator
+	$(VENV)/bin/lint-imports
 
 test: setup lint
 	KUBEBUILDER_ASSETS="$$(scripts/setup-control-plane.sh)" TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" \

@@ -15,6 +15,7 @@ from .memory import MemoryStore
 from .protocol import Store
 from .rate_limits import RateDecision, RateLimiter
 from .redis_store import RedisStore
+from .usage_counts import UsageCounts
 from .usage_writer import UsageReporter
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Reservation",
     "Store",
     "StoreUnavailable",
+    "UsageCounts",
     "UsageReporter",
     "WindowUsage",
     "admit",

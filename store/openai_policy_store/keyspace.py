@@ -58,8 +58,7 @@ def reservation_deadlines_key(namespace: str, name: str) -> str:
 def usage_key(namespace: str, name: str) -> str:
     """A hash of monotonically increasing usage counters, written by sidecars, read by the operator.
 
-    Fields: requests, tokens_input, tokens_output, tokens_cached, cost_micros, cache_hits,
-    saved_micros, retries, errors, model_drift, refused:<code>, dryrun_refused:<code>.
+    Its fields are those of ``usage_counts.UsageCounts``.
     """
     return _key(namespace, name, "usage")
 
