@@ -15,9 +15,8 @@ import uuid
 import yaml
 
 from openai_policy_operator import names
-from tests.operator.test_operator_integration import (  # noqa: F401 - crd is a fixture
+from tests.operator.cluster import (
     apply_policy,
-    crd,
     get_json,
     label_for_injection,
     running_operator,
@@ -74,7 +73,7 @@ def test_one_replica_leads_every_replica_serves_the_webhook(
     control_plane,
     crd,
     namespace,
-    redis,  # noqa: F811
+    redis,
     tmp_path,
 ):
     peering = f"oaip-test-{secrets.token_hex(3)}"

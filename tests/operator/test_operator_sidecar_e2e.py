@@ -18,9 +18,8 @@ from kubernetes import config as k8s_config
 
 from openai_policy_devkit.pod_runner import LocalPod
 from openai_policy_operator import names
-from tests.operator.test_operator_integration import (  # noqa: F401 - crd is a fixture
+from tests.operator.cluster import (
     apply_policy,
-    crd,
     kubectl_get_row,
     label_for_injection,
     running_operator,
@@ -36,7 +35,7 @@ def test_sidecar_from_the_stored_pod_serves_the_sdk_and_reports(
     control_plane,
     crd,
     namespace,
-    redis,  # noqa: F811
+    redis,
     fake_openai,
     tmp_path,
 ):

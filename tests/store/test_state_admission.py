@@ -17,7 +17,6 @@ from openai_policy_store import (
     new_reservation_id,
 )
 from openai_policy_store.lua import RATE_AND_RESERVE
-from tests.store.test_state_common import store_fixture  # noqa: F401  (the parametrized `store` fixture)
 
 REF = ("team-a", "chatbot")
 NOW = datetime(2026, 11, 22, 14, 30, 45, 500_000, tzinfo=UTC)

@@ -20,7 +20,6 @@ from openai_policy_store import (
     StoreUnavailable,
     keyspace,
 )
-from tests.store.test_state_common import store_fixture  # noqa: F401  (the parametrized `store` fixture)
 
 REF = ("team-a", "chatbot")
 NOW = datetime(2026, 11, 22, 14, 30, tzinfo=UTC)

@@ -1,7 +1,4 @@
-"""The Store protocol, run identically against MemoryStore and RedisStore.
-
-The ``store`` fixture defined here is imported by the other tests/test_state_*.py modules.
-"""
+"""The Store protocol, run identically against MemoryStore and RedisStore (the ``store`` fixture)."""
 
 import asyncio
 import json
@@ -11,20 +8,6 @@ import pytest
 from openai_policy_store import MemoryStore, RedisStore, Store, StoreUnavailable, UsageReporter, keyspace
 
 REF = ("team-a", "chatbot")
-
-
-@pytest.fixture(params=["memory", "redis"], name="store")
-async def store_fixture(request):
-    """Each test using ``store`` runs twice: on a MemoryStore and on a RedisStore."""
-    if request.param == "memory":
-        made: Store = MemoryStore()
-    else:
-        server = request.getfixturevalue("redis")
-        made = RedisStore(server.url)
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 async def test_implements_the_protocol(store):

@@ -8,7 +8,6 @@ import pytest
 from openai_policy_api import RateLimitSpec
 from openai_policy_store import MemoryStore, RateDecision, RateLimiter, RedisStore, StoreUnavailable
 from openai_policy_store.rate_limits import LimitState, format_duration, user_scope
-from tests.store.test_state_common import store_fixture  # noqa: F401  (the parametrized `store` fixture)
 
 REF = ("team-a", "chatbot")
 NOW = datetime(2026, 11, 22, 14, 30, 45, 500_000, tzinfo=UTC)  # 14.5 s before the minute ends
