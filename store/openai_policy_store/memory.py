@@ -2,7 +2,7 @@
 
 Atomicity comes from asyncio itself: every operation runs to completion without an ``await``
 in its critical section, so no other task can interleave (the equivalent of a Lua script).
-It is not thread-safe; use it from one event loop. Keys are the same ``store_keys`` names as in
+It is not thread-safe; use it from one event loop. Keys are the same ``keyspace`` names as in
 Redis and expire on the same schedule (lazily on access, plus a periodic purge so memory stays
 flat under a stream of per-minute and per-user keys).
 """
@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 from . import keyspace
-from .key_cache import KeyNames
 from .protocol import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
 from .windows import current_buckets
 
@@ -48,7 +47,7 @@ class MemoryStore:
         self._deadlines: dict[str, list[tuple[float, str]]] = {}
         self._subscribers: dict[str, set[asyncio.Queue[int]]] = {}
         self._writes = 0
-        self._names = KeyNames()
+        self._names = keyspace.KeyNames()
         self.closed = False
 
     # -- plumbing ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Per-minute rate limits: requests and tokens, for the policy as a whole and per user.
 
-Counters are fixed UTC-minute buckets (``store_keys.ratelimit_key(..., minute)``), checked and
+Counters are fixed UTC-minute buckets (``keyspace.ratelimit_key(..., minute)``), checked and
 incremented all-or-none by the store: a refused request consumes nothing. (A fixed window lets
 a burst straddle a minute boundary at up to twice the rate for a moment; the upstream's own
 limits are per minute too, and one counter per minute costs a single key operation.)

@@ -1,6 +1,6 @@
 """Redis store: shared state for every replica, atomic by Lua scripts.
 
-Every key of one policy carries the hash tag ``{namespace/name}`` (``store_keys``), so each
+Every key of one policy carries the hash tag ``{namespace/name}`` (``keyspace``), so each
 multi-key script touches one slot and works on Redis Cluster. Connections use short socket
 timeouts and at most one retry: when Redis is down an operation raises :class:`StoreUnavailable`
 within about a second instead of hanging a request.
@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 from . import keyspace, lua
 from .exceptions import StoreUnavailable
-from .key_cache import KeyNames
 from .memory import _parse_heartbeats, document_generation
 from .protocol import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
 from .windows import current_buckets
@@ -106,7 +105,7 @@ class RedisStore:
         self._read = self._client.register_script(lua.READ)
         self._rate = self._client.register_script(lua.RATE)
         self._rate_and_reserve = self._client.register_script(lua.RATE_AND_RESERVE)
-        self._names = KeyNames()
+        self._names = keyspace.KeyNames()
 
     async def _run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
