@@ -30,15 +30,21 @@ from openai_policy_store import BudgetLedger, Reservation, StoreUnavailable, adm
 from openai_policy_store.windows import current_buckets
 
 from . import refusals
-from .accounting import record
 from .context import RequestContext
 from .durable import Guards
 from .guardrails import check_injection, check_input_moderation, check_output_moderation, check_pii
 from .metrics import Metrics
+from .pipeline import budget as budget_stage
+from .pipeline.clamp import choices, clamp_output
+from .pipeline.input_limit import check_input_tokens
+from .pipeline.model_choice import ModelChoice, choose_model, is_drift, should_downgrade
+from .pipeline.parse import ParsedRequest, parse, read_body
+from .pipeline.rate_and_budget import check_rate, refusal_for_decision
+from .pipeline.record import record
+from .pipeline.suspend import check_suspend
 from .policy_source import PolicySource
 from .pricing import UnknownModelPrice
 from .reported_usage import from_response
-from .request_parse import ParsedRequest, parse, read_body
 from .resilience import (
     AdmissionQueue,
     CircuitBreaker,
@@ -61,12 +67,6 @@ from .response_cache import (
     response_entry,
 )
 from .snapshot import Runtime
-from .stages import budget as budget_stage
-from .stages.clamp import choices, clamp_output
-from .stages.input_limit import check_input_tokens
-from .stages.models import ModelChoice, choose_model, is_drift, should_downgrade
-from .stages.rate_limit import check_rate, refusal_for_decision
-from .stages.suspend import check_suspend
 from .streaming import StreamMeter, add_include_usage, split_events
 from .tokens import TokenCountError, count_input_tokens
 from .upstream import Upstream, downstream_headers, join_url, upstream_headers

@@ -69,7 +69,9 @@ async def test_the_models_a_policy_names_are_usable(tmp_path, fake_openai, name:
             if model.startswith("text-embedding"):
                 await client.embeddings.create(model=model, input="hello")
             else:
-                await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+                await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "hi"}]
+                )
             assert fake_openai.requests[-1].json["model"] == pin.get(model, model), f"{name}: {model}"
 
 
@@ -88,8 +90,12 @@ async def test_the_allow_list_is_matched_after_pinning(tmp_path, fake_openai) ->
     policy.write_text(yaml.safe_dump(document))
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, api_key="sk-placeholder", max_retries=0)
-        reply = await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        reply = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
         assert reply.model == "gpt-4o-2024-08-06"
         with pytest.raises(openai.BadRequestError) as refused:
-            await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
         assert refused.value.code == "model_not_allowed"

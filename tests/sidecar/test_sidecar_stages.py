@@ -9,11 +9,11 @@ import pytest
 from openai_policy_api import load_policy
 from openai_policy_devkit.sidecar import policy_document
 from openai_policy_sidecar import refusals
+from openai_policy_sidecar.pipeline.clamp import choices, clamp_output
+from openai_policy_sidecar.pipeline.input_limit import check_input_tokens
+from openai_policy_sidecar.pipeline.model_choice import choose_model, is_drift, should_downgrade
+from openai_policy_sidecar.pipeline.parse import parse
 from openai_policy_sidecar.reported_usage import Usage, parse_usage
-from openai_policy_sidecar.request_parse import parse
-from openai_policy_sidecar.stages.clamp import choices, clamp_output
-from openai_policy_sidecar.stages.input_limit import check_input_tokens
-from openai_policy_sidecar.stages.models import choose_model, is_drift, should_downgrade
 from openai_policy_sidecar.streaming import StreamMeter, add_include_usage
 from openai_policy_sidecar.upstream import downstream_headers, join_url, upstream_headers
 

@@ -6,10 +6,10 @@ import logging
 
 from openai_policy_store.money import micros_to_usd
 
-from .access_log import write_access_line
-from .context import RequestContext
-from .metrics import Metrics
-from .snapshot import Runtime
+from ..access_log import write_access_line
+from ..context import RequestContext
+from ..metrics import Metrics
+from ..snapshot import Runtime
 
 log = logging.getLogger("openai_policy_sidecar.accounting")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import refusals
+from .. import refusals
 
 # Path → endpoint name used by tokens.count_input_tokens and the price/usage logic.
 METERED_PATHS = {
