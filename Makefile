@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 # The same script builds the images' environments (Dockerfile.*), so CI tests what ships.
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/install-python-deps.sh
-	PYTHON=$(PYTHON) scripts/install-python-deps.sh $(VENV) --dev --editable
+	PYTHON=$(PYTHON) scripts/install-python-deps.sh $(VENV) --extra dev --editable
 	touch $@
 
 venv: $(VENV)/.installed
@@ -66,8 +66,11 @@ bench-operator: setup
 	KUBEBUILDER_ASSETS="$$(scripts/setup-control-plane.sh)" TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" \
 	  $(PY) bench/operator_bench.py $(BENCH_ARGS)
 
+# Every generated file, from the policy model and the operator: crds/, docs/policy-reference.md
+# and the chart's crds/ (the same CRD plus kopf's peering CRDs). Tests fail when any is stale.
 crds: venv
 	$(PY) -m openai_policy_operator.crd --write
+	PYTHON=$(PY) scripts/sync-chart-crds.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

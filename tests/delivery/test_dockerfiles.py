@@ -9,16 +9,20 @@ files verified at build time, and no secret anywhere in a layer or in the build 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = ("Dockerfile.operator", "Dockerfile.sidecar")
@@ -230,7 +234,12 @@ def test_install_script_is_strict_and_refuses_bad_arguments(tmp_path: Path) -> N
     assert "set -euo pipefail" in script.read_text()
     assert '-c "$root/constraints.txt"' in script.read_text()
     subprocess.run(["bash", "-n", str(script)], check=True)
-    for args in ([], [str(tmp_path / "venv"), "--bogus"]):
+    for args in (
+        [],
+        [str(tmp_path / "venv"), "--bogus"],
+        [str(tmp_path / "venv"), "--extra"],
+        [str(tmp_path / "venv"), "--extra", "everything"],
+    ):
         result = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=30)
         assert result.returncode == 2 and "usage:" in result.stderr
     assert not (tmp_path / "venv").exists(), "nothing is created before the arguments are understood"
@@ -239,3 +248,133 @@ def test_install_script_is_strict_and_refuses_bad_arguments(tmp_path: Path) -> N
 def test_ci_builds_its_venv_with_the_same_script() -> None:
     ci = (ROOT / "Makefile").read_text() + (ROOT / ".ci" / "run").read_text()
     assert INSTALL_SCRIPT in ci
+
+
+# Each image: the extra it installs and the only package folders it copies.
+IMAGES = {
+    "Dockerfile.sidecar": ("sidecar", {"api", "store", "sidecar"}),
+    "Dockerfile.operator": ("operator", {"api", "store", "operator"}),
+}
+PACKAGE_FOLDERS = {"api", "store", "sidecar", "operator", "devkit"}
+PROJECT = "openai-policy-operator"
+
+
+def _build_stage_copies(dockerfile: str) -> list[str]:
+    """The sources of the build stage's COPY instructions (not the runtime stage's --from copies)."""
+    sources: list[str] = []
+    for ins in stages(ROOT / dockerfile)[0]:
+        if ins.keyword == "COPY" and not ins.args.startswith("--from="):
+            sources.extend(s.rstrip("/") for s in ins.args.split()[:-1])
+    return sources
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_each_image_installs_its_own_extra_and_copies_only_its_packages(dockerfile: str) -> None:
+    extra, packages = IMAGES[dockerfile]
+    runs = [i.args for i in instructions(ROOT / dockerfile) if i.keyword == "RUN"]
+    installs = [r for r in runs if r.startswith(INSTALL_SCRIPT)]
+    assert len(installs) == 1, installs
+    assert re.findall(r"--extra\s+(\S+)", installs[0]) == [extra], installs[0]
+    assert "--dev" not in installs[0] and "--editable" not in installs[0]
+    copied = {s for s in _build_stage_copies(dockerfile) if s in PACKAGE_FOLDERS}
+    assert copied == packages, f"{dockerfile} copies {sorted(copied)}, not {sorted(packages)}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_a_tree_with_only_the_copied_folders_builds_a_wheel_of_only_those_packages(
+    dockerfile: str, tmp_path: Path
+) -> None:
+    """What the image's build stage sees, built offline into a wheel with the venv's setuptools."""
+    _, packages = IMAGES[dockerfile]
+    tree = tmp_path / "src"
+    tree.mkdir()
+    for source in _build_stage_copies(dockerfile):
+        src, dst = ROOT / source, tree / source
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "."],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tree / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {f"openai_policy_{p}" for p in packages}
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "the license ships in the wheel"
+    if "sidecar" in packages:
+        assert "openai_policy_sidecar/data/prices.json" in names
+
+
+def _closure(project: str, extras: set[str]) -> set[str]:
+    """Every distribution `pip install project[extras]` brings in, read offline from the installed
+    metadata: requirements walked transitively, markers evaluated for this interpreter and for the
+    extra each requirement belongs to (so a package's optional extras stay out unless asked for)."""
+    seen: set[tuple[str, str]] = set()
+    todo = [(canonicalize_name(project), "")] + [(canonicalize_name(project), e) for e in extras]
+    names: set[str] = set()
+    while todo:
+        name, extra = todo.pop()
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        names.add(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"{name} is not installed in this venv: `make venv` installs every extra")
+        for line in dist.requires or []:
+            req = Requirement(line)
+            marker = req.marker
+            in_base = marker is None or marker.evaluate({"extra": ""})
+            wanted = (
+                in_base if not extra else bool(marker and marker.evaluate({"extra": extra}) and not in_base)
+            )
+            if wanted:
+                todo.append((canonicalize_name(req.name), ""))
+                todo.extend((canonicalize_name(req.name), canonicalize_name(e)) for e in req.extras)
+    return names - {canonicalize_name(project)}
+
+
+def test_sidecar_image_carries_no_kubernetes_stack_and_no_openai_sdk() -> None:
+    closure = _closure(PROJECT, {"sidecar"})
+    assert {"aiohttp", "tiktoken", "prometheus-client", "redis", "pydantic", "pyyaml"} <= closure
+    assert not closure & {"kopf", "kubernetes", "openai", "pytest"}, sorted(closure)
+
+
+def test_operator_image_carries_no_tokenizer_and_no_openai_sdk() -> None:
+    closure = _closure(PROJECT, {"operator"})
+    assert {"kopf", "kubernetes", "jsonpatch", "redis", "pydantic", "pyyaml"} <= closure
+    assert not closure & {"tiktoken", "openai", "prometheus-client", "pytest"}, sorted(closure)
+
+
+def test_the_base_install_is_what_api_and_store_need() -> None:
+    assert _closure(PROJECT, set()) >= {"pydantic", "pyyaml", "redis"}
+    assert not _closure(PROJECT, set()) & {"aiohttp", "tiktoken", "kopf", "kubernetes", "openai"}
+
+
+def test_the_openai_sdk_is_a_test_dependency_only() -> None:
+    for extra in ("sidecar", "operator"):
+        assert "openai" not in _closure(PROJECT, {extra})
+    assert "openai" in _closure(PROJECT, {"test"})
+
+
+def test_constraints_pin_every_package_of_every_extra() -> None:
+    """pip installs a package missing from constraints.txt unpinned; the dev extra includes all others."""
+    pinned = {
+        canonicalize_name(line.split("==")[0])
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.lstrip().startswith("#")
+    }
+    closure = _closure(PROJECT, {"dev"})
+    assert closure >= _closure(PROJECT, {"sidecar", "operator", "test"})
+    assert not closure - pinned, f"missing from constraints.txt: {sorted(closure - pinned)}"
