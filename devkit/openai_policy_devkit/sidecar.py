@@ -203,7 +203,7 @@ async def settled_usage(
 
     deadline = time.monotonic() + timeout
     while True:
-        await sidecar.reporter.tick()
+        await sidecar.report_loop.tick()
         usage = await sidecar.store.read_usage(ref)
         if usage.get("requests", 0) >= requests or time.monotonic() > deadline:
             return usage

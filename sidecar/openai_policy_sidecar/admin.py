@@ -14,28 +14,28 @@ from aiohttp import web
 
 from .metrics import Metrics
 from .policy_source import PolicySource
-from .report_loop import Reporter
+from .report_loop import ReportLoop
 
 
 async def readiness(
-    source: PolicySource, store: Any, store_configured: bool, reporter: Reporter | None = None
+    source: PolicySource, store: Any, store_configured: bool, report_loop: ReportLoop | None = None
 ) -> tuple[bool, dict[str, Any]]:
-    runtime = source.runtime
+    snapshot = source.snapshot
     detail: dict[str, Any] = {}
     ready = True
-    if runtime is None:
+    if snapshot is None:
         ready = False
         detail["policy"] = {"loaded": False}
     else:
-        namespace, name = runtime.ref
+        namespace, name = snapshot.ref
         detail["policy"] = {
             "loaded": True,
             "name": name,
             "namespace": namespace,
-            "generation": runtime.generation,
-            "source": runtime.source,
-            "mode": runtime.spec.mode,
-            "suspended": bool(runtime.spec.suspend),
+            "generation": snapshot.generation,
+            "source": snapshot.source,
+            "mode": snapshot.spec.mode,
+            "suspended": bool(snapshot.spec.suspend),
             "lastError": source.error,
         }
     detail["apiKey"] = {
@@ -51,8 +51,8 @@ async def readiness(
         except Exception:
             reachable = False
         detail["store"] = {"configured": True, "reachable": reachable}
-        if reporter is not None and reporter.last_error:
-            detail["store"]["lastError"] = reporter.last_error
+        if report_loop is not None and report_loop.last_error:
+            detail["store"]["lastError"] = report_loop.last_error
         ready = ready and reachable
     else:
         detail["store"] = {"configured": False}
@@ -61,13 +61,13 @@ async def readiness(
 
 
 def admin_app(
-    source: PolicySource, store: Any, store_configured: bool, metrics: Metrics, reporter: Reporter
+    source: PolicySource, store: Any, store_configured: bool, metrics: Metrics, report_loop: ReportLoop
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        ready, detail = await readiness(source, store, store_configured, reporter)
+        ready, detail = await readiness(source, store, store_configured, report_loop)
         return web.Response(
             status=200 if ready else 503, text=json.dumps(detail), content_type="application/json"
         )

@@ -1,11 +1,11 @@
 """The resilience and safety state that outlives a policy reload: one of each per sidecar.
 
-A ``Runtime`` is an immutable per-request snapshot, rebuilt on every policy change; the
-admission queue (who is waiting), the circuit breakers (how the upstream has been doing), the
-response cache and the moderation verdict cache must survive that rebuild. ``Guards.sync`` is
-called with the runtime a request starts with: the first time it sees a new runtime it applies
-that policy's ``spec.queue`` / ``spec.circuitBreaker`` (``update_spec``, state kept) and points
-the shared cache at the policy's own keys.
+A ``PolicySnapshot`` is immutable, taken by each request at its start and rebuilt on every
+policy change; the upstream queue (who is waiting), the circuit breakers (how the upstream has
+been doing), the response cache and the moderation verdict cache must survive that rebuild.
+``DurableState.sync`` is called with the snapshot a request starts with: the first time it sees
+a new snapshot it applies that policy's ``spec.queue`` / ``spec.circuitBreaker``
+(``update_spec``, state kept) and points the shared cache at the policy's own keys.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import aiohttp
 
 from .guardrails import ModerationClient
 from .metrics import Metrics
-from .resilience import AdmissionQueue, CircuitBreakers, CircuitState
+from .resilience import CircuitBreakers, CircuitState, UpstreamQueue
 from .response_cache import MemoryLRUBackend, ResponseCache, StoreBackend
-from .snapshot import Runtime
+from .snapshot import PolicySnapshot
 from .upstream import Upstream, join_url, upstream_headers
 
 log = logging.getLogger("openai_policy_sidecar.durable")
@@ -30,7 +30,7 @@ CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState
 MODERATION_TIMEOUT_SECONDS = 10.0
 
 
-class Guards:
+class DurableState:
     def __init__(
         self, store: Any, metrics: Metrics, upstream: Upstream, keys: Any, *, shared_cache: bool
     ) -> None:
@@ -39,11 +39,11 @@ class Guards:
         self.upstream = upstream
         self.keys = keys  # policy_source.KeySource: the key is read at call time (it may rotate)
         self.shared_cache = shared_cache  # True with Redis: the cache is shared by every pod of the policy
-        self.queue: AdmissionQueue | None = None
+        self.queue: UpstreamQueue | None = None
         self.breakers: CircuitBreakers | None = None
         self.cache: ResponseCache | None = None
         self.moderation = ModerationClient(self._moderation_post, timeout_seconds=MODERATION_TIMEOUT_SECONDS)
-        self._runtime: Runtime | None = None
+        self._snapshot: PolicySnapshot | None = None
         self._cache_ref: tuple[str, str] | None = None
         metrics.queue_depth.set_function(lambda: float(self.queue.depth) if self.queue is not None else 0.0)
         metrics.upstream_in_flight.set_function(
@@ -51,24 +51,24 @@ class Guards:
         )
         metrics.circuit_state.set_function(lambda: float(CIRCUIT_GAUGE[self.worst_circuit()]))
 
-    def sync(self, runtime: Runtime) -> None:
+    def sync(self, snapshot: PolicySnapshot) -> None:
         """Apply a policy the first time a request brings it (cheap identity check otherwise)."""
-        if runtime is self._runtime:
+        if snapshot is self._snapshot:
             return
-        spec = runtime.spec
+        spec = snapshot.spec
         if self.queue is None:
-            self.queue = AdmissionQueue(spec.queue)
+            self.queue = UpstreamQueue(spec.queue)
         else:
             self.queue.update_spec(spec.queue)
         if self.breakers is None:
             self.breakers = CircuitBreakers(spec.circuit_breaker, on_change=self._circuit_changed)
         else:
             self.breakers.update_spec(spec.circuit_breaker)
-        if self.cache is None or (self.shared_cache and runtime.ref != self._cache_ref):
-            backend = StoreBackend(self.store, runtime.ref) if self.shared_cache else MemoryLRUBackend()
+        if self.cache is None or (self.shared_cache and snapshot.ref != self._cache_ref):
+            backend = StoreBackend(self.store, snapshot.ref) if self.shared_cache else MemoryLRUBackend()
             self.cache = ResponseCache(backend)
-            self._cache_ref = runtime.ref
-        self._runtime = runtime
+            self._cache_ref = snapshot.ref
+        self._snapshot = snapshot
 
     def worst_circuit(self) -> CircuitState:
         """The heartbeat's ``circuit`` and the gauge: open beats half-open beats closed."""
@@ -80,11 +80,11 @@ class Guards:
 
     async def _moderation_post(self, payload: dict[str, Any]) -> tuple[int, Any]:
         """POST /v1/moderations upstream with the policy's key (free; not metered, not queued)."""
-        runtime = self._runtime
+        snapshot = self._snapshot
         key = self.keys.key
-        if runtime is None or not key:
+        if snapshot is None or not key:
             raise RuntimeError("no policy or key loaded")
-        spec = runtime.spec
+        spec = snapshot.spec
         headers = upstream_headers((), key, spec.upstream.organization, spec.upstream.project)
         headers["Content-Type"] = "application/json"
         url = join_url(spec.upstream.base_url, "/v1/moderations", "")

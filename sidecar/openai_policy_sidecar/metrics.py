@@ -94,7 +94,7 @@ class Metrics:
         self.in_flight = Gauge("openai_policy_requests_in_flight", "Requests being handled now.", registry=r)
         # -- resilience, cache, guardrails (issue 4) ------------------------------------------
         # The two gauges the chart's alerts and dashboard use; their values are read at scrape
-        # time from the live queue and breakers (see ``Guards.bind_metrics``).
+        # time from the live queue and breakers (see ``DurableState.__init__``).
         self.queue_depth = Gauge(
             "openai_policy_queue_depth", "Requests waiting for an upstream slot (spec.queue).", registry=r
         )

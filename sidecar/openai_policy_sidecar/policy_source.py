@@ -20,7 +20,7 @@ from typing import Any
 from openai_policy_api import PolicyError, load_policy
 
 from .metrics import Metrics
-from .snapshot import Runtime, build_runtime
+from .snapshot import PolicySnapshot, build_snapshot
 
 log = logging.getLogger("openai_policy_sidecar.policy_source")
 
@@ -108,7 +108,7 @@ class KeySource:
 
 
 class PolicySource:
-    """Holds the ``Runtime`` in force and replaces it when a newer good policy appears."""
+    """Holds the ``PolicySnapshot`` in force and replaces it when a newer good policy appears."""
 
     def __init__(
         self,
@@ -126,15 +126,15 @@ class PolicySource:
         self.metrics = metrics
         self.watch_store = watch_store
         self.poll_interval = poll_interval
-        self.runtime: Runtime | None = None
+        self.snapshot: PolicySnapshot | None = None
         self.error: str | None = None  # why the last policy update was refused (None: all good)
         self._stamp: FileStamp | None = None
         self._bad_store_generation: int | None = None
-        self._previous: list[Runtime] = []  # replaced runtimes whose reporters still need a flush
+        self._previous: list[PolicySnapshot] = []  # replaced snapshots whose reporters still need a flush
 
     # -- loading ------------------------------------------------------------------------------
 
-    def load_initial(self) -> Runtime:
+    def load_initial(self) -> PolicySnapshot:
         """Read the policy file and key at start-up; a bad policy here is fatal (PolicyError/OSError)."""
         self._stamp = stamp(self.policy_path)
         policy = load_policy(self.policy_path.read_text())
@@ -143,26 +143,26 @@ class PolicySource:
         self._key_metric()
         if self.keys.error:
             log.error("API key not loaded: %s", self.keys.error)
-        assert self.runtime is not None
-        return self.runtime
+        assert self.snapshot is not None
+        return self.snapshot
 
     def _install(self, policy: Any, source: str) -> None:
-        previous = self.runtime
+        previous = self.snapshot
         reporter = previous.reporter if previous is not None else None
-        self.runtime = build_runtime(policy, self.store, source, reporter)
-        if previous is not None and previous.reporter is not self.runtime.reporter:
+        self.snapshot = build_snapshot(policy, self.store, source, reporter)
+        if previous is not None and previous.reporter is not self.snapshot.reporter:
             self._previous.append(previous)
         self.error = None
-        self.metrics.policy_generation.set(self.runtime.generation)
-        namespace, name = self.runtime.ref
+        self.metrics.policy_generation.set(self.snapshot.generation)
+        namespace, name = self.snapshot.ref
         log.info(
             "policy %s/%s generation %d applied from %s (mode %s%s)",
             namespace,
             name,
-            self.runtime.generation,
+            self.snapshot.generation,
             source,
-            self.runtime.spec.mode,
-            ", suspended" if self.runtime.spec.suspend else "",
+            self.snapshot.spec.mode,
+            ", suspended" if self.snapshot.spec.suspend else "",
         )
 
     def _refuse(self, source: str, message: str) -> None:
@@ -197,9 +197,9 @@ class PolicySource:
         except PolicyError as error:
             self._refuse("file", f"{self.policy_path}: {error}")
             return
-        assert self.runtime is not None
+        assert self.snapshot is not None
         new_generation = int(policy.metadata.generation or 0)
-        if self.runtime.source == "store" and new_generation < self.runtime.generation:
+        if self.snapshot.source == "store" and new_generation < self.snapshot.generation:
             # The ConfigMap lags behind what the operator already published to the store.
             return
         try:
@@ -208,10 +208,10 @@ class PolicySource:
             self._refuse("file", f"{self.policy_path}: {error}")
 
     async def poll_store(self) -> None:
-        if not self.watch_store or self.runtime is None:
+        if not self.watch_store or self.snapshot is None:
             return
         try:
-            document = await self.store.get_policy_document(self.runtime.ref)
+            document = await self.store.get_policy_document(self.snapshot.ref)
         except Exception as error:  # StoreUnavailable: /readyz reports the store separately
             log.debug("policy document not readable from the store: %s", error)
             return
@@ -220,7 +220,7 @@ class PolicySource:
         generation = _generation_of(document)
         if (
             generation is None
-            or generation <= self.runtime.generation
+            or generation <= self.snapshot.generation
             or generation == self._bad_store_generation
         ):
             return
@@ -232,7 +232,7 @@ class PolicySource:
             self._refuse("store", f"generation {generation} from the store: {error}")
 
     async def flush_replaced(self) -> None:
-        """Flush the usage counters of runtimes replaced by a reload (their ref may differ)."""
+        """Flush the usage counters of snapshots replaced by a reload (their ref may differ)."""
         while self._previous:
             old = self._previous.pop()
             with contextlib.suppress(Exception):

@@ -31,7 +31,7 @@ from openai_policy_store.windows import current_buckets
 
 from . import refusals
 from .context import RequestContext
-from .durable import Guards
+from .durable import DurableState
 from .guardrails import check_injection, check_input_moderation, check_output_moderation, check_pii
 from .metrics import Metrics
 from .pipeline import budget as budget_stage
@@ -46,7 +46,6 @@ from .policy_source import PolicySource
 from .pricing import UnknownModelPrice
 from .reported_usage import from_response
 from .resilience import (
-    AdmissionQueue,
     CircuitBreaker,
     CircuitOpen,
     Deadline,
@@ -54,6 +53,7 @@ from .resilience import (
     RetryEvent,
     RetryOutcome,
     StreamIdleTimeout,
+    UpstreamQueue,
     call_with_retries,
     idle_timeout,
     run_with_deadline,
@@ -66,7 +66,7 @@ from .response_cache import (
     replay_stream,
     response_entry,
 )
-from .snapshot import Runtime
+from .snapshot import PolicySnapshot
 from .streaming import StreamMeter, add_include_usage, split_events
 from .tokens import TokenCountError, count_input_tokens
 from .upstream import Upstream, downstream_headers, join_url, upstream_headers
@@ -86,27 +86,29 @@ class Proxy:
         upstream: Upstream,
         metrics: Metrics,
         *,
-        guards: Guards | None = None,
+        durable: DurableState | None = None,
         attribution: dict[str, str | None] | None = None,
     ) -> None:
         self.source = source
         self.upstream = upstream
         self.metrics = metrics
-        self.guards = guards or Guards(source.store, metrics, upstream, source.keys, shared_cache=False)
+        self.durable = durable or DurableState(
+            source.store, metrics, upstream, source.keys, shared_cache=False
+        )
         self.attribution = attribution or {}  # workload and namespace, for the access line
 
     # -- entry point ------------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        runtime = self.source.runtime
-        assert runtime is not None
-        self.guards.sync(runtime)
-        ctx = RequestContext(dry_run=runtime.dry_run, method=request.method, path=request.path)
-        ctx.ledger = runtime.ledger
+        snapshot = self.source.snapshot
+        assert snapshot is not None
+        self.durable.sync(snapshot)
+        ctx = RequestContext(dry_run=snapshot.dry_run, method=request.method, path=request.path)
+        ctx.ledger = snapshot.ledger
         self.metrics.in_flight.inc()
         try:
             try:
-                response = await self._handle(request, runtime, ctx)
+                response = await self._handle(request, snapshot, ctx)
             except refusals.Refusal as refusal:
                 response = self._refuse(ctx, refusal)
             except asyncio.CancelledError:
@@ -135,7 +137,7 @@ class Proxy:
             ctx.responded = time.perf_counter()
             await self._finish_budget(ctx)
             await self._store_in_cache(ctx)
-            record(ctx, runtime, self.metrics, self.attribution)
+            record(ctx, snapshot, self.metrics, self.attribution)
         finally:
             self.metrics.in_flight.dec()  # after the bookkeeping: in flight = not yet settled
         return response
@@ -150,9 +152,9 @@ class Proxy:
         return refusal.to_response(extra)
 
     async def _handle(
-        self, request: web.Request, runtime: Runtime, ctx: RequestContext
+        self, request: web.Request, snapshot: PolicySnapshot, ctx: RequestContext
     ) -> web.StreamResponse:
-        spec = runtime.spec
+        spec = snapshot.spec
         if not (request.path == "/v1" or request.path.startswith("/v1/")):
             raise refusals.not_found(request.path)
         raw = await read_body(request, spec.requests.max_body_bytes)
@@ -167,19 +169,21 @@ class Proxy:
         if not key:
             raise refusals.api_key_missing()
         if parsed.metered:
-            body = await self._enforce_metered(ctx, runtime, parsed)
+            body = await self._enforce_metered(ctx, snapshot, parsed)
         else:
-            body = self._enforce_passthrough(ctx, runtime, parsed)
-        return await self._forward(request, ctx, runtime, parsed, body, key)
+            body = self._enforce_passthrough(ctx, snapshot, parsed)
+        return await self._forward(request, ctx, snapshot, parsed, body, key)
 
     # -- enforcement ------------------------------------------------------------------------------
 
-    async def _enforce_metered(self, ctx: RequestContext, runtime: Runtime, parsed: ParsedRequest) -> bytes:
-        spec = runtime.spec
+    async def _enforce_metered(
+        self, ctx: RequestContext, snapshot: PolicySnapshot, parsed: ParsedRequest
+    ) -> bytes:
+        spec = snapshot.spec
         body = parsed.body
         endpoint = parsed.endpoint
         assert body is not None and endpoint is not None and parsed.model is not None
-        choice = self._choose_model(ctx, runtime, parsed.model)
+        choice = self._choose_model(ctx, snapshot, parsed.model)
         body["model"] = choice.sent
 
         max_out = clamp_output(endpoint, body, spec.requests.max_output_tokens)
@@ -188,7 +192,7 @@ class Proxy:
 
         priced = True
         try:
-            runtime.prices.price(choice.sent)
+            snapshot.prices.price(choice.sent)
         except UnknownModelPrice:
             priced = False
             ctx.enforce(
@@ -213,8 +217,8 @@ class Proxy:
         await self._safety(ctx, spec.safety, endpoint, body)
 
         if priced:
-            ctx.worst_micros = runtime.prices.worst_case_micros(choice.sent, input_tokens, output_budget)
-        await self._rate_and_budget(ctx, runtime, input_tokens + output_budget, ctx.worst_micros)
+            ctx.worst_micros = snapshot.prices.worst_case_micros(choice.sent, input_tokens, output_budget)
+        await self._rate_and_budget(ctx, snapshot, input_tokens + output_budget, ctx.worst_micros)
 
         # The key covers the request as sent (pinned, clamped, redacted) but not the
         # include_usage we add for metering: the cached events are the ones the caller saw.
@@ -239,7 +243,7 @@ class Proxy:
             ctx.finding("prompt_injection", "prompt_injection", injection.action, len(injection.matches))
         if injection.blocked:
             ctx.enforce(refusals.from_stage_error(injection.exception()))
-        moderation = await check_input_moderation(self.guards.moderation, endpoint, body, safety.moderation)
+        moderation = await check_input_moderation(self.durable.moderation, endpoint, body, safety.moderation)
         self._moderation_findings(ctx, moderation)
         if moderation.blocked:
             ctx.enforce(refusals.from_stage_error(moderation.exception()))
@@ -252,12 +256,14 @@ class Proxy:
             for category in moderation.categories or ["unspecified"]:
                 ctx.finding("moderation", f"{moderation.direction}:{category}", moderation.action)
 
-    def _enforce_passthrough(self, ctx: RequestContext, runtime: Runtime, parsed: ParsedRequest) -> bytes:
+    def _enforce_passthrough(
+        self, ctx: RequestContext, snapshot: PolicySnapshot, parsed: ParsedRequest
+    ) -> bytes:
         """Other /v1 paths: model allow + pin when the JSON body names a model; counted, not metered."""
         if parsed.body is None or parsed.model is None:
             return parsed.raw
         try:
-            choice = choose_model(runtime.spec.models, parsed.model, downgrade=False)
+            choice = choose_model(snapshot.spec.models, parsed.model, downgrade=False)
         except refusals.Refusal as refusal:
             ctx.enforce(refusal)
             ctx.model_sent = parsed.model
@@ -268,11 +274,11 @@ class Proxy:
         parsed.body["model"] = choice.sent
         return json.dumps(parsed.body, separators=(",", ":"), ensure_ascii=False).encode()
 
-    def _choose_model(self, ctx: RequestContext, runtime: Runtime, requested: str) -> ModelChoice:
-        spec = runtime.spec
+    def _choose_model(self, ctx: RequestContext, snapshot: PolicySnapshot, requested: str) -> ModelChoice:
+        spec = snapshot.spec
         # The fraction used is the one the reporter read (every ~1 s) or a refusal set: no store
         # round trip on the request path for a threshold that moves slowly.
-        fraction = runtime.ledger.last_fraction_used
+        fraction = snapshot.ledger.last_fraction_used
         downgrade = should_downgrade(fraction, spec.budget.downgrade_at_percent, spec.models.fallback)
         try:
             choice = choose_model(spec.models, requested, downgrade)
@@ -283,7 +289,7 @@ class Proxy:
         return choice
 
     async def _rate_and_budget(
-        self, ctx: RequestContext, runtime: Runtime, tokens: int, worst: int | None
+        self, ctx: RequestContext, snapshot: PolicySnapshot, tokens: int, worst: int | None
     ) -> None:
         """Count the request against the rate limits, then hold its worst-case cost.
 
@@ -292,14 +298,14 @@ class Proxy:
         OpenAI counts its own refused requests. A reservation taken for a request the rate limit
         then refuses is released by ``_finish_budget``.
         """
-        ledger: BudgetLedger = runtime.ledger
+        ledger: BudgetLedger = snapshot.ledger
         ctx.ledger = ledger
         held: tuple[Reservation | None, refusals.Refusal | None] = (None, None)
         if worst is None:
-            rate = await self._check_rate(runtime, ctx.user, tokens)
+            rate = await self._check_rate(snapshot, ctx.user, tokens)
         else:
             admission = await admit(
-                runtime.limiter, ledger, ctx.user, tokens, worst, reserve_when_rate_refused=ctx.dry_run
+                snapshot.limiter, ledger, ctx.user, tokens, worst, reserve_when_rate_refused=ctx.dry_run
             )
             if admission.rate_error is not None:
                 self.metrics.child(self.metrics.store_errors, "rate_limit").inc()
@@ -324,10 +330,10 @@ class Proxy:
             ctx.reservation = _unheld(ledger)
 
     async def _check_rate(
-        self, runtime: Runtime, user: str | None, tokens: int
+        self, snapshot: PolicySnapshot, user: str | None, tokens: int
     ) -> tuple[refusals.Refusal | None, dict[str, str]]:
         try:
-            return await check_rate(runtime.limiter, user, tokens)
+            return await check_rate(snapshot.limiter, user, tokens)
         except StoreUnavailable:  # the limiter falls back to local counters unless it fails closed
             self.metrics.child(self.metrics.store_errors, "rate_limit").inc()
             return refusals.store_unavailable(), {}
@@ -352,7 +358,7 @@ class Proxy:
 
     async def _cached(self, ctx: RequestContext) -> CachedResponse | None:
         """The cached answer for this request, if any (a broken cache is a miss, never an error)."""
-        cache = self.guards.cache
+        cache = self.durable.cache
         if ctx.cache_key is None or cache is None:
             return None
         entry = await cache.lookup(ctx.cache_key, stream=ctx.stream)
@@ -360,13 +366,13 @@ class Proxy:
         return entry
 
     async def _serve_cached(
-        self, request: web.Request, ctx: RequestContext, runtime: Runtime, entry: CachedResponse
+        self, request: web.Request, ctx: RequestContext, snapshot: PolicySnapshot, entry: CachedResponse
     ) -> web.StreamResponse:
         """Answer from the cache: nothing is billed (the reservation is released), the cost the
         original call had is counted as saved."""
         ctx.cache, ctx.status, ctx.decision = "hit", entry.status, "cache_hit"
         ctx.model_reported = entry.model
-        ctx.saved_micros = _saved_micros(runtime, ctx.model_sent or entry.model or "", entry.usage)
+        ctx.saved_micros = _saved_micros(snapshot, ctx.model_sent or entry.model or "", entry.usage)
         headers = {"Content-Type": entry.content_type, CACHE_HEADER: "hit", REQUEST_ID_HEADER: ctx.request_id}
         if not entry.streamed:
             return web.Response(status=entry.status, body=entry.body or b"", headers=headers)
@@ -383,16 +389,16 @@ class Proxy:
     async def _store_in_cache(self, ctx: RequestContext) -> None:
         """After the reply went out (the caller does not wait for a Redis write)."""
         pending, ctx.cache_entry = ctx.cache_entry, None
-        cache = self.guards.cache
+        cache = self.durable.cache
         if pending is None or cache is None or ctx.cache_key is None:
             return
-        runtime = self.source.runtime
-        ttl = runtime.spec.cache.ttl_seconds if runtime is not None else 0
+        snapshot = self.source.snapshot
+        ttl = snapshot.spec.cache.ttl_seconds if snapshot is not None else 0
         await cache.store(ctx.cache_key, pending, ttl)
 
     # -- queue --------------------------------------------------------------------------------------
 
-    async def _admit(self, request: web.Request, queue: AdmissionQueue) -> bool:
+    async def _admit(self, request: web.Request, queue: UpstreamQueue) -> bool:
         """Wait for an upstream slot; False when the caller went away while waiting (it left the
         queue). aiohttp does not cancel a handler whose client disconnected, so watch the socket."""
         if queue.try_acquire():
@@ -424,22 +430,22 @@ class Proxy:
         self,
         request: web.Request,
         ctx: RequestContext,
-        runtime: Runtime,
+        snapshot: PolicySnapshot,
         parsed: ParsedRequest,
         body: bytes,
         key: str,
     ) -> web.StreamResponse:
         entry = await self._cached(ctx)
         if entry is not None:
-            return await self._serve_cached(request, ctx, runtime, entry)
-        queue = self.guards.queue
+            return await self._serve_cached(request, ctx, snapshot, entry)
+        queue = self.durable.queue
         assert queue is not None
         if not await self._admit(request, queue):
             ctx.decision, ctx.status = "client_disconnected", 499
             return web.Response(status=499)
         held = time.monotonic()
         try:
-            return await self._call_upstream(request, ctx, runtime, parsed, body, key)
+            return await self._call_upstream(request, ctx, snapshot, parsed, body, key)
         finally:
             queue.release(time.monotonic() - held)
 
@@ -447,12 +453,12 @@ class Proxy:
         self,
         request: web.Request,
         ctx: RequestContext,
-        runtime: Runtime,
+        snapshot: PolicySnapshot,
         parsed: ParsedRequest,
         body: bytes,
         key: str,
     ) -> web.StreamResponse:
-        spec = runtime.spec
+        spec = snapshot.spec
         limits = spec.requests
         headers = upstream_headers(
             request.headers.items(), key, spec.upstream.organization, spec.upstream.project
@@ -462,8 +468,8 @@ class Proxy:
         # them, and a plain body's read; a stream's body is bounded by the idle timeout instead.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.timeout_seconds)
         deadline = Deadline.for_request(limits)
-        assert self.guards.breakers is not None
-        breaker = self.guards.breakers.get(spec.upstream.base_url)
+        assert self.durable.breakers is not None
+        breaker = self.durable.breakers.get(spec.upstream.base_url)
         started = time.perf_counter()
 
         def attempt(_number: int) -> Any:
@@ -480,7 +486,7 @@ class Proxy:
                 # stored while this request queued), else fail fast.
                 entry = await self._cached(ctx)
                 if entry is not None:
-                    return await self._serve_cached(request, ctx, runtime, entry)
+                    return await self._serve_cached(request, ctx, snapshot, entry)
                 ctx.upstream_error = "circuit_open"
                 raise refusals.circuit_open(outcome.error.retry_after, str(outcome.error))
             raise _upstream_failure(
@@ -492,7 +498,7 @@ class Proxy:
             ctx.status = response.status
             content_type = response.headers.get("Content-Type", "")
             if response.status < 300 and content_type.startswith("text/event-stream"):
-                return await self._relay_stream(request, ctx, runtime, response, started, breaker, outcome)
+                return await self._relay_stream(request, ctx, snapshot, response, started, breaker, outcome)
             try:
                 payload = await run_with_deadline(response.read(), deadline)
             except (TimeoutError, aiohttp.ClientError) as error:
@@ -501,8 +507,8 @@ class Proxy:
                 raise _upstream_failure(ctx, started, error, limits.timeout_seconds) from None
             ctx.upstream_seconds = time.perf_counter() - started
             if parsed.metered and 200 <= response.status < 300:
-                self._meter_body(ctx, runtime, payload)
-                await self._moderate_output(ctx, runtime, payload)
+                self._meter_body(ctx, snapshot, payload)
+                await self._moderate_output(ctx, snapshot, payload)
                 if ctx.cache_key is not None:
                     ctx.cache_entry = response_entry(
                         response.status,
@@ -536,9 +542,9 @@ class Proxy:
             "retrying upstream call (attempt %d failed: %s) in %.3fs", event.attempt, reason, event.delay
         )
 
-    async def _moderate_output(self, ctx: RequestContext, runtime: Runtime, payload: bytes) -> None:
+    async def _moderate_output(self, ctx: RequestContext, snapshot: PolicySnapshot, payload: bytes) -> None:
         """Output moderation of a plain answer (streams are not held back to be judged)."""
-        spec = runtime.spec.safety.moderation
+        spec = snapshot.spec.safety.moderation
         if spec.action == "off" or not spec.output or not ctx.endpoint:
             return
         try:
@@ -547,20 +553,22 @@ class Proxy:
             return
         if not isinstance(answer, dict):
             return
-        moderation = await check_output_moderation(self.guards.moderation, ctx.endpoint, answer, spec)
+        moderation = await check_output_moderation(self.durable.moderation, ctx.endpoint, answer, spec)
         self._moderation_findings(ctx, moderation)
         if moderation.blocked:
             ctx.cache_key = None  # a refused answer is never cached
             ctx.enforce(refusals.from_stage_error(moderation.exception()))
 
-    def _meter_body(self, ctx: RequestContext, runtime: Runtime, payload: bytes) -> None:
+    def _meter_body(self, ctx: RequestContext, snapshot: PolicySnapshot, payload: bytes) -> None:
         try:
             usage, model = from_response(json.loads(payload))
         except ValueError:
             usage, model = None, None
-        self._settle_usage(ctx, runtime, usage, model)
+        self._settle_usage(ctx, snapshot, usage, model)
 
-    def _settle_usage(self, ctx: RequestContext, runtime: Runtime, usage: Any, model: str | None) -> None:
+    def _settle_usage(
+        self, ctx: RequestContext, snapshot: PolicySnapshot, usage: Any, model: str | None
+    ) -> None:
         """Turn the reported usage into the real cost; without usage, charge the worst case."""
         ctx.model_reported = model
         ctx.drift = bool(ctx.model_sent) and is_drift(ctx.model_sent or "", model)
@@ -572,7 +580,7 @@ class Proxy:
         ctx.usage = usage
         if worst is None:
             return  # unpriced model forwarded in dry-run mode
-        ctx.cost_micros = runtime.prices.cost_micros(
+        ctx.cost_micros = snapshot.prices.cost_micros(
             ctx.model_sent or "", usage.input_tokens, usage.cached_tokens, usage.output_tokens
         )
 
@@ -580,7 +588,7 @@ class Proxy:
         self,
         request: web.Request,
         ctx: RequestContext,
-        runtime: Runtime,
+        snapshot: PolicySnapshot,
         response: aiohttp.ClientResponse,
         started: float,
         breaker: CircuitBreaker,
@@ -591,7 +599,7 @@ class Proxy:
         await out.prepare(request)
         meter = StreamMeter(ctx.endpoint or "", ctx.strip_usage)
         recorder = StreamRecorder() if ctx.cache_key is not None else None
-        idle = runtime.spec.requests.stream_idle_timeout_seconds
+        idle = snapshot.spec.requests.stream_idle_timeout_seconds
         client_gone = False
         failed = False
         try:
@@ -622,7 +630,7 @@ class Proxy:
             breaker.on_failure(outcome.permit)  # a stream that stops talking is a failing upstream
         ctx.upstream_seconds = time.perf_counter() - started
         if ctx.endpoint:
-            self._settle_usage(ctx, runtime, meter.usage, meter.model)
+            self._settle_usage(ctx, snapshot, meter.usage, meter.model)
         if recorder is not None and not failed and not client_gone:
             ctx.cache_entry = recorder.finish(
                 completed=meter.completed,
@@ -659,7 +667,7 @@ def _upstream_failure(
     return refusals.upstream_unreachable(error.__class__.__name__)
 
 
-async def _abandon(task: asyncio.Future[None], queue: AdmissionQueue) -> None:
+async def _abandon(task: asyncio.Future[None], queue: UpstreamQueue) -> None:
     """Leave the queue: cancel the wait; a slot granted at that very moment is handed on."""
     task.cancel()
     try:
@@ -689,12 +697,12 @@ def _usage_dict(usage: Any) -> dict[str, int] | None:
     }
 
 
-def _saved_micros(runtime: Runtime, model: str, usage: dict[str, Any] | None) -> int:
+def _saved_micros(snapshot: PolicySnapshot, model: str, usage: dict[str, Any] | None) -> int:
     """What a cached answer would have cost if it had been asked upstream again."""
     if not usage or not model:
         return 0
     try:
-        return runtime.prices.cost_micros(
+        return snapshot.prices.cost_micros(
             model,
             int(usage.get("input_tokens") or 0),
             int(usage.get("cached_tokens") or 0),

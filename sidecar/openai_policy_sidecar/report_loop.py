@@ -11,14 +11,14 @@ import logging
 import time
 from typing import Any
 
-from .durable import Guards
+from .durable import DurableState
 from .metrics import Metrics
 from .policy_source import PolicySource
 
 log = logging.getLogger("openai_policy_sidecar.report_loop")
 
 
-class Reporter:
+class ReportLoop:
     def __init__(
         self,
         source: PolicySource,
@@ -26,41 +26,41 @@ class Reporter:
         pod: str,
         interval: float = 1.0,
         *,
-        guards: Guards | None = None,
+        durable: DurableState | None = None,
         attribution: dict[str, str | None] | None = None,
     ) -> None:
         self.source = source
         self.metrics = metrics
         self.pod = pod
         self.interval = interval
-        self.guards = guards  # the circuit breakers: the heartbeat's ``circuit``
+        self.durable = durable  # the circuit breakers: the heartbeat's ``circuit``
         self.attribution = attribution or {}  # workload and namespace of this pod
         self.last_error: str | None = None  # the last store error, for the heartbeat and /readyz
 
     def heartbeat_payload(self) -> dict[str, Any]:
-        runtime = self.source.runtime
-        assert runtime is not None
+        snapshot = self.source.snapshot
+        assert snapshot is not None
         return {
             "pod": self.pod,
-            "generation": runtime.generation,
+            "generation": snapshot.generation,
             "keyLoaded": bool(self.source.keys.key),
             "lastError": self.source.error or self.source.keys.error or self.last_error,
             "time": int(time.time()),
-            "mode": runtime.spec.mode,
-            "suspended": bool(runtime.spec.suspend),
-            "circuit": self.guards.worst_circuit().value if self.guards is not None else "closed",
+            "mode": snapshot.spec.mode,
+            "suspended": bool(snapshot.spec.suspend),
+            "circuit": self.durable.worst_circuit().value if self.durable is not None else "closed",
             **{k: v for k, v in self.attribution.items() if v},
         }
 
     async def tick(self) -> None:
-        runtime = self.source.runtime
-        if runtime is None:
+        snapshot = self.source.snapshot
+        if snapshot is None:
             return
         try:
-            await runtime.reporter.flush()
+            await snapshot.reporter.flush()
             await self.source.flush_replaced()
-            await runtime.reporter.heartbeat(self.pod, self.heartbeat_payload())
-            for window in await runtime.ledger.usage():
+            await snapshot.reporter.heartbeat(self.pod, self.heartbeat_payload())
+            for window in await snapshot.ledger.usage():
                 self._gauges(window)
             self.last_error = None
         except Exception as error:  # StoreUnavailable mostly: counters stay buffered for the next tick

@@ -20,11 +20,11 @@ from openai_policy_store import MemoryStore, RedisStore
 
 from . import access_log
 from .admin import admin_app
-from .durable import Guards
+from .durable import DurableState
 from .metrics import Metrics
 from .policy_source import KeySource, PolicySource
 from .proxy import Proxy
-from .report_loop import Reporter
+from .report_loop import ReportLoop
 from .tokens import prepare
 from .upstream import Upstream
 
@@ -96,21 +96,23 @@ class Sidecar:
         shared = config.redis_url is not None
         # Queue, circuit breakers, response cache (Redis-backed when shared) and moderation
         # verdicts: one each for the life of the sidecar, retuned by every policy reload.
-        self.guards = Guards(self.store, self.metrics, self.upstream, self.source.keys, shared_cache=shared)
+        self.durable = DurableState(
+            self.store, self.metrics, self.upstream, self.source.keys, shared_cache=shared
+        )
         attribution = config.attribution()
         self.proxy = Proxy(
             self.source,
             self.upstream,
             self.metrics,
-            guards=self.guards,
+            durable=self.durable,
             attribution=attribution,
         )
-        self.reporter = Reporter(
+        self.report_loop = ReportLoop(
             self.source,
             self.metrics,
             config.pod_name,
             config.report_interval,
-            guards=self.guards,
+            durable=self.durable,
             attribution=attribution,
         )
         self._runners: list[web.AppRunner] = []
@@ -137,14 +139,14 @@ class Sidecar:
         """Load policy and key (raises PolicyError / OSError on a bad or missing policy file)."""
         self.source.load_initial()
         # Load both encodings now (≈0.5 s each), not on the first request that needs them.
-        runtime = self.source.runtime
-        prepare(runtime.spec.models if runtime else None, dry_run=bool(runtime and runtime.dry_run))
+        snapshot = self.source.snapshot
+        prepare(snapshot.spec.models if snapshot else None, dry_run=bool(snapshot and snapshot.dry_run))
 
     async def start(self) -> None:
-        if self.source.runtime is None:
+        if self.source.snapshot is None:
             self.load()
-        assert self.source.runtime is not None
-        self.guards.sync(self.source.runtime)  # the queue/breaker gauges exist before the first request
+        assert self.source.snapshot is not None
+        self.durable.sync(self.source.snapshot)  # the queue/breaker gauges exist before the first request
         proxy_sock = bind(self.config.listen)
         admin_sock = bind(self.config.admin_listen)
         self.proxy_address = proxy_sock.getsockname()[:2]
@@ -153,7 +155,7 @@ class Sidecar:
             (proxy_app(self.proxy), proxy_sock),
             (
                 admin_app(
-                    self.source, self.store, self.config.redis_url is not None, self.metrics, self.reporter
+                    self.source, self.store, self.config.redis_url is not None, self.metrics, self.report_loop
                 ),
                 admin_sock,
             ),
@@ -165,7 +167,7 @@ class Sidecar:
             self._runners.append(runner)
         self._tasks = [
             asyncio.create_task(self.source.run(), name="policy-watch"),
-            asyncio.create_task(self.reporter.run(), name="usage-report"),
+            asyncio.create_task(self.report_loop.run(), name="usage-report"),
         ]
         log.info("sidecar listening on %s (admin %s)", self.url, self.admin_url)
 
@@ -179,7 +181,7 @@ class Sidecar:
         for runner in reversed(self._runners):
             await runner.cleanup()  # stops accepting, lets requests in flight finish
         self._runners = []
-        await self.reporter.tick()  # last counters of this process
+        await self.report_loop.tick()  # last counters of this process
         access_log.flush()
         await self.upstream.close()
         with contextlib.suppress(Exception):

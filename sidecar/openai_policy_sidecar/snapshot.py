@@ -1,6 +1,6 @@
 """The immutable snapshot of everything one request is enforced with.
 
-A request takes the current ``Runtime`` once, at its start, and keeps it to the end: a policy
+A request takes the current ``PolicySnapshot`` once, at its start, and keeps it to the end: a policy
 hot reload swaps the reference for new requests while requests in flight finish under the
 policy they started with. Budget and rate-limit *state* lives in the store, not here, so a
 reload continues the same counters.
@@ -17,7 +17,7 @@ from .pricing import PriceTable
 
 
 @dataclass(frozen=True)
-class Runtime:
+class PolicySnapshot:
     policy: Any  # OpenAIPolicy
     prices: PriceTable
     ledger: BudgetLedger
@@ -42,11 +42,13 @@ class Runtime:
         return self.spec.mode == "dryRun"
 
 
-def build_runtime(policy: Any, store: Any, source: str, reporter: UsageReporter | None = None) -> Runtime:
+def build_snapshot(
+    policy: Any, store: Any, source: str, reporter: UsageReporter | None = None
+) -> PolicySnapshot:
     """Compile a validated policy against a store; raises when e.g. a price override is unusable."""
     ref = tuple(policy.ref)
     spec = policy.spec
-    return Runtime(
+    return PolicySnapshot(
         policy=policy,
         prices=PriceTable.for_policy(spec),
         ledger=BudgetLedger(store, ref, spec.budget),

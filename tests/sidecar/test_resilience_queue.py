@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from openai_policy_sidecar.resilience.queue import AdmissionQueue, QueueFull
+from openai_policy_sidecar.resilience.queue import QueueFull, UpstreamQueue
 
 
 @dataclass
@@ -23,7 +23,7 @@ async def settle() -> None:
 
 
 async def test_admits_up_to_max_concurrent_then_queues_fifo():
-    queue = AdmissionQueue(Spec())
+    queue = UpstreamQueue(Spec())
     await queue.acquire()
     await queue.acquire()
     assert queue.in_flight == 2 and queue.depth == 0
@@ -48,7 +48,7 @@ async def test_admits_up_to_max_concurrent_then_queues_fifo():
 
 
 async def test_refuses_beyond_max_depth_at_once():
-    queue = AdmissionQueue(Spec(max_concurrent=1, max_depth=1))
+    queue = UpstreamQueue(Spec(max_concurrent=1, max_depth=1))
     await queue.acquire()
     waiter = asyncio.create_task(queue.acquire())
     await settle()
@@ -62,7 +62,7 @@ async def test_refuses_beyond_max_depth_at_once():
 
 
 async def test_max_depth_zero_never_waits():
-    queue = AdmissionQueue(Spec(max_concurrent=1, max_depth=0))
+    queue = UpstreamQueue(Spec(max_concurrent=1, max_depth=0))
     async with queue.slot():
         with pytest.raises(QueueFull):
             await queue.acquire()
@@ -70,7 +70,7 @@ async def test_max_depth_zero_never_waits():
 
 
 async def test_waiter_refused_after_max_wait():
-    queue = AdmissionQueue(Spec(max_concurrent=1, max_depth=5, max_wait_seconds=0.05))
+    queue = UpstreamQueue(Spec(max_concurrent=1, max_depth=5, max_wait_seconds=0.05))
     await queue.acquire()
     with pytest.raises(QueueFull) as info:
         await queue.acquire()
@@ -80,7 +80,7 @@ async def test_waiter_refused_after_max_wait():
 
 
 async def test_cancelled_waiter_leaves_the_queue_and_the_slot_goes_to_the_next():
-    queue = AdmissionQueue(Spec(max_concurrent=1, max_depth=5))
+    queue = UpstreamQueue(Spec(max_concurrent=1, max_depth=5))
     await queue.acquire()
     gone = asyncio.create_task(queue.acquire())
     stays = asyncio.create_task(queue.acquire())
@@ -95,7 +95,7 @@ async def test_cancelled_waiter_leaves_the_queue_and_the_slot_goes_to_the_next()
 
 
 async def test_slot_granted_as_client_leaves_is_passed_on():
-    queue = AdmissionQueue(Spec(max_concurrent=1, max_depth=5))
+    queue = UpstreamQueue(Spec(max_concurrent=1, max_depth=5))
     await queue.acquire()
     gone = asyncio.create_task(queue.acquire())
     nxt = asyncio.create_task(queue.acquire())
@@ -109,7 +109,7 @@ async def test_slot_granted_as_client_leaves_is_passed_on():
 
 
 async def test_burst_beyond_capacity_admits_exactly_concurrent_plus_depth():
-    queue = AdmissionQueue(Spec(max_concurrent=3, max_depth=4, max_wait_seconds=2))
+    queue = UpstreamQueue(Spec(max_concurrent=3, max_depth=4, max_wait_seconds=2))
     peak = 0
     release = asyncio.Event()
 
@@ -134,7 +134,7 @@ async def test_burst_beyond_capacity_admits_exactly_concurrent_plus_depth():
 
 async def test_slot_released_on_error_and_retry_after_tracks_hold_time():
     now = [0.0]
-    queue = AdmissionQueue(Spec(max_concurrent=1, max_depth=3, max_wait_seconds=30), clock=lambda: now[0])
+    queue = UpstreamQueue(Spec(max_concurrent=1, max_depth=3, max_wait_seconds=30), clock=lambda: now[0])
     assert queue.retry_after() == 30  # no sample yet: the longest wait
     with pytest.raises(RuntimeError):
         async with queue.slot():
@@ -152,7 +152,7 @@ async def test_slot_released_on_error_and_retry_after_tracks_hold_time():
 
 
 async def test_raising_max_concurrent_admits_waiters_now():
-    queue = AdmissionQueue(Spec(max_concurrent=1, max_depth=5))
+    queue = UpstreamQueue(Spec(max_concurrent=1, max_depth=5))
     await queue.acquire()
     waiters = [asyncio.create_task(queue.acquire()) for _ in range(2)]
     await settle()

@@ -15,12 +15,12 @@ import pytest
 
 from openai_policy_api.spec import CircuitBreakerSpec, QueueSpec, RetriesSpec
 from openai_policy_sidecar.resilience import (
-    AdmissionQueue,
     CircuitBreaker,
     CircuitOpen,
     Deadline,
     DeadlineExceeded,
     StreamIdleTimeout,
+    UpstreamQueue,
     call_with_retries,
     idle_timeout,
 )
@@ -94,7 +94,7 @@ async def test_stalled_stream_is_cut_by_the_idle_timeout(fake_openai):
     fake_openai.add_fault("stall_stream", after_events=2, seconds=5)
     body = dict(BODY, stream=True)
     breaker = CircuitBreaker(CircuitBreakerSpec())
-    queue = AdmissionQueue(QueueSpec(max_concurrent=1))
+    queue = UpstreamQueue(QueueSpec(max_concurrent=1))
     received: list[bytes] = []
     async with aiohttp.ClientSession() as session, queue.slot():
         outcome = await call_with_retries(

@@ -90,7 +90,7 @@ async def test_budget_holds_under_200_concurrent_requests_one_sidecar(tmp_path, 
         ok, refused, errors = await _fire([sidecar.base_url])
         spent = _check(fake_openai, ok, refused, errors)
         await quiesce(sidecar)
-        [hour] = [w for w in await sidecar.source.runtime.ledger.usage() if w.window == "hour"]
+        [hour] = [w for w in await sidecar.source.snapshot.ledger.usage() if w.window == "hour"]
         assert (hour.spent_micros, hour.reserved_micros) == (spent, 0)
 
 

@@ -49,7 +49,7 @@ async def test_a_plain_hit_is_the_original_answer_costs_nothing_and_never_reache
         usage = await settled_usage(sidecar, 2)
         assert usage["cache_hits"] == 1
         assert usage["saved_micros"] == usage["cost_micros"] > 0  # the hit saved what the call cost
-        [day] = [w for w in await sidecar.source.runtime.ledger.usage() if w.window == "day"]
+        [day] = [w for w in await sidecar.source.snapshot.ledger.usage() if w.window == "day"]
         assert day.spent_micros == usage["cost_micros"] and day.reserved_micros == 0  # hit released its hold
         assert sample(sidecar, "openai_policy_cache_hits_total") == 1
         assert sample(sidecar, "openai_policy_cache_misses_total") == 1
@@ -106,7 +106,7 @@ async def test_while_the_circuit_is_open_a_cached_answer_is_served(tmp_path, fak
         other = [{"role": "user", "content": "something else"}]
         with pytest.raises(openai.InternalServerError):
             await client.chat.completions.create(model="gpt-4o", messages=other, temperature=0)
-        assert sidecar.reporter.heartbeat_payload()["circuit"] == "open"
+        assert sidecar.report_loop.heartbeat_payload()["circuit"] == "open"
         served = await client.chat.completions.create(model="gpt-4o", messages=HELLO, temperature=0)
         assert served.model_dump() == original.model_dump()
         with pytest.raises(openai.InternalServerError) as raised:
@@ -140,4 +140,4 @@ async def test_with_redis_killed_the_cache_misses_and_the_request_still_succeeds
         assert degraded.headers["x-openai-policy-cache"] == "miss"
         assert degraded.parse().choices[0].message.content
         assert len(fake_openai.requests) == 2
-        assert sidecar.guards.cache is not None and sidecar.guards.cache.errors >= 1
+        assert sidecar.durable.cache is not None and sidecar.durable.cache.errors >= 1

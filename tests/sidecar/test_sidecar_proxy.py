@@ -174,7 +174,7 @@ async def test_dry_run_forwards_and_records_what_it_would_refuse(tmp_path, fake_
         assert usage["requests"] == 1 and usage["cost_micros"] > 0
         assert not any(name.startswith("refused:") for name in usage)
         # The spend of a dry-run call is still recorded against the budget.
-        spent = sum(w.spent_micros for w in await sidecar.source.runtime.ledger.usage() if w.window == "day")
+        spent = sum(w.spent_micros for w in await sidecar.source.snapshot.ledger.usage() if w.window == "day")
         assert spent == usage["cost_micros"]
 
 
@@ -189,17 +189,17 @@ async def test_budget_is_settled_to_the_real_cost(tmp_path, fake_openai):
         client = client_for(sidecar)
         await client.chat.completions.create(model="gpt-4o", messages=HELLO)
         await client.embeddings.create(model="text-embedding-3-small", input="some text to embed")
-        runtime = sidecar.source.runtime
+        snapshot = sidecar.source.snapshot
         expected = 0
         for request, usage in zip(fake_openai.requests, fake_openai.usage_log, strict=True):
-            expected += runtime.prices.cost_micros(
+            expected += snapshot.prices.cost_micros(
                 request.json["model"],
                 usage.get("prompt_tokens", 0),
                 (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
                 usage.get("completion_tokens", 0),
             )
         await quiesce(sidecar)
-        [hour] = [w for w in await runtime.ledger.usage() if w.window == "hour"]
+        [hour] = [w for w in await snapshot.ledger.usage() if w.window == "hour"]
         assert hour.spent_micros == expected > 0
         assert hour.reserved_micros == 0
 
@@ -309,7 +309,7 @@ async def test_upstream_errors_pass_through_and_release_the_reservation(tmp_path
             await client_for(sidecar).chat.completions.create(model="gpt-4o", messages=HELLO)
         assert raised.value.code == "upstream_says_no"
         await quiesce(sidecar)
-        [day] = [w for w in await sidecar.source.runtime.ledger.usage() if w.window == "day"]
+        [day] = [w for w in await sidecar.source.snapshot.ledger.usage() if w.window == "day"]
         assert (day.spent_micros, day.reserved_micros) == (0, 0)
 
 
@@ -334,10 +334,10 @@ async def test_in_flight_requests_finish_under_their_policy_across_a_reload(tmp_
         await asyncio.sleep(0.3)
         write_policy(path, upstream_spec(fake_openai, suspend=True), generation=2)
         for _ in range(50):
-            if sidecar.source.runtime.generation == 2:
+            if sidecar.source.snapshot.generation == 2:
                 break
             await asyncio.sleep(0.05)
-        assert sidecar.source.runtime.spec.suspend
+        assert sidecar.source.snapshot.spec.suspend
         assert (await slow).choices  # started before the reload: completes
         with pytest.raises(openai.PermissionDeniedError):
             await client.chat.completions.create(model="gpt-4o", messages=HELLO)
@@ -359,7 +359,7 @@ async def test_requests_switch_to_the_fallback_above_downgrade_at_percent(tmp_pa
         await client.chat.completions.create(model="gpt-4o", messages=HELLO)
         assert fake_openai.requests[-1].json["model"] == "gpt-4o"
         await quiesce(sidecar)
-        await sidecar.reporter.tick()  # refreshes the fraction of the budget used (70% here)
+        await sidecar.report_loop.tick()  # refreshes the fraction of the budget used (70% here)
         reply = await client.chat.completions.create(model="gpt-4o", messages=HELLO)
         assert fake_openai.requests[-1].json["model"] == "gpt-4o-mini-2024-07-18"
         assert reply.model == "gpt-4o-mini-2024-07-18"

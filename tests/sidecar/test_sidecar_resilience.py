@@ -36,7 +36,7 @@ def sample(sidecar, name: str, **labels: str) -> float:
 
 
 async def day_window(sidecar):
-    [day] = [w for w in await sidecar.source.runtime.ledger.usage() if w.window == "day"]
+    [day] = [w for w in await sidecar.source.snapshot.ledger.usage() if w.window == "day"]
     return day
 
 
@@ -99,7 +99,7 @@ async def test_the_circuit_opens_fails_fast_half_opens_and_closes(tmp_path, fake
                 await client.chat.completions.create(model="gpt-4o", messages=HELLO)
             assert raised.value.status_code == 500
         assert sample(sidecar, "openai_policy_circuit_state") == 2  # open
-        assert sidecar.reporter.heartbeat_payload()["circuit"] == "open"
+        assert sidecar.report_loop.heartbeat_payload()["circuit"] == "open"
 
         started = time.monotonic()
         with pytest.raises(openai.InternalServerError) as raised:
@@ -114,7 +114,7 @@ async def test_the_circuit_opens_fails_fast_half_opens_and_closes(tmp_path, fake
         reply = await client.chat.completions.create(model="gpt-4o", messages=HELLO)
         assert reply.choices
         assert sample(sidecar, "openai_policy_circuit_state") == 0
-        assert sidecar.reporter.heartbeat_payload()["circuit"] == "closed"
+        assert sidecar.report_loop.heartbeat_payload()["circuit"] == "closed"
         assert sample(sidecar, "openai_policy_circuit_transitions_total", state="open") == 1
         usage = await settled_usage(sidecar, 5)
         assert usage["refused:circuit_open"] == 1
@@ -162,9 +162,9 @@ async def test_a_stalled_stream_is_cut_by_the_idle_timeout_and_settled(tmp_path,
         day = await day_window(sidecar)
         # The stream was cut before its usage arrived: the worst case is charged, nothing leaks.
         input_tokens = count_input_tokens("chat.completions", fake_openai.requests[-1].json, "gpt-4o")
-        runtime = sidecar.source.runtime
+        snapshot = sidecar.source.snapshot
         assert day.reserved_micros == 0
-        assert day.spent_micros == runtime.prices.worst_case_micros("gpt-4o", input_tokens, 100)
+        assert day.spent_micros == snapshot.prices.worst_case_micros("gpt-4o", input_tokens, 100)
         usage = await settled_usage(sidecar, 1)
         assert usage["errors"] == 1 and usage["cost_micros"] == day.spent_micros
 
@@ -246,7 +246,7 @@ async def test_a_policy_reload_retunes_the_queue(tmp_path, fake_openai):
             path, upstream_spec(fake_openai, queue={"maxConcurrent": 4, "maxDepth": 0}), generation=2
         )
         for _ in range(100):
-            if sidecar.source.runtime.generation == 2:
+            if sidecar.source.snapshot.generation == 2:
                 break
             await asyncio.sleep(0.05)
         results = await asyncio.gather(
@@ -266,7 +266,7 @@ async def test_workload_and_namespace_attribute_the_heartbeat_and_the_access_lin
     async with running_sidecar(policy) as sidecar:
         await async_client(base_url=sidecar.base_url).chat.completions.create(model="gpt-4o", messages=HELLO)
         await quiesce(sidecar)
-        heartbeat = sidecar.reporter.heartbeat_payload()
+        heartbeat = sidecar.report_loop.heartbeat_payload()
         assert heartbeat["workload"] == "checkout" and heartbeat["namespace"] == "shop"
         assert heartbeat["circuit"] == "closed"
     [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "openai_policy_sidecar.access"]
@@ -289,11 +289,11 @@ async def test_a_policy_reload_retunes_the_circuit_breaker(tmp_path, fake_openai
         fake_openai.add_fault("status", status=500)
         with pytest.raises(openai.InternalServerError):
             await client.chat.completions.create(model="gpt-4o", messages=HELLO)
-        assert sidecar.reporter.heartbeat_payload()["circuit"] == "open"
+        assert sidecar.report_loop.heartbeat_payload()["circuit"] == "open"
         write_policy(path, upstream_spec(fake_openai, circuitBreaker={"enabled": False}), generation=2)
         for _ in range(100):
-            if sidecar.source.runtime.generation == 2:
+            if sidecar.source.snapshot.generation == 2:
                 break
             await asyncio.sleep(0.05)
         assert (await client.chat.completions.create(model="gpt-4o", messages=HELLO)).choices
-        assert sidecar.reporter.heartbeat_payload()["circuit"] == "closed"
+        assert sidecar.report_loop.heartbeat_payload()["circuit"] == "closed"

@@ -42,8 +42,8 @@ async def test_a_newer_generation_published_in_the_store_is_applied(tmp_path, fa
             # The operator publishes generation 2 (the kill switch): applied without a restart.
             document = load_policy(policy_document(upstream_spec(fake_openai, suspend=True), generation=2))
             await publisher.publish_policy_document(REF, document.to_document())
-            await _until(lambda: sidecar.source.runtime.generation == 2)
-            assert sidecar.source.runtime.source == "store"
+            await _until(lambda: sidecar.source.snapshot.generation == 2)
+            assert sidecar.source.snapshot.source == "store"
             with pytest.raises(openai.PermissionDeniedError):
                 await client.chat.completions.create(model="gpt-4o", messages=HELLO)
 
@@ -53,7 +53,7 @@ async def test_a_newer_generation_published_in_the_store_is_applied(tmp_path, fa
             bad["spec"]["budget"] = {"limits": [{"window": "day", "usd": 0}]}
             await publisher.publish_policy_document(REF, bad)
             await _until(lambda: sidecar.source.error is not None)
-            assert sidecar.source.runtime.generation == 2
+            assert sidecar.source.snapshot.generation == 2
             _, detail = await admin_get(sidecar, "/readyz")
             assert "generation 3" in detail["policy"]["lastError"]
             assert "spec.budget.limits[0].usd" in detail["policy"]["lastError"]
@@ -61,7 +61,7 @@ async def test_a_newer_generation_published_in_the_store_is_applied(tmp_path, fa
             # The mounted file lagging behind (generation 1 rewritten) does not roll back.
             write_policy(policy, upstream_spec(fake_openai), generation=1)
             await asyncio.sleep(0.6)
-            assert sidecar.source.runtime.generation == 2
+            assert sidecar.source.snapshot.generation == 2
     finally:
         await publisher.close()
 

@@ -134,16 +134,16 @@ async def test_a_cut_stream_is_charged_the_worst_case(tmp_path, fake_openai):
         except openai.APIError:
             pass
         assert received >= 2
-        runtime = sidecar.source.runtime
+        snapshot = sidecar.source.snapshot
         for _ in range(100):  # the handler settles just after the client saw the cut
-            [day] = [w for w in await runtime.ledger.usage() if w.window == "day"]
+            [day] = [w for w in await snapshot.ledger.usage() if w.window == "day"]
             if day.spent_micros:
                 break
             await asyncio.sleep(0.02)
         # No usage came back, so the reservation (worst case) became the spend: never unmetered.
         assert day.reserved_micros == 0 and day.spent_micros > 0
         input_tokens = count_input_tokens("chat.completions", fake_openai.requests[-1].json, "gpt-4o")
-        assert day.spent_micros == runtime.prices.worst_case_micros("gpt-4o", input_tokens, 100)
+        assert day.spent_micros == snapshot.prices.worst_case_micros("gpt-4o", input_tokens, 100)
 
 
 async def test_a_refused_stream_raises_before_any_event(tmp_path, fake_openai):
@@ -169,7 +169,7 @@ async def test_a_client_leaving_mid_stream_is_charged_and_the_sidecar_carries_on
             assert (await response.content.readline()).startswith(b"data: ")
             response.close()  # the caller goes away while the upstream is still generating
         await quiesce(sidecar, timeout=10)
-        [day] = [w for w in await sidecar.source.runtime.ledger.usage() if w.window == "day"]
+        [day] = [w for w in await sidecar.source.snapshot.ledger.usage() if w.window == "day"]
         assert day.reserved_micros == 0 and day.spent_micros > 0  # charged (worst case), not leaked
         reply = await async_client(base_url=sidecar.base_url, api_key="sk-x").chat.completions.create(
             model="gpt-4o", messages=HELLO

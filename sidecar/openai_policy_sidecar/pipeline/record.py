@@ -9,7 +9,7 @@ from openai_policy_store.money import micros_to_usd
 from ..access_log import write_access_line
 from ..context import RequestContext
 from ..metrics import Metrics
-from ..snapshot import Runtime
+from ..snapshot import PolicySnapshot
 
 log = logging.getLogger("openai_policy_sidecar.accounting")
 
@@ -62,7 +62,10 @@ def model_label(ctx: RequestContext) -> str:
 
 
 def record(
-    ctx: RequestContext, runtime: Runtime, metrics: Metrics, attribution: dict[str, str | None] | None = None
+    ctx: RequestContext,
+    snapshot: PolicySnapshot,
+    metrics: Metrics,
+    attribution: dict[str, str | None] | None = None,
 ) -> None:
     model = model_label(ctx)
     reason = reason_of(ctx)
@@ -96,13 +99,13 @@ def record(
         child(metrics.upstream_latency, endpoint).observe(ctx.upstream_seconds)
     added = ctx.added_seconds
     child(metrics.added_latency, endpoint).observe(added)
-    runtime.reporter.add(usage_counters(ctx))
-    write_access_line(access_fields(ctx, runtime, added, attribution))
+    snapshot.reporter.add(usage_counters(ctx))
+    write_access_line(access_fields(ctx, snapshot, added, attribution))
 
 
 def access_fields(
     ctx: RequestContext,
-    runtime: Runtime,
+    snapshot: PolicySnapshot,
     added_seconds: float,
     attribution: dict[str, str | None] | None = None,
 ) -> dict:
@@ -112,12 +115,12 @@ def access_fields(
         decision = "dryrun:" + ",".join(f"would_refuse:{code}" for code in ctx.dry_run_refusals)
     else:
         decision = ctx.decision
-    namespace, name = runtime.ref
+    namespace, name = snapshot.ref
     fields = {
         "request_id": ctx.request_id,
         "openai_request_id": ctx.upstream_request_id,
         "policy": f"{namespace}/{name}",
-        "generation": runtime.generation,
+        "generation": snapshot.generation,
         "method": ctx.method,
         "path": ctx.path,
         "endpoint": ctx.endpoint,

@@ -50,7 +50,7 @@ class CircuitState(StrEnum):
     def code(self) -> int:
         """A numeric form: 0 closed, 1 open, 2 half-open. Not the exported gauge's numbering:
         ``openai_policy_circuit_state`` orders by severity (0 closed, 1 half-open, 2 open; the
-        chart alerts at >= 2), see ``guards.CIRCUIT_GAUGE``."""
+        chart alerts at >= 2), see ``durable.CIRCUIT_GAUGE``."""
         return {"closed": 0, "open": 1, "half_open": 2}[self.value]
 
 

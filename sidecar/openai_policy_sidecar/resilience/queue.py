@@ -1,4 +1,4 @@
-"""Admission queue: at most ``max_concurrent`` upstream calls in flight, a bounded FIFO behind them.
+"""Upstream queue: at most ``max_concurrent`` upstream calls in flight, a bounded FIFO behind them.
 
 The seeds' backpressure rule: past ``max_depth`` waiting requests (default 1000, the seeds'
 "user-visible delays" threshold) a request is refused at once, and no request waits longer
@@ -55,7 +55,7 @@ class QueueFull(Exception):
         self.in_flight = in_flight
 
 
-class AdmissionQueue:
+class UpstreamQueue:
     """Concurrency limiter with a bounded, time-limited FIFO. One event loop; no locks needed."""
 
     def __init__(self, spec: QueueSpecLike, *, clock: Clock = time.monotonic) -> None:
