@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -119,12 +119,46 @@ class LabelSelector(SpecModel):
             raise ValueError("; ".join(problems))
         return labels
 
+    def requirements(self) -> list[LabelSelectorRequirement]:
+        """``matchLabels`` (each an ``In`` of one value) and ``matchExpressions``, as one list."""
+        # Already validated as part of this selector: built without validating again.
+        pinned = [
+            LabelSelectorRequirement.model_construct(key=k, operator="In", values=[v])
+            for k, v in self.match_labels.items()
+        ]
+        return [*pinned, *self.match_expressions]
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         """True when a pod with ``labels`` is selected (an empty selector selects every pod)."""
-        if any(labels.get(k) != v for k, v in self.match_labels.items()):
-            return False
-        return all(r.matches(labels) for r in self.match_expressions)
+        return all(r.matches(labels) for r in self.requirements())
+
+    def overlaps(self, other: LabelSelector) -> bool:
+        """True when some label set is selected by both (two policies would compete for its pods)."""
+        return _satisfiable([*self.requirements(), *other.requirements()])
 
     def is_empty(self) -> bool:
         """True when the selector selects every pod."""
         return not self.match_labels and not self.match_expressions
+
+
+def _satisfiable(requirements: Iterable[LabelSelectorRequirement]) -> bool:
+    """Is there a label set meeting every requirement? Each key is independent of the others."""
+    by_key: dict[str, list[LabelSelectorRequirement]] = {}
+    for requirement in requirements:
+        by_key.setdefault(requirement.key, []).append(requirement)
+    for on_key in by_key.values():
+        must_exist = any(r.operator in ("In", "Exists") for r in on_key)
+        if must_exist and any(r.operator == "DoesNotExist" for r in on_key):
+            return False
+        allowed: set[str] | None = None  # None: any value
+        for r in on_key:
+            if r.operator == "In":
+                allowed = set(r.values) if allowed is None else allowed & set(r.values)
+        if allowed is not None:
+            for r in on_key:
+                if r.operator == "NotIn":
+                    allowed -= set(r.values)
+            if not allowed:
+                return False
+        # Only NotIn or Exists on a key: some fresh value satisfies them.
+    return True

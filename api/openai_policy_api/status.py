@@ -8,13 +8,24 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field
 
 from .base import StatusModel, doc
 
-CONDITION_TYPES: tuple[str, ...] = ("Ready", "Enforced", "BudgetAlert", "BudgetExceeded", "Suspended")
+# The condition types the operator maintains, in the order it writes them.
+READY: Final = "Ready"
+ENFORCED: Final = "Enforced"
+BUDGET_ALERT: Final = "BudgetAlert"
+BUDGET_EXCEEDED: Final = "BudgetExceeded"
+SUSPENDED: Final = "Suspended"
+CONDITION_TYPES: Final[tuple[str, ...]] = (READY, ENFORCED, BUDGET_ALERT, BUDGET_EXCEEDED, SUSPENDED)
+
+
+def _listed(items: tuple[str, ...], last: str) -> str:
+    """``a, b and c`` (or ``or``): the condition types as written in descriptions."""
+    return f"{', '.join(items[:-1])} {last} {items[-1]}"
 
 
 class Condition(StatusModel):
@@ -22,7 +33,7 @@ class Condition(StatusModel):
 
     type: str = Field(
         max_length=316,
-        description="Condition type: Ready, Enforced, BudgetAlert, BudgetExceeded or Suspended.",
+        description=f"Condition type: {_listed(CONDITION_TYPES, 'or')}.",
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     observed_generation: int | None = Field(
@@ -132,7 +143,7 @@ class PolicyStatus(StatusModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="Ready, Enforced, BudgetAlert, BudgetExceeded and Suspended.",
+        description=f"{_listed(CONDITION_TYPES, 'and')}.",
     )
     pods: PodsStatus | None = Field(default=None, description="The pods governed by the policy.")
     spend: list[WindowSpend] = Field(

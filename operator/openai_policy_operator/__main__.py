@@ -24,7 +24,7 @@ from .config import (
     SidecarResources,
     WebhookSettings,
 )
-from .handlers import Runtime, register
+from .handlers import OperatorServices, register
 from .kube import Kube
 
 
@@ -174,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     settings = settings_from(args)
     registry = kopf.OperatorRegistry()
-    runtime = Runtime.build(settings, Kube.from_environment())
-    register(registry, runtime)
+    services = OperatorServices.build(settings, Kube.from_environment())
+    register(registry, services)
     kopf.run(
         registry=registry,
         clusterwide=not settings.namespaces,

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from openai_policy_api import OpenAIPolicy
-from openai_policy_store import BudgetLedger
+from openai_policy_store import BucketSpend, BudgetLedger, Store
 
-from .status import PolicyFacts, ReadyState, StatusReport, WindowFigures, build_status, comparable
+from .status import PolicyFacts, ReadyState, StatusReport, build_status, comparable
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,10 @@ def facts_from_body(body: Mapping[str, Any]) -> PolicyFacts:
     )
 
 
-class Reporter:
-    def __init__(self, store: Any | None, stale_after: float) -> None:  # store: openai_policy_store.Store
+class StatusReader:
+    """Reads one policy's figures from the state store (none without one) into its new status."""
+
+    def __init__(self, store: Store | None, stale_after: float) -> None:
         self.store = store
         self.stale_after = stale_after
 
@@ -45,14 +47,14 @@ class Reporter:
         facts = PolicyFacts.of(policy, int(meta.get("generation") or 1)) if policy else facts_from_body(body)
         usage: Mapping[str, int] = {}
         heartbeats: Mapping[str, Mapping[str, Any]] = {}
-        windows: list[WindowFigures] = []
+        windows: list[BucketSpend] = []
         if self.store is not None:
             try:
                 usage = await self.store.read_usage(ref)
                 heartbeats = await self.store.read_heartbeats(ref)
                 if policy is not None:
                     ledger = BudgetLedger(self.store, ref, policy.spec.budget)
-                    windows = [WindowFigures.of(w) for w in await ledger.usage()]
+                    windows = await ledger.usage()
             except Exception as error:  # noqa: BLE001 - the store is down: say so, keep the last figures
                 logger.warning("reading usage of %s/%s failed: %s", *ref, error)
                 stale = build_status(

@@ -15,9 +15,11 @@ from typing import Any
 import jsonpatch  # kopf's own dependency (kopf builds admission patches with it)
 import kopf
 
+from openai_policy_store import Store
+
 from . import names
 from .config import OperatorSettings
-from .field_reports import Reporter
+from .field_reports import StatusReader
 from .kube import Kube
 from .reconcile import Reconciler, summary_of
 from .status import merge_patch, status_changed
@@ -28,19 +30,19 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Runtime:
+class OperatorServices:
     """The objects the handlers share for the life of one operator process."""
 
     settings: OperatorSettings
     kube: Kube
-    store: Any | None  # openai_policy_store.RedisStore, or None without Redis
+    store: Store | None  # None without Redis
     reconciler: Reconciler
-    reporter: Reporter
+    status_reader: StatusReader
     admission: Admission
 
     @classmethod
-    def build(cls, settings: OperatorSettings, kube: Kube) -> Runtime:
-        store = None
+    def build(cls, settings: OperatorSettings, kube: Kube) -> OperatorServices:
+        store: Store | None = None
         if settings.redis_url:
             from openai_policy_store import RedisStore
 
@@ -50,13 +52,13 @@ class Runtime:
             kube,
             store,
             Reconciler(kube, store),
-            Reporter(store, settings.heartbeat_stale_seconds),
+            StatusReader(store, settings.heartbeat_stale_seconds),
             Admission(kube, settings),
         )
 
 
-def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
-    settings = runtime.settings
+def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> None:
+    settings = services.settings
 
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -71,12 +73,12 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         # Replicas elect one leader by kopf peering: distinct random priorities, highest wins; the
         # others pause reconciling and reporting but keep serving the webhook (never paused by kopf).
         # Without the peering CRDs (not mandatory) kopf runs standalone and says so in the log.
-        settings.peering.name = runtime.settings.peering_name
+        settings.peering.name = services.settings.peering_name
         settings.peering.mandatory = False
         settings.peering.priority = random.randint(1, 2**31 - 1)
         settings.watching.server_timeout = 300
         settings.batching.batch_window = 0.1  # react to a spec change within the 2 s promise
-        settings.admission.server = PolicyWebhookServer(runtime.settings, runtime.kube)
+        settings.admission.server = PolicyWebhookServer(services.settings, services.kube)
         settings.admission.managed = None  # PolicyWebhookServer manages its own configuration
 
     @kopf.on.login(id="login", registry=registry)
@@ -86,9 +88,9 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
 
     @kopf.on.cleanup(id="close", registry=registry)
     async def close(**_: Any) -> None:
-        if runtime.store is not None:
-            await runtime.store.close()
-        runtime.kube.close()
+        if services.store is not None:
+            await services.store.close()
+        services.kube.close()
 
     # Index ids are the kwarg names under which kopf passes the indices to handlers.
     @kopf.index(names.RESOURCE, id="policies_by_namespace", registry=registry)
@@ -114,9 +116,9 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     ) -> None:
         namespace, name = body.metadata.namespace or "", body.metadata.name or ""
         others = list(policies_by_namespace.get(namespace, []))
-        outcome = await runtime.reconciler.reconcile(body, others, force=force)
+        outcome = await services.reconciler.reconcile(body, others, force=force)
         injected = len(list(injected_pods.get((namespace, name), [])))
-        report = await runtime.reporter.report(body, outcome.policy, outcome.ready, injected)
+        report = await services.status_reader.report(body, outcome.policy, outcome.ready, injected)
         previous: Mapping[str, Any] = body.get("status") or {}
         if status_changed(previous, report.status):
             patch.status.update(merge_patch(dict(previous), report.status))
@@ -161,7 +163,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.delete(names.RESOURCE, id="forget", optional=True, registry=registry)
     async def forget(namespace: str, name: str, **_: Any) -> None:
         # optional: no finalizer, deletion is never blocked; the ConfigMap goes by garbage collection.
-        runtime.reconciler.forget((namespace, name))
+        services.reconciler.forget((namespace, name))
 
     @kopf.on.mutate(
         "pods",
@@ -174,7 +176,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     async def inject(body: kopf.Body, patch: kopf.Patch, dryrun: bool, warnings: list[str], **_: Any) -> None:
         namespace = body.metadata.namespace or ""
         try:
-            decision, result = await runtime.admission.review(dict(body), namespace, dry_run=dryrun)
+            decision, result = await services.admission.review(dict(body), namespace, dry_run=dryrun)
         except Exception as error:
             # An answer "not allowed" refuses the pod whatever the webhook's failurePolicy says, so the
             # operator applies the same policy itself: Fail refuses, Ignore admits the pod unchanged.

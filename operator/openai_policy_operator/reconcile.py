@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openai_policy_api import OpenAIPolicy, PolicyError, load_policy
+from openai_policy_store import Store
 
 from . import names
 from .kube import ApiException, Kube
@@ -63,9 +64,9 @@ class Outcome:
 class Reconciler:
     """Applies one policy's owned objects; remembers per policy what it already did."""
 
-    def __init__(self, kube: Kube, store: Any | None, resync_seconds: float = 60.0) -> None:
+    def __init__(self, kube: Kube, store: Store | None, resync_seconds: float = 60.0) -> None:
         self.kube = kube
-        self.store = store  # openai_policy_store.Store, or None without Redis
+        self.store = store  # None without Redis
         # ref -> (generation whose ConfigMap is applied, when). Re-applied every resync_seconds so that
         # a ConfigMap deleted or edited by hand is restored without watching every ConfigMap.
         self.resync_seconds = resync_seconds

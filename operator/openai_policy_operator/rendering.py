@@ -7,10 +7,12 @@ from typing import Any
 
 import yaml
 
+from openai_policy_api import OpenAIPolicy
+
 from . import names
 
 
-def policy_document(policy: Any, generation: int) -> dict[str, Any]:
+def policy_document(policy: OpenAIPolicy, generation: int) -> dict[str, Any]:
     """``policy.to_document()`` with ``metadata.generation`` set to the resource's generation.
 
     The generation is what sidecars compare to decide whether a published document is newer.

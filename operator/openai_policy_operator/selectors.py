@@ -1,89 +1,43 @@
-"""Label selectors: does a pod match a policy, and can two policies ever match the same pod?
+"""Selectors of raw policy resources: does a pod match a policy, and which policies conflict?
 
-Selectors are plain ``metav1.LabelSelector`` mappings (camelCase, as stored in the API), so this
-module works on raw resource bodies and on ``policy.to_document()`` alike.
+Resource bodies hold plain ``metav1.LabelSelector`` mappings (camelCase, as stored in the API);
+they are read into the policy model's :class:`~openai_policy_api.LabelSelector`, which holds the
+matching rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-Selector = Mapping[str, Any]
+from pydantic import ValidationError
+
+from openai_policy_api import LabelSelector
+
+# A LabelSelector as stored in a resource body (camelCase).
+Selector = Mapping[str, object]
 
 
 class SelectorError(ValueError):
     """A selector Kubernetes itself would refuse (unknown operator, values where none allowed...)."""
 
 
-@dataclass(frozen=True)
-class Requirement:
-    key: str
-    operator: str  # In, NotIn, Exists, DoesNotExist
-    values: frozenset[str] = frozenset()
-
-
-def requirements(selector: Selector | None) -> list[Requirement]:
-    """Normalise matchLabels and matchExpressions into one list of requirements."""
-    selector = selector or {}
-    out = [Requirement(k, "In", frozenset({str(v)})) for k, v in (selector.get("matchLabels") or {}).items()]
-    for expr in selector.get("matchExpressions") or []:
-        op = expr.get("operator")
-        values = frozenset(str(v) for v in expr.get("values") or [])
-        if op in ("In", "NotIn") and not values:
-            raise SelectorError(f"selector key {expr.get('key')!r}: operator {op} needs values")
-        if op in ("Exists", "DoesNotExist") and values:
-            raise SelectorError(f"selector key {expr.get('key')!r}: operator {op} takes no values")
-        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            raise SelectorError(f"selector key {expr.get('key')!r}: unknown operator {op!r}")
-        out.append(Requirement(str(expr.get("key")), op, values))
-    return out
+def parse(selector: Selector | None) -> LabelSelector:
+    """The selector of a resource body as the model; raises :class:`SelectorError` when invalid."""
+    try:
+        return LabelSelector.model_validate(selector or {})
+    except ValidationError as error:
+        raise SelectorError(f"invalid selector: {error}") from error
 
 
 def matches(selector: Selector | None, labels: Mapping[str, str] | None) -> bool:
     """Kubernetes semantics; an empty selector matches every pod."""
-    labels = labels or {}
-    for req in requirements(selector):
-        present = req.key in labels
-        if req.operator == "In" and not (present and labels[req.key] in req.values):
-            return False
-        if req.operator == "NotIn" and present and labels[req.key] in req.values:
-            return False
-        if req.operator == "Exists" and not present:
-            return False
-        if req.operator == "DoesNotExist" and present:
-            return False
-    return True
-
-
-def _satisfiable(reqs: Iterable[Requirement]) -> bool:
-    """Is there a label set meeting all requirements? Each key is independent of the others."""
-    by_key: dict[str, list[Requirement]] = {}
-    for req in reqs:
-        by_key.setdefault(req.key, []).append(req)
-    for key_reqs in by_key.values():
-        must_exist = any(r.operator in ("In", "Exists") for r in key_reqs)
-        must_not_exist = any(r.operator == "DoesNotExist" for r in key_reqs)
-        if must_exist and must_not_exist:
-            return False
-        allowed: set[str] | None = None  # None: any value
-        for r in key_reqs:
-            if r.operator == "In":
-                allowed = set(r.values) if allowed is None else allowed & r.values
-        if allowed is not None:
-            for r in key_reqs:
-                if r.operator == "NotIn":
-                    allowed -= r.values
-            if not allowed:
-                return False
-        # Only NotIn/Exists on a key: some fresh value always satisfies them.
-    return True
+    return parse(selector).matches(labels or {})
 
 
 def overlap(a: Selector | None, b: Selector | None) -> bool:
     """True if some pod could match both selectors (so two policies would compete for it)."""
-    return _satisfiable([*requirements(a), *requirements(b)])
+    return parse(a).overlaps(parse(b))
 
 
 @dataclass(frozen=True)
@@ -92,7 +46,7 @@ class PolicySummary:
 
     name: str
     created: str  # RFC 3339 creationTimestamp; compares correctly as a string
-    selector: Mapping[str, Any]
+    selector: Selector
 
     @property
     def order(self) -> tuple[str, str]:

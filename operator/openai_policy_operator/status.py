@@ -1,6 +1,6 @@
 """The policy's status from the field: pure aggregation and conditions (no I/O here).
 
-Inputs are what the reporter read (usage counters, heartbeats and per-window spend from the state
+Inputs are what :class:`~.field_reports.StatusReader` read (usage counters, heartbeats and per-window spend from the state
 store, the number of injected pods from the API) plus the reconcile outcome; the output is the new
 ``status`` mapping and the condition transitions to announce as Events. The caller patches the
 status only when :func:`status_changed` says so.
@@ -8,21 +8,31 @@ status only when :func:`status_changed` says so.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
-from openai_policy_api.status import PodsStatus, WindowSpend, pods_summary, spend_summary
+from openai_policy_api import OpenAIPolicy
+from openai_policy_api.base import StatusModel
+from openai_policy_api.status import (
+    BUDGET_ALERT,
+    BUDGET_EXCEEDED,
+    CONDITION_TYPES,
+    ENFORCED,
+    READY,
+    SUSPENDED,
+    GenerationCount,
+    PodsStatus,
+    StatusSummary,
+    UsageStatus,
+    WindowSpend,
+    pods_summary,
+    spend_summary,
+)
+from openai_policy_store import BucketSpend, UsageCounts
 from openai_policy_store.money import micros_to_usd
-
-READY = "Ready"
-ENFORCED = "Enforced"
-BUDGET_ALERT = "BudgetAlert"
-BUDGET_EXCEEDED = "BudgetExceeded"
-SUSPENDED = "Suspended"
-CONDITION_TYPES = (READY, ENFORCED, BUDGET_ALERT, BUDGET_EXCEEDED, SUSPENDED)
 
 # The status value of each condition that needs a person's attention (announced as a Warning).
 _ABNORMAL = {
@@ -31,19 +41,6 @@ _ABNORMAL = {
     BUDGET_ALERT: "True",
     BUDGET_EXCEEDED: "True",
     SUSPENDED: "True",
-}
-
-_COUNTERS = {  # usage hash field -> status.usage key
-    "requests": "requests",
-    "tokens_input": "tokensInput",
-    "tokens_output": "tokensOutput",
-    "tokens_cached": "tokensCached",
-    "cost_micros": None,  # reported as spend, not as a counter
-    "cache_hits": "cacheHits",
-    "saved_micros": None,  # reported as savedUsd, a decimal string
-    "retries": "retries",
-    "errors": "errors",
-    "model_drift": "modelDrift",
 }
 
 
@@ -57,34 +54,6 @@ class ReadyState:
 
 
 @dataclass(frozen=True)
-class WindowFigures:
-    """One budget window's current bucket (the fields of the state store's ``WindowUsage``)."""
-
-    window: str
-    bucket: str
-    limit_micros: int | None
-    spent_micros: int
-    reserved_micros: int = 0
-
-    @classmethod
-    def of(cls, usage: Any) -> WindowFigures:
-        return cls(
-            usage.window,
-            usage.bucket,
-            usage.limit_micros,
-            int(usage.spent_micros),
-            int(usage.reserved_micros),
-        )
-
-    @property
-    def percent(self) -> int | None:
-        """Settled spend as a whole percent of the limit (integer arithmetic: floor)."""
-        if not self.limit_micros:
-            return None
-        return self.spent_micros * 100 // self.limit_micros
-
-
-@dataclass(frozen=True)
 class PolicyFacts:
     """The parts of the policy spec the status depends on."""
 
@@ -94,7 +63,7 @@ class PolicyFacts:
     alert_at_percent: int = 80
 
     @classmethod
-    def of(cls, policy: Any, generation: int) -> PolicyFacts:
+    def of(cls, policy: OpenAIPolicy, generation: int) -> PolicyFacts:
         spec = policy.spec
         return cls(
             generation=generation,
@@ -128,31 +97,43 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def usage_block(counters: Mapping[str, int]) -> dict[str, Any]:
-    """Counters from the usage hash, camelCase, with refusals grouped by error code."""
-    usage: dict[str, Any] = {
-        key: int(counters.get(field_name, 0)) for field_name, key in _COUNTERS.items() if key
-    }
-    refused = {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith("refused:")}
-    dry = {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith("dryrun_refused:")}
-    usage["savedUsd"] = micros_to_usd(int(counters.get("saved_micros", 0)))
-    usage["blocked"] = sum(refused.values())
-    usage["blockedByReason"] = dict(sorted(refused.items()))
-    usage["wouldBlock"] = sum(dry.values())
-    usage["wouldBlockByReason"] = dict(sorted(dry.items()))
-    return usage
+def _dump(model: StatusModel) -> dict[str, Any]:
+    """A status model as written into the resource: camelCase, absent fields left out."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def spend_block(windows: Iterable[WindowFigures]) -> list[dict[str, Any]]:
-    out = []
-    for w in windows:
-        entry: dict[str, Any] = {"window": w.window, "bucket": w.bucket, "usd": micros_to_usd(w.spent_micros)}
-        if w.limit_micros:
-            entry["limitUsd"] = micros_to_usd(w.limit_micros)
-            entry["remainingUsd"] = micros_to_usd(max(0, w.limit_micros - w.spent_micros))
-            entry["percent"] = w.percent
-        out.append(entry)
-    return out
+def usage_status(counts: UsageCounts) -> UsageStatus:
+    """``status.usage`` from the usage hash's counters, refusals grouped by error code."""
+    return UsageStatus(
+        requests=counts.requests,
+        tokens_input=counts.tokens_input,
+        tokens_output=counts.tokens_output,
+        tokens_cached=counts.tokens_cached,
+        cache_hits=counts.cache_hits,
+        saved_usd=micros_to_usd(counts.saved_micros),
+        retries=counts.retries,
+        errors=counts.errors,
+        model_drift=counts.model_drift,
+        blocked=sum(counts.refused.values()),
+        blocked_by_reason=dict(sorted(counts.refused.items())),
+        would_block=sum(counts.dry_run_refused.values()),
+        would_block_by_reason=dict(sorted(counts.dry_run_refused.items())),
+    )
+
+
+def window_spend(spend: BucketSpend) -> WindowSpend:
+    """One window's entry of ``status.spend``: where the store's record becomes the status shape."""
+    if not spend.limit_micros:
+        return WindowSpend(window=spend.window, bucket=spend.bucket, usd=micros_to_usd(spend.spent_micros))
+    return WindowSpend(
+        window=spend.window,
+        bucket=spend.bucket,
+        usd=micros_to_usd(spend.spent_micros),
+        limit_usd=micros_to_usd(spend.limit_micros),
+        # What is left of the limit after settled spend (calls in flight are not spend yet).
+        remaining_usd=micros_to_usd(max(0, spend.limit_micros - spend.spent_micros)),
+        percent=spend.percent,
+    )
 
 
 @dataclass(frozen=True)
@@ -245,14 +226,12 @@ class BudgetRefusals:
     sticky_buckets: frozenset[tuple[str, str]] = frozenset()  # (window, bucket) already marked exceeded
 
     @classmethod
-    def observe(
-        cls, previous: Mapping[str, Any], usage: Mapping[str, int], generation: int
-    ) -> BudgetRefusals:
+    def observe(cls, previous: Mapping[str, Any], usage: UsageCounts, generation: int) -> BudgetRefusals:
         before_usage = previous.get("usage") or {}
         refusing = False
         if before_usage:  # no previous report: no baseline to compare with (e.g. a re-created policy)
             before = int((before_usage.get("blockedByReason") or {}).get("budget_exceeded", 0))
-            refusing = int(usage.get("refused:budget_exceeded", 0)) > before
+            refusing = usage.refused["budget_exceeded"] > before
         old = next((c for c in previous.get("conditions") or [] if c.get("type") == BUDGET_EXCEEDED), None)
         sticky: frozenset[tuple[str, str]] = frozenset()
         if old and old.get("status") == "True" and old.get("observedGeneration") == generation:
@@ -265,7 +244,7 @@ class BudgetRefusals:
 
 
 def _budget(
-    facts: PolicyFacts, windows: Sequence[WindowFigures], refusals: BudgetRefusals = BudgetRefusals()
+    facts: PolicyFacts, windows: Sequence[BucketSpend], refusals: BudgetRefusals = BudgetRefusals()
 ) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
     limited = [w for w in windows if w.limit_micros]
     if not limited:
@@ -276,7 +255,7 @@ def _budget(
     tightest = max(limited, key=lambda w: Fraction(w.spent_micros, w.limit_micros or 1))
     refusing = refusals.refusing_now or (tightest.window, tightest.bucket) in refusals.sticky_buckets
 
-    def describe(ws: Sequence[WindowFigures]) -> str:
+    def describe(ws: Sequence[BucketSpend]) -> str:
         return "; ".join(
             f"{w.window} {w.bucket}: ${micros_to_usd(w.spent_micros)} of "
             f"${micros_to_usd(w.limit_micros or 0)} ({w.percent}%)"
@@ -313,7 +292,7 @@ def conditions_for(
     facts: PolicyFacts,
     ready: ReadyState,
     pods: PodFigures,
-    windows: Sequence[WindowFigures],
+    windows: Sequence[BucketSpend],
     refusals: BudgetRefusals = BudgetRefusals(),
 ) -> dict[str, tuple[str, str, str]]:
     """Each condition type -> (status, reason, message)."""
@@ -370,7 +349,7 @@ def build_status(
     ready: ReadyState,
     usage: Mapping[str, int],
     heartbeats: Mapping[str, Mapping[str, Any]],
-    windows: Sequence[WindowFigures],
+    windows: Sequence[BucketSpend],
     injected_pods: int,
     previous: Mapping[str, Any] | None,
     now: float,
@@ -378,43 +357,35 @@ def build_status(
 ) -> StatusReport:
     """The whole status subresource for one policy and the condition transitions to announce."""
     previous = previous or {}
+    counts = UsageCounts.from_fields(usage)
     pods = pod_figures(heartbeats, injected_pods, facts, now, stale_after)
-    refusals = BudgetRefusals.observe(previous, usage, facts.generation)
+    refusals = BudgetRefusals.observe(previous, counts, facts.generation)
     conditions, transitions = merge_conditions(
         previous.get("conditions") or [],
         conditions_for(facts, ready, pods, windows, refusals),
         facts.generation,
         now,
     )
-    spend = spend_block(windows)
-    pods_block = {
-        "injected": pods.injected,
-        "reporting": pods.reporting,
-        "upToDate": pods.reporting - pods.stale_generation,
-        "generations": [{"generation": g, "pods": n} for g, n in sorted(pods.generations.items())],
-    }
+    spend = [window_spend(w) for w in windows]
+    pods_status = PodsStatus(
+        injected=pods.injected,
+        reporting=pods.reporting,
+        up_to_date=pods.reporting - pods.stale_generation,
+        generations=[GenerationCount(generation=g, pods=n) for g, n in sorted(pods.generations.items())],
+    )
     status: dict[str, Any] = {
         "observedGeneration": facts.generation,
         "conditions": conditions,
-        "pods": pods_block,
-        "spend": spend,
-        "usage": usage_block(usage),
-        "summary": summary(spend, pods_block),
+        "pods": _dump(pods_status),
+        "spend": [_dump(w) for w in spend],
+        "usage": _dump(usage_status(counts)),
+        "summary": _dump(StatusSummary(spend=spend_summary(spend), pods=pods_summary(pods_status))),
     }
     if pods.last_report is not None:
         status["lastReportTime"] = rfc3339(pods.last_report)
     elif previous.get("lastReportTime"):
         status["lastReportTime"] = previous["lastReportTime"]  # heartbeats expired from the store
     return StatusReport(status, transitions)
-
-
-def summary(spend: Sequence[Mapping[str, Any]], pods: Mapping[str, Any]) -> dict[str, Any]:
-    """Short strings for ``kubectl get oaip`` columns, formatted by the policy model's own helpers."""
-    out = {
-        "spend": spend_summary([WindowSpend.model_validate(w) for w in spend]),
-        "pods": pods_summary(PodsStatus.model_validate(pods)),
-    }
-    return {k: v for k, v in out.items() if v is not None}
 
 
 def comparable(status: Mapping[str, Any] | None) -> dict[str, Any]:

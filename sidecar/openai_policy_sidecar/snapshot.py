@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from openai_policy_store import BudgetLedger, RateLimiter, UsageReporter
+from openai_policy_store import BudgetLedger, RateLimiter, UsageWriter as UsageReporter
 
 from .pricing import PriceTable
 

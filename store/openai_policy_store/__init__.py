@@ -8,18 +8,19 @@ call (one Redis round trip, one Lua script) with the outcomes of ``RateLimiter.c
 by ``BudgetLedger.reserve``; both of those remain available on their own.
 """
 
-from .admit import Admission, admit
-from .budget import BudgetLedger, Reservation, WindowUsage, new_reservation_id
+from .admit import AdmitOutcome, admit
+from .budget import BudgetLedger, Reservation, new_reservation_id
 from .exceptions import BudgetExceeded, StoreUnavailable
 from .memory import MemoryStore
-from .protocol import Store
+from .protocol import BucketSpend, Store
 from .rate_limits import RateDecision, RateLimiter
 from .redis_store import RedisStore
 from .usage_counts import UsageCounts
-from .usage_writer import UsageReporter
+from .usage_writer import UsageWriter
 
 __all__ = [
-    "Admission",
+    "AdmitOutcome",
+    "BucketSpend",
     "BudgetExceeded",
     "BudgetLedger",
     "MemoryStore",
@@ -30,8 +31,7 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "UsageCounts",
-    "UsageReporter",
-    "WindowUsage",
+    "UsageWriter",
     "admit",
     "new_reservation_id",
 ]

@@ -23,7 +23,7 @@ from .rate_limits import COUNTER_TTL_SECONDS, RateDecision, RateLimiter, decide,
 
 
 @dataclass
-class Admission:
+class AdmitOutcome:
     """What :func:`admit` decided.
 
     ``rate``: the rate-limit decision, None when it could not be made (``rate_error``).
@@ -51,10 +51,10 @@ async def admit(
     *,
     reserve_when_rate_refused: bool = False,
     now: datetime | None = None,
-) -> Admission:
+) -> AdmitOutcome:
     """Check ``tokens`` against the rate limits of ``user`` and the policy, then hold ``amount_micros``.
 
-    Never raises :class:`StoreUnavailable` or :class:`BudgetExceeded` (see :class:`Admission`).
+    Never raises :class:`StoreUnavailable` or :class:`BudgetExceeded` (see :class:`AdmitOutcome`).
     """
     if amount_micros < 0:
         raise ValueError("a reservation cannot be negative")
@@ -82,14 +82,14 @@ async def admit(
         )
     if ledger.unsynced_count:
         await ledger.push_unsynced()
-    admission = Admission(rate=decide(counters, rate_outcome, reset))
+    result = AdmitOutcome(rate=decide(counters, rate_outcome, reset))
     if reserve_outcome is not None:
-        _booked(admission, ledger, reserve_outcome, reservation_id, amount_micros, buckets, local=False)
-    return admission
+        _booked(result, ledger, reserve_outcome, reservation_id, amount_micros, buckets, local=False)
+    return result
 
 
 def _booked(
-    admission: Admission,
+    result: AdmitOutcome,
     ledger: BudgetLedger,
     outcome: ReserveOutcome,
     reservation_id: str,
@@ -99,11 +99,11 @@ def _booked(
     local: bool,
 ) -> None:
     if outcome.ok:
-        admission.reservation = Reservation(reservation_id, amount_micros, buckets, local=local)
+        result.reservation = Reservation(reservation_id, amount_micros, buckets, local=local)
         return
     assert outcome.window is not None
     ledger.last_fraction_used = max(ledger.last_fraction_used, 1.0)
-    admission.budget_exceeded = BudgetExceeded(
+    result.budget_exceeded = BudgetExceeded(
         outcome.window, outcome.limit_micros, outcome.spent_micros, outcome.reserved_micros
     )
 
@@ -118,27 +118,27 @@ async def _store_down(
     amount_micros: int,
     reserve_when_rate_refused: bool,
     now: datetime | None,
-) -> Admission:
+) -> AdmitOutcome:
     """The shared store did not answer: each part falls back as its own call would, or reports."""
-    admission = Admission()
+    result = AdmitOutcome()
     if not counters:
-        admission.rate = RateDecision(allowed=True)
+        result.rate = RateDecision(allowed=True)
     elif limiter.may_fall_back:
-        outcome = await limiter.fallback.rate_consume(limiter.ref, minute, counters, COUNTER_TTL_SECONDS)
-        admission.rate = decide(counters, outcome, reset)
+        rate_outcome = await limiter.fallback.rate_consume(limiter.ref, minute, counters, COUNTER_TTL_SECONDS)
+        result.rate = decide(counters, rate_outcome, reset)
     else:
-        admission.rate_error = error
+        result.rate_error = error
     if not ledger.may_fall_back:
         # Both calls would have hit the same dead store: report both (the caller counts each).
-        admission.budget_error = error
-    elif admission.rate_allowed or reserve_when_rate_refused:
+        result.budget_error = error
+    elif result.rate_allowed or reserve_when_rate_refused:
         buckets = ledger.buckets(now, local=True)
         reservation_id = new_reservation_id()
         outcome = await ledger.fallback.budget_reserve(
             ledger.ref, buckets, amount_micros, reservation_id, ledger.hold_seconds
         )
-        _booked(admission, ledger, outcome, reservation_id, amount_micros, buckets, local=True)
-    return admission
+        _booked(result, ledger, outcome, reservation_id, amount_micros, buckets, local=True)
+    return result
 
 
 async def _one_by_one(
@@ -149,19 +149,19 @@ async def _one_by_one(
     amount_micros: int,
     reserve_when_rate_refused: bool,
     now: datetime | None,
-) -> Admission:
+) -> AdmitOutcome:
     """Limiter and ledger on different stores: the two calls in a row, with the same outcomes."""
-    admission = Admission()
+    result = AdmitOutcome()
     try:
-        admission.rate = await limiter.check(user, tokens, now)
+        result.rate = await limiter.check(user, tokens, now)
     except StoreUnavailable as error:
-        admission.rate_error = error
-    if not (admission.rate_allowed or reserve_when_rate_refused):
-        return admission
+        result.rate_error = error
+    if not (result.rate_allowed or reserve_when_rate_refused):
+        return result
     try:
-        admission.reservation = await ledger.reserve(amount_micros, now)
+        result.reservation = await ledger.reserve(amount_micros, now)
     except BudgetExceeded as exceeded:
-        admission.budget_exceeded = exceeded
+        result.budget_exceeded = exceeded
     except StoreUnavailable as error:
-        admission.budget_error = error
-    return admission
+        result.budget_error = error
+    return result

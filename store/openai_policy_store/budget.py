@@ -31,35 +31,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .exceptions import BudgetExceeded, StoreUnavailable
 from .memory import MemoryStore
 from .money import usd_to_micros
-from .protocol import BucketLimit, Ref, Store
+from .protocol import BucketLimit, BucketSpend, Ref, Store
 from .windows import current_buckets
+
+if TYPE_CHECKING:
+    from openai_policy_api import BudgetSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOLD_SECONDS = 900.0
 _MAX_UNSYNCED = 10_000
-
-
-@dataclass(frozen=True)
-class WindowUsage:
-    """One window's current bucket. ``limit_micros`` is None for a window without a limit."""
-
-    window: str
-    bucket: str
-    limit_micros: int | None
-    spent_micros: int
-    reserved_micros: int
-
-    @property
-    def remaining_micros(self) -> int | None:
-        if self.limit_micros is None:
-            return None
-        return max(0, self.limit_micros - self.spent_micros - self.reserved_micros)
 
 
 @dataclass
@@ -107,10 +93,10 @@ def new_reservation_id() -> str:
     return _ids.next()
 
 
-def limits_from_spec(budget: Any | None, percent: int = 100) -> dict[str, int]:
+def limits_from_spec(budget: BudgetSpec | None, percent: int = 100) -> dict[str, int]:
     """``{window: limit micros}`` from ``spec.budget.limits`` (the smallest if a window repeats)."""
     limits: dict[str, int] = {}
-    for entry in getattr(budget, "limits", None) or []:
+    for entry in budget.limits if budget is not None else []:
         micros = usd_to_micros(entry.usd) * percent // 100
         limits[entry.window] = min(micros, limits.get(entry.window, micros))
     return limits
@@ -129,7 +115,7 @@ class BudgetLedger:
         self,
         store: Store,
         ref: Ref,
-        budget: Any | None,
+        budget: BudgetSpec | None,
         *,
         hold_seconds: float = DEFAULT_HOLD_SECONDS,
         fallback: MemoryStore | None = None,
@@ -139,8 +125,8 @@ class BudgetLedger:
         self.budget = budget
         self.hold_seconds = hold_seconds
         self.limits = limits_from_spec(budget)
-        self.fail_closed = getattr(budget, "on_store_unavailable", "failClosed") != "localShare"
-        self.local_limits = limits_from_spec(budget, getattr(budget, "local_share_percent", 10))
+        self.fail_closed = budget is None or budget.on_store_unavailable != "localShare"
+        self.local_limits = limits_from_spec(budget, budget.local_share_percent if budget is not None else 10)
         self._fallback = (
             fallback if fallback is not None else (store if isinstance(store, MemoryStore) else MemoryStore())
         )
@@ -284,24 +270,18 @@ class BudgetLedger:
     def unsynced_count(self) -> int:
         return len(self._unsynced)
 
-    async def usage(self, now: datetime | None = None) -> list[WindowUsage]:
-        """Spent and reserved in the current bucket of each window (hour, day, month).
+    async def usage(self, now: datetime | None = None) -> list[BucketSpend]:
+        """Spent and reserved in the current bucket of each window (hour, day, month), with its limit.
 
         Falls back to the local ledger (with local limits) when the store is down and the policy
         allows falling back; otherwise raises :class:`StoreUnavailable`.
         """
-        limits = self.limits
         try:
-            spends = await self.store.budget_read(self.ref, self._buckets(now))
+            usage = await self.store.budget_read(self.ref, self._buckets(now))
         except StoreUnavailable:
             if not self._may_fall_back():
                 raise
-            limits = self.local_limits
-            spends = await self._fallback.budget_read(self.ref, self._buckets(now, local=True))
-        usage = [
-            WindowUsage(s.window, s.bucket, limits.get(s.window), s.spent_micros, s.reserved_micros)
-            for s in spends
-        ]
+            usage = await self._fallback.budget_read(self.ref, self._buckets(now, local=True))
         self.last_fraction_used = _fraction(usage)
         return usage
 
@@ -310,6 +290,6 @@ class BudgetLedger:
         return _fraction(await self.usage(now))
 
 
-def _fraction(usage: list[WindowUsage]) -> float:
+def _fraction(usage: list[BucketSpend]) -> float:
     fractions = [(u.spent_micros + u.reserved_micros) / u.limit_micros for u in usage if u.limit_micros]
     return max(fractions, default=0.0)

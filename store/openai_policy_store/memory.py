@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from . import keyspace
-from .protocol import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
+from .protocol import BucketLimit, BucketSpend, RateCounter, RateOutcome, Ref, ReserveOutcome
 from .windows import current_buckets
 
 _PURGE_EVERY = 1024  # writes between sweeps for expired keys
@@ -185,19 +185,17 @@ class MemoryStore:
     async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
         self._drop(ref, buckets, reservation_id)
 
-    async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[WindowSpend]:
+    async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[BucketSpend]:
         self._sweep(ref, buckets)
-        return [
-            WindowSpend(
-                b.window,
-                b.bucket,
-                self._get(self._names.budget(ref, b.window, b.bucket)[0]),
-                self._get(self._names.budget(ref, b.window, b.bucket)[1]),
+        out = []
+        for b in buckets:
+            spend_key, reserved_key = self._names.budget(ref, b.window, b.bucket)
+            out.append(
+                BucketSpend(b.window, b.bucket, self._get(spend_key), self._get(reserved_key), b.limit_micros)
             )
-            for b in buckets
-        ]
+        return out
 
-    async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, WindowSpend]:
+    async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, BucketSpend]:
         return {s.window: s for s in await self.budget_read(ref, current_buckets({}, now))}
 
     # -- rate limits ------------------------------------------------------------------------

@@ -45,11 +45,33 @@ class ReserveOutcome:
 
 
 @dataclass(frozen=True)
-class WindowSpend:
+class BucketSpend:
+    """One budget window's current bucket as read: settled spend, money reserved by calls in
+    flight and the window's limit (None: unlimited, tracked only).
+
+    The one record of a window's spend: the store reads it, the ledger reports it and the
+    operator turns it into ``status.spend``.
+    """
+
     window: str
     bucket: str
     spent_micros: int
-    reserved_micros: int
+    reserved_micros: int = 0
+    limit_micros: int | None = None
+
+    @property
+    def remaining_micros(self) -> int | None:
+        """What a new reservation may still take: the limit less spent and reserved."""
+        if self.limit_micros is None:
+            return None
+        return max(0, self.limit_micros - self.spent_micros - self.reserved_micros)
+
+    @property
+    def percent(self) -> int | None:
+        """Settled spend as a whole percent of the limit (integer arithmetic: floor)."""
+        if not self.limit_micros:
+            return None
+        return self.spent_micros * 100 // self.limit_micros
 
 
 @dataclass(frozen=True)
@@ -104,11 +126,11 @@ class Store(Protocol):
         """Drop the reservation (if still recorded) without spending anything."""
         ...
 
-    async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[WindowSpend]:
-        """Sweep expired reservations, then read spent/reserved for each bucket."""
+    async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[BucketSpend]:
+        """Sweep expired reservations, then read spent/reserved for each bucket (with its limit)."""
         ...
 
-    async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, WindowSpend]:
+    async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, BucketSpend]:
         """Spent/reserved for the current hour, day and month buckets (for the operator)."""
         ...
 

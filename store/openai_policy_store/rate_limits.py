@@ -20,11 +20,14 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .exceptions import StoreUnavailable
 from .memory import MemoryStore
 from .protocol import RateCounter, RateOutcome, Ref, Store
+
+if TYPE_CHECKING:
+    from openai_policy_api import RateLimitSpec
 
 COUNTER_TTL_SECONDS = 120  # a minute bucket plus slack for clock skew between pods
 _SAFE_USER = re.compile(r"^[A-Za-z0-9._@+=-]{1,64}$")
@@ -95,7 +98,9 @@ def user_scope(user: str) -> str:
 class RateLimiter:
     """Rate limits of one policy (``spec.rate_limits``; None: no limits)."""
 
-    def __init__(self, store: Store, ref: Ref, rate_limits: Any | None, *, fail_closed: bool = True) -> None:
+    def __init__(
+        self, store: Store, ref: Ref, rate_limits: RateLimitSpec | None, *, fail_closed: bool = True
+    ) -> None:
         self.store = store
         self.ref = ref
         self.rate_limits = rate_limits
@@ -111,12 +116,11 @@ class RateLimiter:
             counters.append(RateCounter("policy", "requests", limits.requests_per_minute, 1))
         if limits.tokens_per_minute is not None:
             counters.append(RateCounter("policy", "tokens", limits.tokens_per_minute, tokens))
-        per_user = getattr(limits, "per_user", None)
+        per_user = limits.per_user
         if per_user is not None and user:
             scope = user_scope(user)
-            if per_user.requests_per_minute is not None:
-                counters.append(RateCounter(scope, "requests", per_user.requests_per_minute, 1))
-            if getattr(per_user, "tokens_per_minute", None) is not None:
+            counters.append(RateCounter(scope, "requests", per_user.requests_per_minute, 1))
+            if per_user.tokens_per_minute is not None:
                 counters.append(RateCounter(scope, "tokens", per_user.tokens_per_minute, tokens))
         return counters
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from . import keyspace, lua
 from .exceptions import StoreUnavailable
 from .memory import _parse_heartbeats, document_generation
-from .protocol import BucketLimit, RateCounter, RateOutcome, Ref, ReserveOutcome, WindowSpend
+from .protocol import BucketLimit, BucketSpend, RateCounter, RateOutcome, Ref, ReserveOutcome
 from .windows import current_buckets
 
 log = logging.getLogger(__name__)
@@ -215,18 +215,18 @@ class RedisStore:
     async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
         await self._settle_or_release("budget release", ref, buckets, reservation_id, 0)
 
-    async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[WindowSpend]:
+    async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[BucketSpend]:
         args: list[str | int] = [len(buckets)]
         for b in buckets:
             args += [b.window, b.bucket]
         keys = self._budget_keys(ref, buckets)
         values = await self._run("budget read", lambda: self._read(keys=keys, args=args))
         return [
-            WindowSpend(b.window, b.bucket, int(values[2 * i]), int(values[2 * i + 1]))
+            BucketSpend(b.window, b.bucket, int(values[2 * i]), int(values[2 * i + 1]), b.limit_micros)
             for i, b in enumerate(buckets)
         ]
 
-    async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, WindowSpend]:
+    async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, BucketSpend]:
         return {s.window: s for s in await self.budget_read(ref, current_buckets({}, now))}
 
     # -- rate limits ------------------------------------------------------------------------

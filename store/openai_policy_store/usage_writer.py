@@ -14,7 +14,9 @@ from typing import Any
 from .protocol import Ref, Store
 
 
-class UsageReporter:
+class UsageWriter:
+    """Buffers one policy's usage increments and writes them, with heartbeats, to the store."""
+
     def __init__(self, store: Store, ref: Ref) -> None:
         self.store = store
         self.ref = ref

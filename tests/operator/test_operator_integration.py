@@ -271,15 +271,15 @@ def sidecar_reports(
     redis_url: str, ref: tuple[str, str], counters: dict[str, int], generation: int = 1
 ) -> None:
     """Write usage and a heartbeat exactly as a sidecar does, through the state store."""
-    from openai_policy_store import RedisStore, UsageReporter
+    from openai_policy_store import RedisStore, UsageWriter
 
     async def write() -> None:
         store = RedisStore(redis_url)
         try:
-            reporter = UsageReporter(store, ref)
-            reporter.add(counters)
-            await reporter.flush()
-            await reporter.heartbeat(
+            writer = UsageWriter(store, ref)
+            writer.add(counters)
+            await writer.flush()
+            await writer.heartbeat(
                 "web-abc",
                 {
                     "generation": generation,

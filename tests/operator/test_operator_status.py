@@ -5,12 +5,12 @@ from __future__ import annotations
 from openai_policy_operator.status import (
     PolicyFacts,
     ReadyState,
-    WindowFigures,
     build_status,
     merge_patch,
     rfc3339,
     status_changed,
 )
+from openai_policy_store import BucketSpend
 
 NOW = 1_800_000_000.0
 READY = ReadyState(True, "Reconciled", "ok")
@@ -78,8 +78,10 @@ def test_retries_and_cache_savings_are_reported():
 def test_spend_per_window_in_decimal_strings():
     status = report(
         windows=[
-            WindowFigures("day", "2026-11-22", 10_000_000, 2_500_000, 100_000),
-            WindowFigures("month", "2026-11", None, 7_000_000),
+            BucketSpend(
+                "day", "2026-11-22", spent_micros=2_500_000, reserved_micros=100_000, limit_micros=10_000_000
+            ),
+            BucketSpend("month", "2026-11", spent_micros=7_000_000),
         ]
     ).status
     day, month = status["spend"]
@@ -126,15 +128,19 @@ def test_enforced_false_without_pods_in_dry_run_or_without_key():
 
 def test_budget_alert_and_exceeded():
     limit = 10_000_000
-    below = report(windows=[WindowFigures("day", "d", limit, 7_900_000)]).status
+    below = report(windows=[BucketSpend("day", "d", spent_micros=7_900_000, limit_micros=limit)]).status
     assert conditions(below)["BudgetAlert"]["status"] == "False"
-    alert = report(windows=[WindowFigures("day", "d", limit, 8_000_000)], previous=below)
+    alert = report(
+        windows=[BucketSpend("day", "d", spent_micros=8_000_000, limit_micros=limit)], previous=below
+    )
     assert conditions(alert.status)["BudgetAlert"]["status"] == "True"
     assert conditions(alert.status)["BudgetExceeded"]["status"] == "False"
     assert [(t.type, t.status, t.event_type) for t in alert.transitions] == [
         ("BudgetAlert", "True", "Warning")
     ]
-    over = report(windows=[WindowFigures("day", "d", limit, limit)], previous=alert.status)
+    over = report(
+        windows=[BucketSpend("day", "d", spent_micros=limit, limit_micros=limit)], previous=alert.status
+    )
     exceeded = conditions(over.status)["BudgetExceeded"]
     assert exceeded["status"] == "True" and exceeded["reason"] == "LimitReached"
     assert "$10.00 of $10.00" in exceeded["message"]
@@ -142,7 +148,7 @@ def test_budget_alert_and_exceeded():
 
 
 def test_no_budget_means_no_alert():
-    status = report(windows=[WindowFigures("month", "m", None, 5)]).status
+    status = report(windows=[BucketSpend("month", "m", spent_micros=5)]).status
     assert conditions(status)["BudgetAlert"]["reason"] == "NoBudget"
 
 
@@ -185,7 +191,7 @@ def test_merge_patch_removes_vanished_keys():
 
 def test_budget_exceeded_when_sidecars_refuse_below_the_limit():
     """Reservations refuse the next call before settled spend reaches the limit: the refusals count."""
-    window = WindowFigures("day", "2026-11-22", 300_000, 277_200)
+    window = BucketSpend("day", "2026-11-22", spent_micros=277_200, limit_micros=300_000)
     first = report(windows=[window], usage={"requests": 5}).status
     assert conditions(first)["BudgetExceeded"]["status"] == "False"
     refusing = report(windows=[window], usage={"requests": 6, "refused:budget_exceeded": 1}, previous=first)
@@ -199,7 +205,7 @@ def test_budget_exceeded_when_sidecars_refuse_below_the_limit():
     )
     assert conditions(quiet.status)["BudgetExceeded"]["status"] == "True" and quiet.transitions == []
     # The window rolls over: a new bucket, nothing spent, nothing refused.
-    next_day = WindowFigures("day", "2026-11-23", 300_000, 0)
+    next_day = BucketSpend("day", "2026-11-23", spent_micros=0, limit_micros=300_000)
     rolled = report(
         windows=[next_day], usage={"requests": 6, "refused:budget_exceeded": 1}, previous=quiet.status
     )
@@ -207,16 +213,16 @@ def test_budget_exceeded_when_sidecars_refuse_below_the_limit():
 
 
 def test_refusals_before_any_report_are_not_taken_as_current():
-    window = WindowFigures("day", "d", 300_000, 1_000)
+    window = BucketSpend("day", "d", spent_micros=1_000, limit_micros=300_000)
     status = report(windows=[window], usage={"refused:budget_exceeded": 9}).status
     assert conditions(status)["BudgetExceeded"]["status"] == "False"
 
 
 def test_a_policy_change_re_evaluates_a_sticky_exceeded():
-    window = WindowFigures("day", "d", 300_000, 277_200)
+    window = BucketSpend("day", "d", spent_micros=277_200, limit_micros=300_000)
     first = report(windows=[window], usage={"requests": 1}).status
     refusing = report(windows=[window], usage={"refused:budget_exceeded": 1}, previous=first).status
-    raised = WindowFigures("day", "d", 1_000_000, 277_200)
+    raised = BucketSpend("day", "d", spent_micros=277_200, limit_micros=1_000_000)
     after = report(
         facts=PolicyFacts(generation=4),
         windows=[raised],

@@ -7,7 +7,7 @@ import pytest
 
 from openai_policy_api import BudgetSpec, RateLimitSpec
 from openai_policy_store import (
-    Admission,
+    AdmitOutcome,
     BudgetLedger,
     MemoryStore,
     RateLimiter,
@@ -46,7 +46,7 @@ async def hour_usage(ledger: BudgetLedger) -> tuple[int, int]:
 async def test_allowed_consumes_the_rate_limits_and_holds_the_money(store):
     limiter, ledger = pair(store, hourly(1), rates(requestsPerMinute=5, tokensPerMinute=1000))
     admission = await admit(limiter, ledger, None, 300, 200_000, now=NOW)
-    assert isinstance(admission, Admission)
+    assert isinstance(admission, AdmitOutcome)
     assert admission.rate_allowed and admission.rate is not None
     assert {(s.unit, s.remaining) for s in admission.rate.states} == {("requests", 4), ("tokens", 700)}
     assert admission.rate.reset_seconds == pytest.approx(14.5)

@@ -6,11 +6,10 @@ import multiprocessing
 import random
 import time
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import pytest
 
-from openai_policy_api import BudgetSpec
+from openai_policy_api import BudgetLimit, BudgetSpec
 from openai_policy_store import (
     BudgetExceeded,
     BudgetLedger,
@@ -126,8 +125,11 @@ async def test_budget_without_limits_tracks_spend_and_never_refuses(store):
 
 def test_repeated_window_uses_the_smallest_limit():
     # The policy model refuses a repeated window; the ledger stays safe if handed one anyway.
-    spec = SimpleNamespace(
-        limits=[SimpleNamespace(window="day", usd=5), SimpleNamespace(window="day", usd=2)]
+    spec = BudgetSpec.model_construct(
+        limits=[
+            BudgetLimit.model_construct(window="day", usd=5),
+            BudgetLimit.model_construct(window="day", usd=2),
+        ]
     )
     ledger = BudgetLedger(MemoryStore(), REF, spec)
     assert ledger.limits == {"day": 2_000_000}

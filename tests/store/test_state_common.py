@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from openai_policy_store import MemoryStore, RedisStore, Store, StoreUnavailable, UsageReporter, keyspace
+from openai_policy_store import MemoryStore, RedisStore, Store, StoreUnavailable, UsageWriter, keyspace
 
 REF = ("team-a", "chatbot")
 
@@ -16,20 +16,20 @@ async def test_implements_the_protocol(store):
 
 
 async def test_usage_counters_accumulate(store):
-    reporter = UsageReporter(store, REF)
-    reporter.add({"requests": 1, "tokens_input": 100, "cost_micros": 2500, "refused:budget_exceeded": 0})
-    reporter.add({"requests": 1, "tokens_input": 50, "refused:rate_limit_exceeded": 1})
-    assert reporter.pending == {
+    writer = UsageWriter(store, REF)
+    writer.add({"requests": 1, "tokens_input": 100, "cost_micros": 2500, "refused:budget_exceeded": 0})
+    writer.add({"requests": 1, "tokens_input": 50, "refused:rate_limit_exceeded": 1})
+    assert writer.pending == {
         "requests": 2,
         "tokens_input": 150,
         "cost_micros": 2500,
         "refused:rate_limit_exceeded": 1,
     }
-    await reporter.flush()
-    assert reporter.pending == {}
-    await reporter.flush()  # nothing buffered: no write
-    reporter.add({"requests": 3})
-    await reporter.flush()
+    await writer.flush()
+    assert writer.pending == {}
+    await writer.flush()  # nothing buffered: no write
+    writer.add({"requests": 3})
+    await writer.flush()
     assert await store.read_usage(REF) == {
         "requests": 5,
         "tokens_input": 150,
@@ -40,11 +40,11 @@ async def test_usage_counters_accumulate(store):
 
 
 async def test_heartbeats(store):
-    reporter = UsageReporter(store, REF)
-    await reporter.heartbeat(
+    writer = UsageWriter(store, REF)
+    await writer.heartbeat(
         "pod-1", {"generation": 3, "keyLoaded": True, "lastError": None, "mode": "enforce"}
     )
-    await reporter.heartbeat("pod-2", {"generation": 2, "keyLoaded": False, "time": 123.0})
+    await writer.heartbeat("pod-2", {"generation": 2, "keyLoaded": False, "time": 123.0})
     beats = await store.read_heartbeats(REF)
     assert set(beats) == {"pod-1", "pod-2"}
     assert beats["pod-1"]["pod"] == "pod-1" and beats["pod-1"]["generation"] == 3
@@ -101,12 +101,12 @@ class _Broken(MemoryStore):
 
 async def test_failed_flush_keeps_counts():
     store = _Broken()
-    reporter = UsageReporter(store, REF)
-    reporter.add({"requests": 2, "errors": 1})
+    writer = UsageWriter(store, REF)
+    writer.add({"requests": 2, "errors": 1})
     with pytest.raises(StoreUnavailable):
-        await reporter.flush()
-    reporter.add({"requests": 1})
-    assert reporter.pending == {"requests": 3, "errors": 1}
+        await writer.flush()
+    writer.add({"requests": 1})
+    assert writer.pending == {"requests": 3, "errors": 1}
 
 
 async def test_redis_heartbeats_survive_a_corrupt_entry(redis):

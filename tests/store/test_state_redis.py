@@ -13,7 +13,7 @@ from openai_policy_store import (
     RateLimiter,
     RedisStore,
     StoreUnavailable,
-    UsageReporter,
+    UsageWriter,
     keyspace,
 )
 from openai_policy_store.windows import KEY_GRACE_SECONDS, bucket_end
@@ -40,10 +40,10 @@ async def test_every_key_of_a_policy_is_in_one_cluster_slot(redis, store):
     await RateLimiter(
         store, REF, RateLimitSpec.model_validate({"requestsPerMinute": 5, "perUser": {}})
     ).check("u", 1)
-    reporter = UsageReporter(store, REF)
-    reporter.add({"requests": 1})
-    await reporter.flush()
-    await reporter.heartbeat("pod", {})
+    writer = UsageWriter(store, REF)
+    writer.add({"requests": 1})
+    await writer.flush()
+    await writer.heartbeat("pod", {})
     await store.publish_policy_document(REF, {"metadata": {"generation": 1}})
     await store.cache_set(REF, "d" * 64, b"x", 60)
     keys = [k.decode() for k in redis.client().keys("*")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from openai_policy_store import MemoryStore, UsageCounts, UsageReporter
+from openai_policy_store import MemoryStore, UsageCounts, UsageWriter
 
 REF = ("team", "p")
 
@@ -17,7 +17,7 @@ def test_fields_round_trip_through_a_store_as_increments() -> None:
 
     async def run() -> UsageCounts:
         store = MemoryStore()
-        writer = UsageReporter(store, REF)
+        writer = UsageWriter(store, REF)
         writer.add(one.to_fields())
         writer.add(two.to_fields())
         await writer.flush()
