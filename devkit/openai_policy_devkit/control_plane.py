@@ -485,7 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Start a control plane, print where it is, and keep it up until Ctrl-C or SIGTERM."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m openai_policy_devkit.control_plane", description=main.__doc__
+    )
     parser.add_argument("--assets", help="directory with the binaries (default: $KUBEBUILDER_ASSETS)")
     parser.add_argument("--no-controller-manager", action="store_true")
     options = parser.parse_args(argv)
