@@ -25,12 +25,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # openai_policy_devkit: the same control plane and Redis the tests use
+# The same control plane and Redis the tests use.
+from openai_policy_devkit.control_plane import ControlPlane
+from openai_policy_devkit.managed_process import free_port
+from openai_policy_devkit.redis_server import RedisServer
 
-from openai_policy_devkit.control_plane import ControlPlane  # noqa: E402
-from openai_policy_devkit.managed_process import free_port  # noqa: E402
-from openai_policy_devkit.redis_server import RedisServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GROUPS = 10  # namespaces; each holds policies/GROUPS policies with disjoint selectors
 

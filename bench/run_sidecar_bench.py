@@ -1,14 +1,14 @@
-"""Sidecar benchmark (issue 3; issue 4's re-run behind --issue4): one run, one machine, one fake.
+"""Sidecar benchmark (the core path; every stage on behind --all-stages): one run, one machine, one fake.
 
     .venv/bin/python bench/run_sidecar_bench.py [--quick] [--targets direct,sidecar-memory,...]
-        [--issue4] [--profile] [--load-generator auto|wrk|python] [--output FILE]
+        [--all-stages] [--profile] [--load-generator auto|wrk|python] [--output FILE]
 
 Targets, all against the same fake upstream (devkit/openai_policy_devkit/fake_openai.py, zero delay):
   direct           the fake itself                     (the floor)
   sidecar-memory   openai-policy-sidecar, in-memory state, bench/policy-core.yaml
   sidecar-redis    the same with --redis-url (a throwaway redis-server)
   litellm          the LiteLLM proxy from bench/.venv (installed on first use)
-With --issue4 (every stage of issue 4 on, bench/policy-all-stages.yaml):
+With --all-stages (every resilience, cache and guardrail stage on, bench/policy-all-stages.yaml):
   all-stages-memory / all-stages-redis   unique prompts: the cache-miss path
   cache-hit-memory  / cache-hit-redis    one repeated deterministic prompt: the cache-hit path
 
@@ -35,9 +35,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # openai_policy_devkit (fake upstream, redis-server, process helpers)
 
+# sidecar_bench sits beside this script (on sys.path when run as `python bench/run_sidecar_bench.py`);
+# openai_policy_devkit (fake upstream, redis-server, process helpers) is installed in the venv.
 from sidecar_bench import litellm_peer, loadgen, procstat, report, services  # noqa: E402
 
 from openai_policy_devkit.redis_server import RedisServer  # noqa: E402
@@ -48,12 +48,12 @@ RESULTS = BENCH / "results"
 MODEL_ALIAS = "gpt-4o-mini"
 PINNED_MODEL = "gpt-4o-mini-2024-07-18"  # what policy-core.yaml pins the alias to
 CORE_TARGETS = ("direct", "sidecar-memory", "sidecar-redis", "litellm")
-ISSUE4_TARGETS = ("all-stages-memory", "all-stages-redis", "cache-hit-memory", "cache-hit-redis")
+ALL_STAGES_TARGETS = ("all-stages-memory", "all-stages-redis", "cache-hit-memory", "cache-hit-redis")
 
 
 def request_body(unique: bool) -> bytes:
     """A small chat completion: the alias (pinned by the policy), max_tokens above the clamp (1000 > 256),
-    temperature 0 (cacheable when issue 4's cache is on). `unique` leaves the placeholder the load
+    temperature 0 (cacheable when the policy's cache is on). `unique` leaves the placeholder the load
     generator replaces with a per-request counter."""
     marker = loadgen.UNIQUE_PLACEHOLDER if unique else "0"
     return json.dumps(
@@ -303,7 +303,7 @@ class Bench:
         return {"status": status, "model": model, "usage": reply.get("usage", {}).get("total_tokens")}
 
     def cache_probe(self, url: str) -> dict[str, Any]:
-        """Two identical deterministic requests: the second should be a cache hit once issue 4 is wired."""
+        """Two identical deterministic requests: with the cache stage on, the second is a cache hit."""
         first = services.post_json(url + "/chat/completions", request_body(False))
         second = services.post_json(url + "/chat/completions", request_body(False))
         header = second[1].get("x-openai-policy-cache")
@@ -347,9 +347,9 @@ class Bench:
         chosen = [t.strip() for t in self.args.targets.split(",") if t.strip()]
         if self.args.no_litellm:
             chosen = [t for t in chosen if t != "litellm"]
-        if self.args.issue4:
-            chosen += [t for t in ISSUE4_TARGETS if t not in chosen]
-        unknown = sorted(set(chosen) - set(CORE_TARGETS) - set(ISSUE4_TARGETS))
+        if self.args.all_stages:
+            chosen += [t for t in ALL_STAGES_TARGETS if t not in chosen]
+        unknown = sorted(set(chosen) - set(CORE_TARGETS) - set(ALL_STAGES_TARGETS))
         if unknown:
             raise SystemExit(f"unknown targets: {', '.join(unknown)}")
         return chosen
@@ -370,13 +370,13 @@ class Bench:
         with self.sidecar(target, policy_template, redis=target.endswith("-redis")) as sidecar:
             data: dict[str, Any] = {"policy": str(policy_template.relative_to(REPO))}
             data["probe"] = self.probe(sidecar.url, PINNED_MODEL)
-            if target in ISSUE4_TARGETS:
+            if target in ALL_STAGES_TARGETS:
                 data["cache_probe"] = self.cache_probe(sidecar.url)
                 if not data["cache_probe"]["wired"]:
                     self.notes.append(
-                        f"{target}: issue 4's stages are NOT wired into the sidecar yet (no "
+                        f"{target}: the sidecar's cache stage is NOT on (no "
                         f"`x-openai-policy-cache: hit` on a repeated deterministic request): these figures are "
-                        f"the core path under an all-stages policy, not issue 4's re-run."
+                        f"the core path under an all-stages policy, not an all-stages run."
                     )
             data |= self.run_target(
                 target, sidecar.url, sidecar.pid, unique=unique, rss=not self.args.no_rss, run_seconds=seconds
@@ -532,13 +532,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default=",".join(CORE_TARGETS),
-        help=f"comma-separated, from {', '.join(CORE_TARGETS + ISSUE4_TARGETS)}",
+        help=f"comma-separated, from {', '.join(CORE_TARGETS + ALL_STAGES_TARGETS)}",
     )
     parser.add_argument("--no-litellm", action="store_true", help="drop the litellm target")
     parser.add_argument(
-        "--issue4",
+        "--all-stages",
         action="store_true",
-        help="add issue 4's re-run: every stage on (cache-miss path) and a cache-hit run",
+        help="add the all-stages runs: every stage on (cache-miss path) and a cache-hit run",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured c=1 / c=32 run")
     parser.add_argument(

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from e2e.kube import Kubectl, apply, get_json, wait_for
 
-SUPPORT = Path(__file__).resolve().parents[1] / "devkit" / "openai_policy_devkit"
+DEVKIT = Path(__file__).resolve().parents[1] / "devkit" / "openai_policy_devkit"
 # What `python -m openai_policy_devkit.fake_openai` imports (not the pytest fixture or the schema checks).
 FAKE_MODULES = (
     "fake_openai.py",
@@ -62,7 +62,7 @@ class InClusterUpstream:
         self.base_url = f"http://{FAKE_NAME}.{namespace}.svc.cluster.local:{FAKE_PORT}/v1"
 
     def manifests(self) -> list[dict[str, Any]]:
-        files = {name: (SUPPORT / name).read_text() for name in FAKE_MODULES}
+        files = {name: (DEVKIT / name).read_text() for name in FAKE_MODULES}
         files["__init__.py"] = ""
         items = [
             {"key": "__init__.py", "path": "openai_policy_devkit/__init__.py"},

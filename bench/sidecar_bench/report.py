@@ -1,4 +1,4 @@
-"""Derived figures (added latency, throughput ratios, RSS growth), issue 3's targets, and Markdown.
+"""Derived figures (added latency, throughput ratios, RSS growth), the core path's targets, and Markdown.
 
 Everything here is arithmetic on one run's results: no target is ever asserted by a test, and
 nothing is compared with figures from another machine or another run.
@@ -59,7 +59,8 @@ def _check(name: str, measured: float | None, limit: float, *, at_least: bool, u
 
 
 def targets(derived: dict[str, Any], rss_end_requests: int | None) -> list[dict[str, Any]]:
-    """Issue 3's targets, for every sidecar target (issue 4: "the core targets still hold")."""
+    """The core path's targets (added latency, throughput, RSS), checked for every sidecar target:
+    with every stage on, the core targets must still hold."""
     checks = []
     for target, d in derived.items():
         added = d.get("added_latency_c1_us", {})
@@ -172,7 +173,7 @@ def markdown(results: dict[str, Any]) -> str:
     checks = results.get("targets_check", [])
     if checks:
         lines.append("")
-        lines.append("| issue 3 target | limit | measured | verdict |")
+        lines.append("| core target | limit | measured | verdict |")
         lines.append("|---|---:|---:|---|")
         for c in checks:
             verdict = (

@@ -1,7 +1,7 @@
 -- wrk script for the sidecar benchmark: POST one JSON body (read from BENCH_BODY_FILE).
 --
 -- BENCH_UNIQUE=1     every request gets a distinct prompt (a counter is put where the body has
---                    the placeholder @N@): the cache-miss path of issue 4.
+--                    the placeholder @N@): the cache-miss path of --all-stages.
 -- BENCH_REQUESTS=N   after N responses the thread stops and prints BENCH_LIMIT_REACHED; the
 --                    harness then sends SIGINT, on which wrk's main thread stops sleeping out -d
 --                    and prints the summary (wrk 4.1 has no count mode of its own).

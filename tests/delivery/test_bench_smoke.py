@@ -98,4 +98,4 @@ def test_derived_figures_and_target_checks_are_computed(quick_run):
     checks = {c["target"]: c for c in results["targets_check"]}
     assert checks["sidecar-memory: throughput c=32 vs LiteLLM"]["ok"] is None
     assert isinstance(checks["sidecar-memory: added latency c=1 p50"]["ok"], bool)
-    assert "| sidecar-memory |" in stdout and "| direct |" in stdout and "issue 3 target" in stdout
+    assert "| sidecar-memory |" in stdout and "| direct |" in stdout and "core target" in stdout
