@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -15,10 +15,10 @@ from .problems import PolicyError, Problem, policy_error
 from .spec import PolicySpec
 from .status import PolicyStatus
 
-GROUP = "openaipolicy.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "OpenAIPolicy"
+# Final: typed as their literal values, which the model's apiVersion and kind fields require.
+API_VERSION: Final = "openaipolicy.dev/v1alpha1"
+GROUP, VERSION = API_VERSION.split("/")
+KIND: Final = "OpenAIPolicy"
 PLURAL = "openaipolicies"
 SINGULAR = "openaipolicy"
 SHORT_NAMES: tuple[str, ...] = ("oaip",)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 # Human wording for the regular expressions used in the model (the key is the pattern).
 PATTERN_HINTS: dict[str, str] = {}
@@ -110,7 +111,7 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def describe_error(error: dict[str, Any], root: type[BaseModel]) -> list[Problem]:
+def describe_error(error: ErrorDetails, root: type[BaseModel]) -> list[Problem]:
     """One pydantic error (a dict from ``ValidationError.errors()``) as problems with paths."""
     loc = [
         p for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-union")))
@@ -218,9 +219,8 @@ def policy_error(
     """Convert a pydantic ``ValidationError`` raised while validating ``root``."""
     problems: list[Problem] = []
     for error in exc.errors(include_url=False):
-        error = dict(error)
-        error["loc"] = (*prefix, *error["loc"])
-        for problem in describe_error(error, root):
+        located: ErrorDetails = {**error, "loc": (*prefix, *error["loc"])}
+        for problem in describe_error(located, root):
             if problem not in problems:
                 problems.append(problem)
     return PolicyError(problems, subject=subject)

@@ -10,7 +10,7 @@ breaker, backoff capped at 60 s, a queue that refuses beyond 1000 waiting reques
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -20,11 +20,12 @@ from .matching import cel_allowed, is_wildcard, model_allowed
 from .selector import LabelSelector
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-WINDOWS: tuple[str, ...] = ("hour", "day", "month")
-PII_TYPES: tuple[str, ...] = ("email", "phone", "ssn", "creditCard", "ipAddress", "apiKey")
-
 Window = Literal["hour", "day", "month"]
 PiiType = Literal["email", "phone", "ssn", "creditCard", "ipAddress", "apiKey"]
+
+# The same values as tuples, for code that iterates over them.
+WINDOWS: tuple[Window, ...] = get_args(Window)
+PII_TYPES: tuple[PiiType, ...] = get_args(PiiType)
 
 
 class SecretKeyRef(SpecModel):

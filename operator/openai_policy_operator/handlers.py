@@ -22,11 +22,17 @@ from .config import OperatorSettings
 from .field_reports import StatusReader
 from .kube import Kube
 from .reconcile import Reconciler, summary_of
+from .selectors import PolicySummary
 from .status import merge_patch, status_changed
 from .webhook import INJECT, Admission
 from .webhook_server import PolicyWebhookServer
 
 logger = logging.getLogger(__name__)
+
+# The two indices, as kopf passes them to handlers: policies by namespace, and the names of the
+# running pods injected with each policy, by (namespace, policy).
+PoliciesIndex = kopf.Index[str, PolicySummary]
+InjectedPodsIndex = kopf.Index[tuple[str, str], str]
 
 
 @dataclass
@@ -94,26 +100,29 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
 
     # Index ids are the kwarg names under which kopf passes the indices to handlers.
     @kopf.index(names.RESOURCE, id="policies_by_namespace", registry=registry)
-    def policies_by_namespace(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
-        return {namespace: summary_of(body)}
+    def policies_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, PolicySummary]:
+        return {namespace or "": summary_of(body)}
 
     @kopf.index(
         "pods", id="injected_pods", annotations={names.INJECTED_ANNOTATION: kopf.PRESENT}, registry=registry
     )
     def injected_pods(
-        namespace: str, name: str, annotations: kopf.Annotations, status: kopf.Status, **_: Any
+        namespace: str | None, name: str, annotations: kopf.Annotations, status: kopf.Status, **_: Any
     ) -> dict[tuple[str, str], str] | None:
         if status.get("phase") in ("Succeeded", "Failed"):
             return None
-        return {(namespace, annotations[names.INJECTED_ANNOTATION]): name}
+        return {(namespace or "", annotations[names.INJECTED_ANNOTATION]): name}
 
     async def refresh(
         body: kopf.Body,
         patch: kopf.Patch,
-        policies_by_namespace: kopf.Index,
-        injected_pods: kopf.Index,
+        policies_by_namespace: PoliciesIndex | None,
+        injected_pods: InjectedPodsIndex | None,
         force: bool,
     ) -> None:
+        # kopf passes every index by its id; handlers default them to None only to fit kopf's
+        # handler protocols, which do not know our index names.
+        assert policies_by_namespace is not None and injected_pods is not None
         namespace, name = body.metadata.namespace or "", body.metadata.name or ""
         others = list(policies_by_namespace.get(namespace, []))
         outcome = await services.reconciler.reconcile(body, others, force=force)
@@ -136,8 +145,9 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
     async def reconcile(
         body: kopf.Body,
         patch: kopf.Patch,
-        policies_by_namespace: kopf.Index,
-        injected_pods: kopf.Index,
+        *,
+        policies_by_namespace: PoliciesIndex | None = None,
+        injected_pods: InjectedPodsIndex | None = None,
         **_: Any,
     ) -> None:
         await refresh(body, patch, policies_by_namespace, injected_pods, force=True)
@@ -154,16 +164,17 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
     async def report(
         body: kopf.Body,
         patch: kopf.Patch,
-        policies_by_namespace: kopf.Index,
-        injected_pods: kopf.Index,
+        *,
+        policies_by_namespace: PoliciesIndex | None = None,
+        injected_pods: InjectedPodsIndex | None = None,
         **_: Any,
     ) -> None:
         await refresh(body, patch, policies_by_namespace, injected_pods, force=False)
 
     @kopf.on.delete(names.RESOURCE, id="forget", optional=True, registry=registry)
-    async def forget(namespace: str, name: str, **_: Any) -> None:
+    async def forget(namespace: str | None, name: str, **_: Any) -> None:
         # optional: no finalizer, deletion is never blocked; the ConfigMap goes by garbage collection.
-        services.reconciler.forget((namespace, name))
+        services.reconciler.forget((namespace or "", name))
 
     @kopf.on.mutate(
         "pods",
@@ -193,6 +204,6 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
             patch.fns.append(lambda pod: _apply(pod, ops))
 
 
-def _apply(pod: Any, ops: list[dict[str, Any]]) -> None:
+def _apply(pod: kopf.RawBody, ops: list[dict[str, Any]]) -> None:
     """Apply our JSONPatch to kopf's copy of the pod; kopf diffs it into the admission response."""
     jsonpatch.apply_patch(pod, ops, in_place=True)

@@ -20,6 +20,12 @@ from . import names
 __all__ = ["ApiException", "Kube"]
 
 
+def _as_body(body: Mapping[str, Any]) -> Any:
+    """A request body for the client: it sends a plain dict as JSON as is, although its methods'
+    annotations name only its model classes (V1ConfigMap...)."""
+    return dict(body)
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -43,7 +49,7 @@ class Kube:
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
         ns = await asyncio.to_thread(self.core.read_namespace, name)
-        return dict(ns.metadata.labels or {})
+        return dict((ns.metadata.labels if ns.metadata else None) or {})
 
     async def list_policies(self, namespace: str) -> list[dict[str, Any]]:
         # resourceVersion=0: served from the API server's watch cache. A consistent list would first
@@ -56,29 +62,30 @@ class Kube:
             names.PLURAL,
             resource_version="0",
         )
-        return list(result.get("items") or [])
+        items = result.get("items") if isinstance(result, dict) else None
+        return list(items or [])
 
     async def apply_configmap(self, body: Mapping[str, Any]) -> None:
         """Create, or replace data/labels/annotations/owners of, a ConfigMap we own."""
         meta = body["metadata"]
         try:
-            await asyncio.to_thread(self.core.create_namespaced_config_map, meta["namespace"], dict(body))
+            await asyncio.to_thread(self.core.create_namespaced_config_map, meta["namespace"], _as_body(body))
         except ApiException as error:
             if error.status != 409:
                 raise
             await asyncio.to_thread(
-                self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], dict(body)
+                self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], _as_body(body)
             )
 
     async def apply_mutating_webhook_configuration(self, body: Mapping[str, Any]) -> None:
         name = body["metadata"]["name"]
         try:
-            await asyncio.to_thread(self.admission.create_mutating_webhook_configuration, dict(body))
+            await asyncio.to_thread(self.admission.create_mutating_webhook_configuration, _as_body(body))
         except ApiException as error:
             if error.status != 409:
                 raise
             # A merge patch replaces the whole webhooks list: exactly the managed content.
-            await asyncio.to_thread(self.admission.patch_mutating_webhook_configuration, name, dict(body))
+            await asyncio.to_thread(self.admission.patch_mutating_webhook_configuration, name, _as_body(body))
 
     async def post_event(
         self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str, message: str
@@ -96,7 +103,7 @@ class Kube:
             "lastTimestamp": _now(),
             "count": 1,
         }
-        await asyncio.to_thread(self.core.create_namespaced_event, namespace, body)
+        await asyncio.to_thread(self.core.create_namespaced_event, namespace, _as_body(body))
 
     def close(self) -> None:
         self.api_client.close()

@@ -326,6 +326,7 @@ def merge_conditions(
         status, reason, message = wanted[ctype]
         old = before.get(ctype)
         changed = old is None or old.get("status") != status
+        since = rfc3339(now) if old is None or changed else old.get("lastTransitionTime", rfc3339(now))
         out.append(
             {
                 "type": ctype,
@@ -333,9 +334,7 @@ def merge_conditions(
                 "reason": reason,
                 "message": message,
                 "observedGeneration": generation,
-                "lastTransitionTime": rfc3339(now)
-                if changed
-                else old.get("lastTransitionTime", rfc3339(now)),
+                "lastTransitionTime": since,
             }
         )
         if (old is not None and changed) or (old is None and _ABNORMAL[ctype] == status):

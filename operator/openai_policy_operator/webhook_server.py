@@ -15,13 +15,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from . import certs, names
 from .config import OperatorSettings, WebhookSettings
 from .kube import Kube
+
+if TYPE_CHECKING:
+    # kopf exports WebhookFn but not the request and response types its signature names.
+    from kopf._cogs.structs.reviews import Request, Response
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +96,27 @@ class PolicyWebhookServer(kopf.WebhookServer):
         self.settings = settings
         self.kube = kube
 
-    async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # kopf's WebhookFn / WebhookClientConfig
-
-        async def serve(request: dict[str, Any], **kwargs: Any) -> Any:
-            payload = request.get("request") or {}
-            obj = payload.get("object")
-            if isinstance(obj, dict) and payload.get("namespace"):
-                obj.setdefault("metadata", {}).setdefault("namespace", payload["namespace"])
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        async def serve(
+            request: Request,
+            *,
+            webhook: str | None = None,
+            headers: kopf.Headers | None = None,
+            sslpeer: kopf.SSLPeer | None = None,
+        ) -> Response:
+            payload = request.get("request")
+            obj = payload.get("object") if payload else None
+            namespace = payload.get("namespace") if payload else None
+            if isinstance(obj, dict) and namespace:
+                obj.setdefault("metadata", {}).setdefault("namespace", namespace)
             started = time.perf_counter()
             try:
-                return await fn(request, **kwargs)
+                return await fn(request, webhook=webhook, headers=headers, sslpeer=sslpeer)
             finally:
                 logger.debug(
-                    "admission %s took %.1f ms", payload.get("uid"), (time.perf_counter() - started) * 1e3
+                    "admission %s took %.1f ms",
+                    payload.get("uid") if payload else None,
+                    (time.perf_counter() - started) * 1e3,
                 )
 
         async for client_config in super().__call__(serve):

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from openai_policy_api import WINDOWS
+
 from .protocol import BucketLimit, Ref
 
 PREFIX = "oaip"
-WINDOWS = ("hour", "day", "month")
 
 
 def policy_tag(namespace: str, name: str) -> str:

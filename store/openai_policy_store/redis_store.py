@@ -18,13 +18,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import keyspace, lua
 from .exceptions import StoreUnavailable
 from .memory import _parse_heartbeats, document_generation
 from .protocol import BucketLimit, BucketSpend, RateCounter, RateOutcome, Ref, ReserveOutcome
 from .windows import current_buckets
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool, Redis
+    from redis.asyncio.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,9 @@ T = TypeVar("T")
 class _RedisPy:
     """The parts of redis-py this store uses, imported together on first use."""
 
-    aioredis: Any  # the redis.asyncio module
-    retry: Callable[[], Any]  # a fresh Retry policy: one retry, no backoff
+    client: type[Redis]
+    pool: type[ConnectionPool]
+    retry: Callable[[], Retry]  # a fresh policy: one retry, no backoff
     retry_on: tuple[type[BaseException], ...]
     # Errors that mean "the store is not usable right now" (as opposed to a bug in a script).
     unavailable: tuple[type[BaseException], ...]
@@ -52,7 +57,8 @@ def _redis_py() -> _RedisPy:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     return _RedisPy(
-        aioredis=aioredis,
+        client=aioredis.Redis,
+        pool=aioredis.ConnectionPool,
         retry=lambda: Retry(NoBackoff(), 1),
         retry_on=(RedisConnectionError, RedisTimeoutError),
         unavailable=(
@@ -95,11 +101,9 @@ class RedisStore:
         # (within the operation timeout). The semaphore does what BlockingConnectionPool does, at a
         # fraction of its cost per call (a condition variable and a timer each time); the plain
         # pool under it never runs out, so it never raises "Too many connections".
-        pool = redis_py.aioredis.ConnectionPool.from_url(
-            url, max_connections=max_connections, **self._options
-        )
+        pool = redis_py.pool.from_url(url, max_connections=max_connections, **self._options)
         self._slots = asyncio.Semaphore(max_connections)
-        self._client = redis_py.aioredis.Redis(connection_pool=pool)
+        self._client = redis_py.client(connection_pool=pool)
         self._reserve = self._client.register_script(lua.RESERVE)
         self._settle = self._client.register_script(lua.SETTLE)
         self._read = self._client.register_script(lua.READ)
@@ -302,9 +306,7 @@ class RedisStore:
         last: int | None = None
         delay = reconnect_delay
         while True:
-            client = self._redis_py.aioredis.Redis.from_url(
-                self.url, health_check_interval=5, **self._options
-            )
+            client = self._redis_py.client.from_url(self.url, health_check_interval=5, **self._options)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
@@ -332,14 +334,16 @@ class RedisStore:
                 delay = min(delay * 2, max_reconnect_delay)
             finally:
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                     await client.aclose()
                 except self._unavailable:
                     pass
 
     # -- response cache ---------------------------------------------------------------------
     async def cache_get(self, ref: Ref, digest: str) -> bytes | None:
-        return await self._run("cache get", lambda: self._client.get(keyspace.cache_key(*ref, digest)))
+        value = await self._run("cache get", lambda: self._client.get(keyspace.cache_key(*ref, digest)))
+        # The client does not decode responses: values come back as the bytes stored.
+        return value.encode() if isinstance(value, str) else value
 
     async def cache_set(self, ref: Ref, digest: str, value: bytes, ttl_seconds: float) -> None:
         key = keyspace.cache_key(*ref, digest)
@@ -347,7 +351,7 @@ class RedisStore:
         await self._run("cache set", lambda: self._client.set(key, value, px=ttl_ms))
 
 
-def _stored_generation(raw: bytes | None) -> int | None:
+def _stored_generation(raw: bytes | str | None) -> int | None:
     """The generation of a stored document; None when absent or unreadable (never kills a subscription)."""
     if raw is None:
         return None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-from .keyspace import WINDOWS, window_bucket
+from openai_policy_api import WINDOWS
+
+from .keyspace import window_bucket
 from .protocol import BucketLimit
 
 # How long a bucket's keys outlive the bucket: long enough for the operator to report the

@@ -136,7 +136,7 @@ def running_operator(
     try:
         wait_for(webhook_ready, 60, 0.2, "the operator to register its webhook")
         # Warm up: one policy handled end to end means the watches are established, so the
-        # timing promises below measure the operator, not its start-up.
+        # timing promises the tests check measure the operator, not its start-up.
         apply_policy(control_plane, system_ns, "warm-up", {"selector": {"matchLabels": {"app": "warm-up"}}})
         wait_for(
             lambda: (condition(control_plane, system_ns, "warm-up", "Ready") or {}).get("status") == "True",
