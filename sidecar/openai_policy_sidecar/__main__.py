@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -76,10 +77,11 @@ async def serve(sidecar: Sidecar) -> None:
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when it is installed (optional, not a dependency: a little less CPU per request)."""
     try:
-        import uvloop
+        uvloop = importlib.import_module("uvloop")  # by name: mypy need not know an optional module
     except ImportError:
         return None
-    return uvloop.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def main(argv: list[str] | None = None) -> int:

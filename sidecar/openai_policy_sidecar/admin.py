@@ -12,13 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
+from openai_policy_store import Store
+
 from .metrics import Metrics
 from .policy_source import PolicySource
 from .report_loop import ReportLoop
 
 
 async def readiness(
-    source: PolicySource, store: Any, store_configured: bool, report_loop: ReportLoop | None = None
+    source: PolicySource, store: Store, store_configured: bool, report_loop: ReportLoop | None = None
 ) -> tuple[bool, dict[str, Any]]:
     snapshot = source.snapshot
     detail: dict[str, Any] = {}
@@ -61,7 +63,7 @@ async def readiness(
 
 
 def admin_app(
-    source: PolicySource, store: Any, store_configured: bool, metrics: Metrics, report_loop: ReportLoop
+    source: PolicySource, store: Store, store_configured: bool, metrics: Metrics, report_loop: ReportLoop
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -16,8 +16,11 @@ from typing import Any
 
 import aiohttp
 
+from openai_policy_store import Store
+
 from .guardrails import ModerationClient
 from .metrics import Metrics
+from .policy_source import KeySource
 from .resilience import CircuitBreakers, CircuitState, UpstreamQueue
 from .response_cache import MemoryLRUBackend, ResponseCache, StoreBackend
 from .snapshot import PolicySnapshot
@@ -32,12 +35,12 @@ MODERATION_TIMEOUT_SECONDS = 10.0
 
 class DurableState:
     def __init__(
-        self, store: Any, metrics: Metrics, upstream: Upstream, keys: Any, *, shared_cache: bool
+        self, store: Store, metrics: Metrics, upstream: Upstream, keys: KeySource, *, shared_cache: bool
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.upstream = upstream
-        self.keys = keys  # policy_source.KeySource: the key is read at call time (it may rotate)
+        self.keys = keys  # the key is read at call time (it may rotate)
         self.shared_cache = shared_cache  # True with Redis: the cache is shared by every pod of the policy
         self.queue: UpstreamQueue | None = None
         self.breakers: CircuitBreakers | None = None

@@ -12,11 +12,10 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from openai_policy_store import MemoryStore, RedisStore
+from openai_policy_store import MemoryStore, RedisStore, Store
 
 from . import access_log
 from .admin import admin_app
@@ -67,7 +66,7 @@ def bind(address: str) -> socket.socket:
     return sock
 
 
-def make_store(redis_url: str | None) -> Any:
+def make_store(redis_url: str | None) -> Store:
     return RedisStore(redis_url) if redis_url else MemoryStore()
 
 

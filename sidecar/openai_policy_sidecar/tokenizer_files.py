@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import os
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 
@@ -40,7 +42,8 @@ class _Captured(Exception):
 
 def expected_file(encoding: str) -> EncodingFile:
     """Ask tiktoken's own encoding constructor which file and hash it would load."""
-    import tiktoken_ext.openai_public as public
+    # By name: tiktoken_ext ships no type information.
+    public: Any = importlib.import_module("tiktoken_ext.openai_public")
 
     constructor = getattr(public, encoding)
     original = public.load_tiktoken_bpe

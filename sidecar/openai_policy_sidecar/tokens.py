@@ -31,6 +31,8 @@ from typing import Any
 import tiktoken
 import tiktoken.registry
 
+from openai_policy_api import ModelsSpec
+
 from . import tokenizer_files
 
 ENDPOINTS = ("chat.completions", "responses", "completions", "embeddings")
@@ -132,7 +134,7 @@ def _trim_heap() -> None:
         pass
 
 
-def encodings_for_models(models: Any | None, *, dry_run: bool = False) -> tuple[str, ...]:
+def encodings_for_models(models: ModelsSpec | None, *, dry_run: bool = False) -> tuple[str, ...]:
     """The encodings a policy's ``spec.models`` can need: any model the proxy may send and count.
 
     The proxy counts the model it sends: an allowed model, the fallback, or what either is pinned
@@ -181,7 +183,7 @@ def verify_files(names: Iterable[str] = (O200K, CL100K)) -> None:
     tokenizer_files.verify(encodings=tuple(names))
 
 
-def prepare(models: Any | None = None, *, dry_run: bool = False) -> tuple[str, ...]:
+def prepare(models: ModelsSpec | None = None, *, dry_run: bool = False) -> tuple[str, ...]:
     """Start-up and policy reload: verify every encoding file, load the ones ``models`` can need.
 
     Returns the names loaded. A model whose encoding was not loaded here (a later policy that
@@ -313,7 +315,8 @@ class _Counter:
         if kind in ("input_audio", "audio"):
             return AUDIO_TOKENS
         if kind in ("file", "input_file"):
-            file = part.get("file") if isinstance(part.get("file"), Mapping) else part
+            nested = part.get("file")
+            file = nested if isinstance(nested, Mapping) else part
             return FILE_TOKENS + self.text(file.get("filename"))
         # Unknown part: count its text fields, never its binary payloads.
         return sum(self.text(v) for k, v in part.items() if k != "type" and not _looks_binary(v))

@@ -8,7 +8,7 @@ from the policy, never from the caller.
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -84,6 +84,11 @@ def join_url(base_url: str, path: str, query: str) -> str:
     return f"{url}?{query}" if query else url
 
 
+# NO_PROXY alone (``proxy_bypass`` would also ask the OS on macOS and Windows); public in
+# urllib.request but missing from typeshed.
+_proxy_bypass_environment: Callable[[str], bool] = vars(urllib.request)["proxy_bypass_environment"]
+
+
 @lru_cache(maxsize=64)
 def proxy_for(url: str) -> str | None:
     """HTTP(S)_PROXY / NO_PROXY for an upstream origin, looked up once per origin.
@@ -92,7 +97,7 @@ def proxy_for(url: str) -> str | None:
     cost more than the rest of the sidecar's work on a request.
     """
     parts = urlsplit(url)
-    if parts.hostname and urllib.request.proxy_bypass_environment(parts.hostname):
+    if parts.hostname and _proxy_bypass_environment(parts.hostname):
         return None
     return urllib.request.getproxies_environment().get(parts.scheme)
 

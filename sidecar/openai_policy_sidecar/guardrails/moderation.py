@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .text_extraction import DEVELOPER_ROLES, iter_output_texts, iter_texts
+from .text_extraction import DEVELOPER_ROLES, TextSlot, iter_output_texts, iter_texts
 
 DEFAULT_MODEL = "omni-moderation-latest"
 _BATCH = 32  # texts per upstream call
@@ -30,12 +30,20 @@ HttpPost = Callable[[dict[str, Any]], Awaitable[tuple[int, Any]]]
 
 
 class ModerationSpecLike(Protocol):
-    """The attributes of ``spec.safety.moderation`` this module reads."""
+    """The attributes of ``spec.safety.moderation`` this module reads (read-only, so that the
+    policy model's ``Literal`` fields fit)."""
 
-    action: str  # off | flag | block
-    input: bool
-    output: bool
-    on_error: str  # allow | block
+    @property
+    def action(self) -> str: ...  # off | flag | block
+
+    @property
+    def input(self) -> bool: ...
+
+    @property
+    def output(self) -> bool: ...
+
+    @property
+    def on_error(self) -> str: ...  # allow | block
 
 
 class ModerationError(Exception):
@@ -161,7 +169,8 @@ def _parse(payload: Any, expected: int) -> list[ModerationResult]:
     for item in results:
         if not isinstance(item, dict) or not isinstance(item.get("flagged"), bool):
             raise ModerationError("moderation result without a boolean 'flagged'")
-        categories = item.get("categories") if isinstance(item.get("categories"), dict) else {}
+        listed = item.get("categories")
+        categories = listed if isinstance(listed, dict) else {}
         parsed.append(
             ModerationResult(item["flagged"], tuple(sorted(k for k, v in categories.items() if v is True)))
         )
@@ -224,7 +233,7 @@ class ModerationOutcome:
 
 
 async def _judge(
-    client: ModerationClient, spec: ModerationSpecLike, direction: str, slots: Sequence[Any]
+    client: ModerationClient, spec: ModerationSpecLike, direction: str, slots: Sequence[TextSlot]
 ) -> ModerationOutcome:
     outcome = ModerationOutcome(action=spec.action, direction=direction, checked=True)
     if not slots:

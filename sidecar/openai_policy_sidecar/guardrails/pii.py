@@ -33,7 +33,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .text_extraction import rewrite_texts
+from .text_extraction import TextSlot, rewrite_texts
 
 # Type names as in the policy (``spec.safety.pii.types``), most specific first (overlap priority).
 PII_TYPES: tuple[str, ...] = ("apiKey", "email", "creditCard", "ssn", "ipAddress", "phone")
@@ -49,10 +49,14 @@ PLACEHOLDERS: dict[str, str] = {
 
 
 class PiiSpecLike(Protocol):
-    """The attributes of ``spec.safety.pii`` this module reads."""
+    """The attributes of ``spec.safety.pii`` this module reads (read-only, so that the policy
+    model's ``Literal`` fields fit)."""
 
-    action: str  # off | flag | redact | block
-    types: Sequence[str]
+    @property
+    def action(self) -> str: ...  # off | flag | redact | block
+
+    @property
+    def types(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)
@@ -310,7 +314,7 @@ def check_pii(endpoint: str, body: dict[str, Any], spec: PiiSpecLike, *, dry_run
     types = tuple(spec.types)
     rewrite = spec.action == "redact" and not dry_run
 
-    def visit(slot: Any) -> str:
+    def visit(slot: TextSlot) -> str:
         new, matches = redact_text(slot.text, types)
         if matches:
             outcome.paths.append(slot.path)

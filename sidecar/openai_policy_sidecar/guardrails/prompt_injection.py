@@ -39,10 +39,14 @@ BUILTIN_PATTERNS: tuple[str, ...] = SEED_PATTERNS + EXTRA_BUILTIN_PATTERNS
 
 
 class PromptInjectionSpecLike(Protocol):
-    """The attributes of ``spec.safety.prompt_injection`` this module reads."""
+    """The attributes of ``spec.safety.prompt_injection`` this module reads (read-only, so that
+    the policy model's ``Literal`` fields fit)."""
 
-    action: str  # off | flag | block
-    extra_patterns: Sequence[str]
+    @property
+    def action(self) -> str: ...  # off | flag | block
+
+    @property
+    def extra_patterns(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)
