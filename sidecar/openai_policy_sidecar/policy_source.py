@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openai_policy_api import PolicyError, load_policy
+from openai_policy_api import OpenAIPolicy, PolicyError, load_policy
+from openai_policy_store import Store
 
 from .metrics import Metrics
 from .snapshot import PolicySnapshot, build_snapshot
@@ -114,7 +115,7 @@ class PolicySource:
         self,
         policy_path: Path,
         keys: KeySource,
-        store: Any,
+        store: Store,
         metrics: Metrics,
         *,
         watch_store: bool = False,
@@ -130,7 +131,7 @@ class PolicySource:
         self.error: str | None = None  # why the last policy update was refused (None: all good)
         self._stamp: FileStamp | None = None
         self._bad_store_generation: int | None = None
-        self._previous: list[PolicySnapshot] = []  # replaced snapshots whose reporters still need a flush
+        self._previous: list[PolicySnapshot] = []  # replaced snapshots whose usage writers still need a flush
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -146,11 +147,11 @@ class PolicySource:
         assert self.snapshot is not None
         return self.snapshot
 
-    def _install(self, policy: Any, source: str) -> None:
+    def _install(self, policy: OpenAIPolicy, source: str) -> None:
         previous = self.snapshot
-        reporter = previous.reporter if previous is not None else None
-        self.snapshot = build_snapshot(policy, self.store, source, reporter)
-        if previous is not None and previous.reporter is not self.snapshot.reporter:
+        writer = previous.usage_writer if previous is not None else None
+        self.snapshot = build_snapshot(policy, self.store, source, writer)
+        if previous is not None and previous.usage_writer is not self.snapshot.usage_writer:
             self._previous.append(previous)
         self.error = None
         self.metrics.policy_generation.set(self.snapshot.generation)
@@ -236,7 +237,7 @@ class PolicySource:
         while self._previous:
             old = self._previous.pop()
             with contextlib.suppress(Exception):
-                await old.reporter.flush()
+                await old.usage_writer.flush()
 
     async def run(self) -> None:
         """Poll forever (cancel to stop)."""

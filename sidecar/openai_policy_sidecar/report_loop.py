@@ -1,6 +1,6 @@
 """Every ~1 s: flush usage counters to the store, write this pod's heartbeat, refresh budget gauges.
 
-Counting happens in memory on the request path (``UsageReporter.add`` does no I/O); this loop
+Counting happens in memory on the request path (``UsageWriter.add`` does no I/O); this loop
 is the only writer of usage to the store, so a slow or absent store never slows a request.
 """
 
@@ -10,6 +10,8 @@ import asyncio
 import logging
 import time
 from typing import Any
+
+from openai_policy_store import BucketSpend
 
 from .durable import DurableState
 from .metrics import Metrics
@@ -57,9 +59,9 @@ class ReportLoop:
         if snapshot is None:
             return
         try:
-            await snapshot.reporter.flush()
+            await snapshot.usage_writer.flush()
             await self.source.flush_replaced()
-            await snapshot.reporter.heartbeat(self.pod, self.heartbeat_payload())
+            await snapshot.usage_writer.heartbeat(self.pod, self.heartbeat_payload())
             for window in await snapshot.ledger.usage():
                 self._gauges(window)
             self.last_error = None
@@ -70,7 +72,7 @@ class ReportLoop:
                 log.warning("%s", message)
             self.last_error = message
 
-    def _gauges(self, window: Any) -> None:
+    def _gauges(self, window: BucketSpend) -> None:
         spent = window.spent_micros / 1_000_000
         self.metrics.spend.labels(window=window.window).set(spent)
         if window.limit_micros is not None:

@@ -9,29 +9,29 @@ reload continues the same counters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from openai_policy_store import BudgetLedger, RateLimiter, UsageWriter as UsageReporter
+from openai_policy_api import OpenAIPolicy, PolicySpec
+from openai_policy_store import BudgetLedger, RateLimiter, Store, UsageWriter
 
 from .pricing import PriceTable
 
 
 @dataclass(frozen=True)
 class PolicySnapshot:
-    policy: Any  # OpenAIPolicy
+    policy: OpenAIPolicy
     prices: PriceTable
     ledger: BudgetLedger
     limiter: RateLimiter
-    reporter: UsageReporter
+    usage_writer: UsageWriter  # kept across reloads of the same policy: nothing buffered is lost
     source: str  # "file" or "store": where this policy came from
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> PolicySpec:
         return self.policy.spec
 
     @property
     def ref(self) -> tuple[str, str]:
-        return tuple(self.policy.ref)  # type: ignore[return-value]
+        return self.policy.ref
 
     @property
     def generation(self) -> int:
@@ -43,18 +43,18 @@ class PolicySnapshot:
 
 
 def build_snapshot(
-    policy: Any, store: Any, source: str, reporter: UsageReporter | None = None
+    policy: OpenAIPolicy, store: Store, source: str, usage_writer: UsageWriter | None = None
 ) -> PolicySnapshot:
     """Compile a validated policy against a store; raises when e.g. a price override is unusable."""
-    ref = tuple(policy.ref)
+    ref = policy.ref
     spec = policy.spec
     return PolicySnapshot(
         policy=policy,
         prices=PriceTable.for_policy(spec),
         ledger=BudgetLedger(store, ref, spec.budget),
         limiter=RateLimiter(store, ref, spec.rate_limits),
-        reporter=reporter
-        if reporter is not None and tuple(reporter.ref) == ref
-        else UsageReporter(store, ref),
+        usage_writer=usage_writer
+        if usage_writer is not None and tuple(usage_writer.ref) == ref
+        else UsageWriter(store, ref),
         source=source,
     )

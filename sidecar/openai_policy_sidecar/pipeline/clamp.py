@@ -1,4 +1,4 @@
-"""Output clamp: cap the caller's max output tokens at ``requests.maxOutputTokens``; set it when absent.
+"""Stage clamp: cap the caller's max output tokens at ``requests.maxOutputTokens``; set it when absent.
 
 The clamp bounds both cost and the budget reservation, which is taken for the worst case.
 """
@@ -6,6 +6,8 @@ The clamp bounds both cost and the budget reservation, which is taken for the wo
 from __future__ import annotations
 
 from typing import Any
+
+from ..context import RequestContext
 
 # The field each endpoint reads; chat accepts both, max_completion_tokens being the current one.
 _FIELDS = {
@@ -39,3 +41,10 @@ def choices(endpoint: str, body: dict[str, Any]) -> int:
     if endpoint == "completions":
         n = max(n, body.get("best_of") or 1)
     return int(n)
+
+
+def clamp(ctx: RequestContext, endpoint: str, body: dict[str, Any], limit: int) -> int:
+    """Clamp ``body`` in place; return the output tokens the worst case covers (every choice)."""
+    max_out = clamp_output(endpoint, body, limit)
+    ctx.request.max_output_tokens = max_out
+    return max_out * choices(endpoint, body)

@@ -1,12 +1,16 @@
-"""Model policy: allow-list (fnmatch wildcards), fallback downgrade near the budget, alias pinning."""
+"""Stage model_choice: allow-list (fnmatch wildcards), fallback downgrade near the budget, alias
+pinning, and a known price for the model that is sent (an unpriced model cannot be metered)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from openai_policy_api import ModelsSpec
+from openai_policy_api import ModelsSpec, PolicySpec
 
 from .. import refusals
+from ..context import RequestContext
+from ..pricing import PriceTable, UnknownModelPrice
+from .parse import ParsedRequest, encode_body
 
 
 @dataclass(frozen=True)
@@ -56,3 +60,52 @@ def is_drift(sent: str, reported: str | None) -> bool:
     if not reported or reported == sent:
         return False
     return not reported.startswith(sent + "-")
+
+
+def choose(ctx: RequestContext, spec: PolicySpec, fraction_used: float, requested: str) -> ModelChoice:
+    """The model a metered request is sent with; in dryRun a refused model is sent as asked.
+
+    ``fraction_used`` is the budget fraction the report loop last read (every ~1 s) or a refusal
+    set: no store round trip on the request path for a threshold that moves slowly.
+    """
+    downgrade = should_downgrade(fraction_used, spec.budget.downgrade_at_percent, spec.models.fallback)
+    try:
+        choice = choose_model(spec.models, requested, downgrade)
+    except refusals.Refusal as refusal:
+        ctx.enforce(refusal)
+        choice = ModelChoice(requested=requested, sent=requested, pinned=False, downgraded=False)
+    ctx.model.sent, ctx.model.pinned, ctx.model.downgraded = choice.sent, choice.pinned, choice.downgraded
+    return choice
+
+
+def require_price(ctx: RequestContext, prices: PriceTable, model: str) -> bool:
+    """False (after ``ctx.enforce``) when the model has no price: its spend could not be metered."""
+    try:
+        prices.price(model)
+    except UnknownModelPrice:
+        ctx.enforce(
+            refusals.model_not_allowed(
+                model,
+                "It has no known price, so its spend could not be metered: add it to spec.pricing.models.",
+            )
+        )
+        return False
+    return True
+
+
+def pin_passthrough(ctx: RequestContext, models: ModelsSpec, parsed: ParsedRequest) -> bytes:
+    """Other /v1 paths: allow + pin when the JSON body names a model (counted, not metered);
+    returns the body to send."""
+    if parsed.body is None or parsed.model is None:
+        return parsed.raw
+    try:
+        choice = choose_model(models, parsed.model, downgrade=False)
+    except refusals.Refusal as refusal:
+        ctx.enforce(refusal)
+        ctx.model.sent = parsed.model
+        return parsed.raw
+    ctx.model.sent, ctx.model.pinned = choice.sent, choice.pinned
+    if choice.sent == parsed.model:
+        return parsed.raw
+    parsed.body["model"] = choice.sent
+    return encode_body(parsed.body)

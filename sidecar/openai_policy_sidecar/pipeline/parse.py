@@ -1,4 +1,4 @@
-"""Turn an incoming HTTP request into a validated ``ParsedRequest``.
+"""Stage parse: turn an incoming HTTP request into a validated ``ParsedRequest``.
 
 Endpoint detection, body size limit and the type checks a caller gets wrong most often. A body
 that would crash a later stage (a string where a list belongs, a boolean for ``max_tokens``) is
@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import refusals
+from ..context import RequestContext
 
 # Path → endpoint name used by tokens.count_input_tokens and the price/usage logic.
 METERED_PATHS = {
@@ -202,3 +203,20 @@ def parse(method: str, path: str, query: str, headers: Mapping[str, str], raw: b
         user=pick_user(body, headers),
         feature=headers.get(FEATURE_HEADER) or None,
     )
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The JSON bytes sent upstream for a body a stage rewrote."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def parse_request(ctx: RequestContext, request: web.Request, max_body_bytes: int) -> ParsedRequest:
+    """Read and validate one request; record what it asks for in ``ctx.request``."""
+    if not (request.path == "/v1" or request.path.startswith("/v1/")):
+        raise refusals.not_found(request.path)
+    raw = await read_body(request, max_body_bytes)
+    parsed = parse(request.method, request.path, request.query_string, request.headers, raw)
+    facts = ctx.request
+    facts.endpoint, facts.stream = parsed.endpoint, parsed.stream
+    facts.user, facts.feature, facts.model = parsed.user, parsed.feature, parsed.model
+    return parsed

@@ -1,28 +1,49 @@
-"""Rate limits: requests and tokens per minute, for the policy and per user (state.RateLimiter)."""
+"""Stage rate_and_budget: count the request against the rate limits (requests and tokens per
+minute, for the policy and per user), then hold its worst-case cost on the budget.
+
+Reservations make the hard budget hold under concurrency: a call only goes upstream when its
+worst case fits in what is left after settled spend *and* every reservation in flight. With a
+priced model both are asked with one ``admit`` call (one store round trip instead of two); the
+price is that a request the budget refuses still counts towards the rate limit, as OpenAI counts
+its own refused requests. A reservation taken for a request the rate limit then refuses is
+released by ``settle.finish_budget``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from openai_policy_store import (
+    BudgetExceeded,
+    BudgetLedger,
+    RateDecision,
+    RateLimiter,
+    Reservation,
+    StoreUnavailable,
+    admit,
+    new_reservation_id,
+)
+from openai_policy_store.money import micros_to_usd
+from openai_policy_store.windows import current_buckets
 
 from .. import refusals
+from ..context import RequestContext
+from ..metrics import Metrics
 
 
 async def check_rate(
-    limiter: Any, user: str | None, tokens: int
+    limiter: RateLimiter, user: str | None, tokens: int
 ) -> tuple[refusals.Refusal | None, dict[str, str]]:
     """Ask the limiter; return (refusal or None, the x-ratelimit-* headers to send back)."""
     return refusal_for_decision(await limiter.check(user, tokens))
 
 
-def refusal_for_decision(decision: Any) -> tuple[refusals.Refusal | None, dict[str, str]]:
+def refusal_for_decision(decision: RateDecision) -> tuple[refusals.Refusal | None, dict[str, str]]:
     """(refusal or None, the x-ratelimit-* headers to send back) for a RateDecision."""
     # Retry-After is set by the refusal itself (with retry-after-ms); keep one spelling only.
     headers = {k: v for k, v in decision.headers().items() if k.lower() != "retry-after"}
     if decision.allowed:
         return None, headers
     scope = "per user" if str(decision.scope).startswith("user") else "for this policy"
-    retryable = getattr(decision, "retryable", True)
-    if not retryable:
+    if not decision.retryable:
         # The request alone is over a per-minute limit: waiting cannot help, so no SDK retry.
         return refusals.Refusal(
             429,
@@ -37,3 +58,70 @@ def refusal_for_decision(decision: Any) -> tuple[refusals.Refusal | None, dict[s
         f"(spec.rateLimits). Please try again in {float(decision.reset_seconds):.3g}s."
     )
     return refusals.rate_limit_exceeded(message, float(decision.reset_seconds), headers), headers
+
+
+def budget_refusal(exceeded: BudgetExceeded) -> refusals.Refusal:
+    return refusals.budget_exceeded(
+        exceeded.window,
+        micros_to_usd(exceeded.limit_micros),
+        micros_to_usd(exceeded.spent_micros),
+        micros_to_usd(exceeded.reserved_micros),
+    )
+
+
+def unheld(ledger: BudgetLedger) -> Reservation:
+    """A dry-run stand-in for a refused reservation: holds nothing, but settling it still adds the
+    real cost to spent (the store settles an id it does not hold as pure spend)."""
+    return Reservation("dryrun-" + new_reservation_id(), 0, tuple(current_buckets(ledger.limits)))
+
+
+async def check_and_reserve(
+    ctx: RequestContext,
+    limiter: RateLimiter,
+    ledger: BudgetLedger,
+    tokens: int,
+    worst_micros: int | None,
+    metrics: Metrics,
+) -> None:
+    """Rate limits for ``tokens``, then a hold of ``worst_micros`` (None: an unpriced model,
+    forwarded in dryRun, holds nothing). Fills ``ctx.budget`` and ``ctx.outcome.rate_headers``."""
+    hold = ctx.budget
+    hold.ledger, hold.worst_micros = ledger, worst_micros
+    reservation: Reservation | None = None
+    budget_refused: refusals.Refusal | None = None
+    if worst_micros is None:
+        rate_refused, headers = await _rate_only(limiter, ctx.request.user, tokens, metrics)
+    else:
+        outcome = await admit(
+            limiter, ledger, ctx.request.user, tokens, worst_micros, reserve_when_rate_refused=ctx.dry_run
+        )
+        if outcome.rate_error is not None or outcome.rate is None:
+            metrics.child(metrics.store_errors, "rate_limit").inc()
+            rate_refused, headers = refusals.store_unavailable(), {}
+        else:
+            rate_refused, headers = refusal_for_decision(outcome.rate)
+        if outcome.budget_error is not None:
+            metrics.child(metrics.store_errors, "budget_reserve").inc()
+            budget_refused = refusals.store_unavailable()
+        elif outcome.budget_exceeded is not None:
+            budget_refused = budget_refusal(outcome.budget_exceeded)
+        else:
+            reservation = outcome.reservation
+    ctx.outcome.rate_headers = headers
+    if reservation is not None:
+        hold.reservation, hold.reserved_micros = reservation, worst_micros or 0
+    ctx.enforce(rate_refused)
+    if budget_refused is not None:
+        ctx.enforce(budget_refused)
+        # Dry run: no money held, but the real cost is still settled into spent afterwards.
+        hold.reservation = unheld(ledger)
+
+
+async def _rate_only(
+    limiter: RateLimiter, user: str | None, tokens: int, metrics: Metrics
+) -> tuple[refusals.Refusal | None, dict[str, str]]:
+    try:
+        return await check_rate(limiter, user, tokens)
+    except StoreUnavailable:  # the limiter falls back to local counters unless it fails closed
+        metrics.child(metrics.store_errors, "rate_limit").inc()
+        return refusals.store_unavailable(), {}
