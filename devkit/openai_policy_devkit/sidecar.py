@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import pytest
 import yaml
 
 from openai_policy_devkit.managed_process import free_ports
@@ -248,9 +247,7 @@ def async_client(base_url: str, api_key: str = "sk-placeholder", **options: Any)
     return client
 
 
-@pytest.fixture(autouse=True)
-async def close_async_clients() -> AsyncIterator[None]:
-    """Import into a test module to close every ``async_client`` at the end of each test."""
-    yield
+async def close_all_async_clients() -> None:
+    """Close every ``async_client`` made so far (tests/sidecar/conftest.py does, after each test)."""
     while _ASYNC_CLIENTS:
         await _ASYNC_CLIENTS.pop().close()

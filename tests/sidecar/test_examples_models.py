@@ -14,7 +14,6 @@ import yaml
 
 from openai_policy_devkit.sidecar import (
     async_client,
-    close_async_clients,  # noqa: F401 - an autouse fixture
     running_sidecar,
 )
 

@@ -15,7 +15,6 @@ from openai_policy_api import load_policy
 from openai_policy_devkit.sidecar import (
     SidecarProcess,
     async_client,
-    close_async_clients,  # noqa: F401 - an autouse fixture
     policy_document,
     quiesce,
     running_sidecar,

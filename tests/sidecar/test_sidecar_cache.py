@@ -8,7 +8,6 @@ import pytest
 
 from openai_policy_devkit.sidecar import (
     async_client,
-    close_async_clients,  # noqa: F401 - an autouse fixture
     quiesce,
     running_sidecar,
     settled_usage,

@@ -11,7 +11,6 @@ from openai_policy_api import load_policy
 from openai_policy_devkit.sidecar import (
     admin_get,
     async_client,
-    close_async_clients,  # noqa: F401 - an autouse fixture
     policy_document,
     running_sidecar,
     upstream_spec,
