@@ -15,7 +15,7 @@ from typing import Any
 import jsonpatch  # kopf's own dependency (kopf builds admission patches with it)
 import kopf
 
-from openai_policy_store import Store
+from openai_policy_store import RedisStore, Store
 
 from . import names
 from .config import OperatorSettings
@@ -50,8 +50,6 @@ class OperatorServices:
     def build(cls, settings: OperatorSettings, kube: Kube) -> OperatorServices:
         store: Store | None = None
         if settings.redis_url:
-            from openai_policy_store import RedisStore
-
             store = RedisStore(settings.redis_url)
         return cls(
             settings,

@@ -217,7 +217,7 @@ class BudgetRefusals:
 
     A sidecar reserves a call's worst-case cost before making it, so it starts refusing
     (``budget_exceeded``) once the *next* call cannot fit: settled spend may stay just below the
-    limit for the rest of the window. The operator sees this as the ``refused:budget_exceeded``
+    limit for the rest of the window. The operator sees this as the ``budget_exceeded`` refusal
     counter growing, and keeps the condition until the window's bucket rolls over or the policy
     changes (the refusals say nothing about a new bucket or a new limit).
     """
