@@ -36,7 +36,7 @@ CRD_PATH = Path("crds") / f"{CRD_NAME}.yaml"
 DOCS_PATH = Path("docs") / "policy-reference.md"
 CATEGORIES: tuple[str, ...] = ("openai", "policy")
 HEADER = (
-    "# Generated from the OpenAIPolicy model (sidecar/openai_policy_sidecar/policy/) by\n"
+    "# Generated from the OpenAIPolicy model (api/openai_policy_api/) by\n"
     "# `python -m openai_policy_operator.crd --write`. Do not edit by hand: tests fail when stale.\n"
 )
 
