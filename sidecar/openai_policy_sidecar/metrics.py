@@ -92,7 +92,7 @@ class Metrics:
             "openai_policy_store_errors", "Shared-store operations that failed.", ["operation"], registry=r
         )
         self.in_flight = Gauge("openai_policy_requests_in_flight", "Requests being handled now.", registry=r)
-        # -- resilience, cache, guardrails (issue 4) ------------------------------------------
+        # -- resilience, cache, guardrails -----------------------------------------------------
         # The two gauges the chart's alerts and dashboard use; their values are read at scrape
         # time from the live queue and breakers (see ``DurableState.__init__``).
         self.queue_depth = Gauge(

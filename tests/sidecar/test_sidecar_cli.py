@@ -127,7 +127,7 @@ def test_policy_and_key_hot_reload(tmp_path, fake_openai):
 def test_the_key_never_leaks(tmp_path, fake_openai):
     key_file = tmp_path / "api-key"
     key_file.write_text(KEY_1)
-    # One attempt: the sidecar would otherwise retry the scripted 500 (issue 4) and the caller
+    # One attempt: the sidecar would otherwise retry the scripted 500 and the caller
     # would never see the error body this test checks for the key.
     policy = write_policy(
         tmp_path / "policy.yaml",
