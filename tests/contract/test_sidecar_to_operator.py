@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from openai_policy_api import load_policy
-from openai_policy_devkit.sidecar import async_client, running_sidecar, upstream_spec, write_policy
+from openai_policy_devkit.sidecar import running_sidecar, upstream_spec, write_policy
 from openai_policy_operator.field_reports import StatusReader
 from openai_policy_operator.status import ReadyState
 from openai_policy_store import RedisStore, UsageCounts
@@ -61,12 +61,12 @@ async def test_what_the_sidecar_writes_is_what_the_operator_reports(tmp_path, fa
     path = write_policy(tmp_path / "policy.yaml", spec, name="contract", namespace="team")
     ref = ("team", "contract")
     async with running_sidecar(path, redis_url=redis.url, pod="contract-pod") as sidecar:
-        client = async_client(base_url=sidecar.base_url, api_key="sk-placeholder", max_retries=0)
-        replies = [
-            await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO) for _ in range(3)
-        ]
-        with pytest.raises(openai.BadRequestError):
-            await client.chat.completions.create(model="o3", messages=HELLO)
+        async with openai.AsyncOpenAI(base_url=sidecar.base_url, api_key="sk-x", max_retries=0) as client:
+            replies = [
+                await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO) for _ in range(3)
+            ]
+            with pytest.raises(openai.BadRequestError):
+                await client.chat.completions.create(model="o3", messages=HELLO)
 
         store = RedisStore(redis.url)
         try:
