@@ -38,7 +38,7 @@ from .pipeline import (
     stream_relay,
     suspend,
 )
-from .pipeline.parse import ParsedRequest, encode_body, parse_request
+from .pipeline.parse import ClientGone, ParsedRequest, encode_body, parse_request
 from .policy_source import PolicySource
 from .resilience import CircuitOpen
 from .snapshot import PolicySnapshot
@@ -77,6 +77,10 @@ class Proxy:
                 response = await self._handle(request, snapshot, ctx)
             except refusals.Refusal as refusal:
                 response = reply.refusal_reply(ctx, refusal)
+            except ClientGone:
+                # Not an error of ours nor a refusal: nobody is left to answer (nginx's 499).
+                ctx.outcome.decision, ctx.outcome.status = "client_disconnected", 499
+                response = web.Response(status=499)
             except asyncio.CancelledError:
                 # The handler was cancelled (client gone, shutdown): never leak the hold.
                 await asyncio.shield(settle.finish_budget(ctx, self.metrics))

@@ -8,10 +8,12 @@ refused here with an OpenAI-shaped 400 naming the parameter, so later stages can
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from .. import refusals
@@ -53,18 +55,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         f"The request body is larger than this policy allows ({limit} bytes, spec.requests.maxBodyBytes).",
         status=413,
     )
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise too_large
-        return await request.read()  # the common case: one read of a body of known size
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    try:
+        if request.content_length is not None:
+            return await request.read()  # the common case: one read of a body of known size
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except (ConnectionError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+        raise ClientGone(str(error)) from None
 
 
 def _is_int(value: object) -> bool:
@@ -151,15 +156,166 @@ def validate_body(endpoint: str, body: object) -> dict[str, Any]:
     return body
 
 
+# Nesting deeper than any OpenAI request needs (structured-output schemas stop at 10 levels,
+# a few JSON levels each); far below the interpreter's recursion limit, so that no later stage
+# that walks or re-encodes the body can run out of stack.
+MAX_DEPTH = 100
+# Python refuses to convert integers longer than this (sys.get_int_max_str_digits()).
+_MAX_INT_DIGITS = 4300
+# A lone surrogate can only arrive as a \\uD800-\\uDFFF escape or as its UTF-8-shaped bytes (json
+# decodes bytes with "surrogatepass"); a body without either needs no walk.
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_COLON = re.compile(rb"\s*:")
+
+
+class ClientGone(Exception):
+    """The caller closed its connection before the whole request arrived: nobody to answer."""
+
+
+class _Syntax(Exception):
+    """The body is not JSON at all (as opposed to JSON beyond what the sidecar accepts)."""
+
+
+class _Rejected:
+    """What the locating re-parse puts where a value the normal parse refused stood."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
 def decode_json(raw: bytes) -> object:
+    """The decoded body; every malformed or hostile body is a 400 naming the parameter."""
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return _decode(raw)
+    except _Syntax as error:
         raise refusals.invalid_request(
-            f"We could not parse the JSON body of your request: {error.__class__.__name__}: {error}. "
+            f"We could not parse the JSON body of your request: {error}. "
             "(HINT: The OpenAI API expects a JSON payload.)",
             code="invalid_json",
         ) from None
+
+
+def _decode(raw: bytes) -> object:
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise _too_deep(_deep_key(raw)) from None
+    except _NonFinite:
+        raise _non_json_value(raw) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _Syntax(f"{error.__class__.__name__}: {error}") from None
+    except ValueError:  # an integer longer than Python converts
+        raise _non_json_value(raw) from None
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+        deep = _path_deeper_than(value, MAX_DEPTH)
+        if deep is not None:
+            raise _too_deep(deep)
+    if _SURROGATE_HINT.search(raw):
+        where = _find(value, lambda item: isinstance(item, str) and _SURROGATE.search(item) is not None)
+        if where is not None:
+            raise refusals.invalid_request(
+                f"Invalid '{where}': the string contains a lone UTF-16 surrogate, which is not valid "
+                "Unicode and cannot be sent on.",
+                param=where,
+                code="invalid_value",
+            )
+    return value
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> object:
+    # NaN and Infinity are not JSON; Python's decoder accepts them, OpenAI's does not.
+    raise _NonFinite(name)
+
+
+def _non_json_value(raw: bytes) -> refusals.Refusal:
+    """A NaN/Infinity or an integer too long to convert: re-parse marking it, to name where."""
+
+    def marked_int(text: str) -> object:
+        return _Rejected("number") if len(text.lstrip("-")) > _MAX_INT_DIGITS else int(text)
+
+    try:
+        value = json.loads(raw, parse_int=marked_int, parse_constant=_Rejected)
+    except (RecursionError, ValueError):
+        value = None
+    where = _find(value, lambda item: isinstance(item, _Rejected))
+    return refusals.invalid_request(
+        f"Invalid '{where or 'body'}': a number that is not finite or has more than "
+        f"{_MAX_INT_DIGITS} digits.",
+        param=where,
+        code="invalid_value",
+    )
+
+
+def _too_deep(param: str | None) -> refusals.Refusal:
+    return refusals.invalid_request(
+        f"Invalid '{param or 'body'}': JSON nested more than {MAX_DEPTH} levels deep.",
+        param=param,
+        code="invalid_value",
+    )
+
+
+def _join(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def _find(value: object, wanted: Callable[[object], bool]) -> str | None:
+    """The JSON path (``messages[0].content``) of the first item, key or value, that is ``wanted``."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if wanted(item):
+            return path or None
+        if isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                here = _join(path, key)
+                if wanted(key):
+                    return here
+                stack.append((child, here))
+        elif isinstance(item, list):
+            stack.extend((child, _join(path, i)) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+def _path_deeper_than(value: object, limit: int) -> str | None:
+    """The top-level parameter under which nesting exceeds ``limit``, or None."""
+    stack: list[tuple[object, int, str]] = [(value, 0, "")]
+    while stack:
+        item, depth, top = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return top or "body"
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(child, dict | list):
+                    stack.append((child, depth + 1, top or _join("", key)))
+    return None
+
+
+def _deep_key(raw: bytes) -> str | None:
+    """The top-level key of a body too deep to decode at all, from its bytes."""
+    depth, key = 0, None
+    for token in _TOKEN.finditer(raw):
+        text = token.group()
+        if text in (b"{", b"["):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return key
+        elif text in (b"}", b"]"):
+            depth -= 1
+        elif depth == 1 and _COLON.match(raw, token.end()):
+            try:
+                key = json.loads(text)
+            except ValueError:
+                key = None
+    return key
 
 
 def pick_user(body: Mapping[str, Any] | None, headers: Mapping[str, str]) -> str | None:
@@ -183,10 +339,12 @@ def parse(method: str, path: str, query: str, headers: Mapping[str, str], raw: b
     if endpoint is not None:
         body = validate_body(endpoint, decode_json(raw))
     elif raw and "json" in content_type:
-        # Pass-through paths: look at the model when the body is a JSON object, never fail on it.
+        # Pass-through paths: look at the model when the body is a JSON object. What is not JSON
+        # goes on as is (the upstream answers it); JSON the sidecar cannot handle safely is
+        # refused, or a lone surrogate would be a way around the model allow-list.
         try:
-            decoded = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            decoded = _decode(raw)
+        except _Syntax:
             decoded = None
         if isinstance(decoded, dict):
             body = decoded

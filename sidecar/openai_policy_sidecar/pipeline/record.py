@@ -12,6 +12,7 @@ from openai_policy_store.money import micros_to_usd
 from ..access_log import write_access_line
 from ..context import RequestContext
 from ..metrics import Metrics
+from ..pricing import base_model_id
 from ..snapshot import PolicySnapshot
 
 log = logging.getLogger("openai_policy_sidecar.pipeline.record")
@@ -53,14 +54,53 @@ def usage_counters(ctx: RequestContext) -> UsageCounts:
     return counts
 
 
-def model_label(ctx: RequestContext) -> str:
+def model_label(ctx: RequestContext, snapshot: PolicySnapshot | None = None) -> str:
     """The model as a metric label. A model the policy does not allow is any string a caller
-    made up: it becomes "other", so that callers cannot grow the metrics without bound."""
+    made up: it becomes "other", so that callers cannot grow the metrics without bound; so does
+    an allowed one the policy and the price table do not name (a wildcard lets through any
+    string, and pass-through paths are not priced)."""
     refusal = ctx.outcome.refusal
     refused = refusal is not None and refusal.code == "model_not_allowed"
     if refused or "model_not_allowed" in ctx.outcome.dry_run_refusals:
         return "other"
-    return ctx.model.sent or ""
+    sent = ctx.model.sent or ""
+    return bounded_model(sent, snapshot) if snapshot is not None else sent
+
+
+def bounded_model(model: str, snapshot: PolicySnapshot, *, keep_dated: bool = False) -> str:
+    """``model`` when the policy or the price table names it, else "other". A dated snapshot of
+    a known model counts as its base id, or as itself with ``keep_dated`` (the model an upstream
+    reports: which snapshot answered is the point of the drift metric, and the date format
+    bounds it)."""
+    if not model:
+        return ""
+    known = _known_models(snapshot)
+    if model in known:
+        return model
+    base = base_model_id(model)
+    if base is None or base not in known:
+        return "other"
+    return model if keep_dated else base
+
+
+_known_cache: tuple[PolicySnapshot, frozenset[str]] | None = None
+
+
+def _known_models(snapshot: PolicySnapshot) -> frozenset[str]:
+    """The model ids a label may carry: a bounded set fixed by the policy in force."""
+    global _known_cache
+    if _known_cache is not None and _known_cache[0] is snapshot:
+        return _known_cache[1]
+    models = snapshot.spec.models
+    names = {pattern for pattern in models.allow if not any(c in pattern for c in "*?[")}
+    names.update(models.pin)
+    names.update(models.pin.values())
+    if models.fallback:
+        names.add(models.fallback)
+    names.update(snapshot.prices.models())
+    known = frozenset(names)
+    _known_cache = (snapshot, known)
+    return known
 
 
 def record(
@@ -69,7 +109,7 @@ def record(
     metrics: Metrics,
     attribution: dict[str, str | None] | None = None,
 ) -> None:
-    model = model_label(ctx)
+    model = model_label(ctx, snapshot)
     outcome = ctx.outcome
     child = metrics.child
     child(metrics.requests, model, str(outcome.status), reason_of(ctx)).inc()
@@ -85,7 +125,8 @@ def record(
     if ctx.budget.cost_micros:
         child(metrics.cost, model).inc(ctx.budget.cost_micros / 1_000_000)
     if ctx.model.drift:
-        metrics.model_drift.labels(expected=model, reported=ctx.model.reported or "").inc()
+        reported = bounded_model(ctx.model.reported or "", snapshot, keep_dated=True)
+        metrics.model_drift.labels(expected=model, reported=reported).inc()
         log.warning("model drift: asked upstream for %s, the reply reports %s", model, ctx.model.reported)
     if ctx.cache.state == "hit":
         metrics.cache_hits.inc()

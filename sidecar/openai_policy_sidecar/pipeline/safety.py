@@ -67,9 +67,31 @@ async def check_answer(
         ctx.enforce(refusals.from_stage_error(outcome.exception()))
 
 
+# OpenAI's moderation categories (omni-moderation and text-moderation). Category names come from
+# the upstream's answer and become a metric label: any other name is counted as "other".
+MODERATION_CATEGORIES = frozenset(
+    {
+        "harassment",
+        "harassment/threatening",
+        "hate",
+        "hate/threatening",
+        "illicit",
+        "illicit/violent",
+        "self-harm",
+        "self-harm/intent",
+        "self-harm/instructions",
+        "sexual",
+        "sexual/minors",
+        "violence",
+        "violence/graphic",
+    }
+)
+
+
 def record_moderation(ctx: RequestContext, outcome: ModerationOutcome) -> None:
     if outcome.error is not None:
         ctx.finding("moderation", "unavailable", "block" if outcome.fail_closed else "allow")
     if outcome.flagged:
-        for category in outcome.categories or ["unspecified"]:
+        kinds = {c if c in MODERATION_CATEGORIES else "other" for c in outcome.categories}
+        for category in sorted(kinds) or ["unspecified"]:
             ctx.finding("moderation", f"{outcome.direction}:{category}", outcome.action)
