@@ -104,3 +104,12 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* How pods are validated: "policy" (ValidatingAdmissionPolicy, Kubernetes >= 1.30) or "webhook". */}}
+{{- define "opo.admissionValidation" -}}
+{{- if eq .Values.admission.validation "auto" -}}
+{{- if semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version -}}policy{{- else -}}webhook{{- end -}}
+{{- else -}}
+{{- .Values.admission.validation -}}
+{{- end -}}
+{{- end -}}
