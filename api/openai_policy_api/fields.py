@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import re2
 from pydantic import Field
 
 from .problems import pattern_hint
@@ -35,3 +36,32 @@ ModelId = Annotated[str, Field(min_length=1, max_length=128, pattern=MODEL_ID)]
 ModelPattern = Annotated[str, Field(min_length=1, max_length=64, pattern=MODEL_PATTERN)]
 DnsName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
 Percent = Annotated[int, Field(ge=0, le=100)]
+
+
+# Guardrail patterns run on RE2: linear in the text whatever the pattern, so that no pattern a
+# policy carries can stall the sidecar's event loop by backtracking. What RE2 cannot take
+# (backreferences, lookaround) is refused when the policy is applied, not when a request comes.
+GUARDRAIL_PATTERN_MAX_LENGTH = 512
+_GUARDRAIL_PROGRAM_MEMORY = 8 << 20  # bytes; far above any phrase list, far below the pod limit
+
+
+def guardrail_pattern_options(*, case_sensitive: bool = False) -> re2.Options:
+    options = re2.Options()
+    options.case_sensitive = case_sensitive
+    options.log_errors = False  # the caller reports the error; RE2 would also print it to stderr
+    options.max_mem = _GUARDRAIL_PROGRAM_MEMORY
+    return options
+
+
+def compile_guardrail_pattern(pattern: str, *, case_sensitive: bool = False) -> re2._Regexp[str]:
+    """``pattern`` compiled as the sidecar runs it; ValueError says why RE2 refuses it."""
+    try:
+        return re2.compile(pattern, guardrail_pattern_options(case_sensitive=case_sensitive))
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(
+            f"{reason} (patterns use RE2 syntax, which runs in linear time: no backreferences "
+            "such as \\1 and no lookaround such as (?=...) or (?<!...))"
+        ) from None

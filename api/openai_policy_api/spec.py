@@ -15,7 +15,17 @@ from typing import Literal, get_args
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .base import CEL_RULES, SpecModel, cel, doc, raise_problems
-from .fields import DNS_SUBDOMAIN, HTTP_URL, NO_SPACES, SECRET_KEY, ModelId, ModelPattern, Percent
+from .fields import (
+    DNS_SUBDOMAIN,
+    GUARDRAIL_PATTERN_MAX_LENGTH,
+    HTTP_URL,
+    NO_SPACES,
+    SECRET_KEY,
+    ModelId,
+    ModelPattern,
+    Percent,
+    compile_guardrail_pattern,
+)
 from .matching import cel_allowed, is_wildcard, model_allowed
 from .selector import LabelSelector
 
@@ -537,18 +547,21 @@ class PromptInjectionSpec(SpecModel):
         default_factory=list,
         max_length=64,
         description="Additional regular expressions (case-insensitive) that count as an injection "
-        "attempt, on top of the built-in ones.",
+        "attempt, on top of the built-in ones. RE2 syntax, matched in linear time: backreferences and "
+        "lookaround are refused.",
     )
 
     @field_validator("extra_patterns")
     @classmethod
     def _compile(cls, patterns: list[str]) -> list[str]:
         for i, pattern in enumerate(patterns):
-            if not pattern or len(pattern) > 512:
-                raise ValueError(f"entry {i} must be a regular expression of 1 to 512 characters")
+            if not pattern or len(pattern) > GUARDRAIL_PATTERN_MAX_LENGTH:
+                raise ValueError(
+                    f"entry {i} must be a regular expression of 1 to {GUARDRAIL_PATTERN_MAX_LENGTH} characters"
+                )
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                compile_guardrail_pattern(pattern)
+            except ValueError as exc:
                 raise ValueError(
                     f"entry {i} ({pattern!r}) is not a valid regular expression: {exc}"
                 ) from None

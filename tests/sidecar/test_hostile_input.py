@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import time
+import urllib.request
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 
 from openai_policy_devkit.sidecar import (
@@ -201,3 +205,66 @@ async def test_invented_model_names_do_not_grow_the_metrics(tmp_path, fake_opena
         models = set(requests_by(sidecar, "model"))
         assert models == {"gpt-4o-2024-08-06", "omni-moderation-latest", "other"}, models
         assert sum(requests_by(sidecar, "model").values()) == 5052
+
+
+class HealthzProbe:
+    """/healthz polled every 20 ms from another thread, as the kubelet would: each poll's latency.
+
+    From a thread, not the sidecar's own loop: time spent blocked in the loop then shows up in
+    the probe's latency instead of hiding in the poller's own sleep."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.url = admin_url + "/healthz"
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=30) as response:
+                    response.read()
+            except OSError as error:
+                self.failures.append(repr(error))
+            self.latencies.append(time.monotonic() - started)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> HealthzProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    @property
+    def worst(self) -> float:
+        return max(self.latencies, default=0.0)
+
+
+async def test_a_catastrophic_extra_pattern_cannot_stall_the_event_loop(tmp_path, fake_openai):
+    # (a+)+$ against a run of a's and a "!" backtracks exponentially on a backtracking engine:
+    # 25 a's held Python's re (and so every request of the pod, /healthz included) for seconds.
+    spec = upstream_spec(
+        fake_openai, safety={"promptInjection": {"action": "block", "extraPatterns": [r"(a+)+$"]}}
+    )
+    async with running_sidecar(write_policy(tmp_path / "policy.yaml", spec)) as sidecar:
+        client = async_client(sidecar.base_url, max_retries=0)
+        hostile = [{"role": "user", "content": "a" * 25 + "!"}]
+        with HealthzProbe(sidecar.admin_url) as probe:
+            await asyncio.sleep(0.1)
+            answers = await asyncio.gather(
+                *(client.chat.completions.create(model="gpt-4o", messages=hostile) for _ in range(2))
+            )
+            await asyncio.sleep(0.1)
+        assert all(answer.choices for answer in answers)  # no match: forwarded
+        # The bound is generous (10x the 100 ms target) because this asserts that the loop is
+        # never blocked by a match, not how fast a loaded test machine answers.
+        assert not probe.failures and probe.worst < 1.0, f"/healthz took {probe.worst:.2f}s: {probe.failures}"
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "aaaa"}]
+            )
+        assert raised.value.code == "prompt_injection_detected"  # the pattern still works

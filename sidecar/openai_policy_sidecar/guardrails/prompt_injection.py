@@ -12,11 +12,12 @@ things like "act as if you are a support agent".
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
+
+from openai_policy_api.fields import compile_guardrail_pattern
 
 from .text_extraction import DEVELOPER_ROLES, iter_texts
 
@@ -57,17 +58,28 @@ class InjectionMatch:
     end: int
 
 
+# RE2's \s is ASCII whitespace; Python's also took Unicode spaces (a no-break space between
+# "ignore" and "previous"). The built-in patterns keep that reach: none has \s inside a class.
+_UNICODE_SPACE = r"[\s\p{Z}]"
+
+
+def _builtin(pattern: str) -> str:
+    return pattern.replace(r"\s", _UNICODE_SPACE)
+
+
 class InjectionDetector:
-    """Compiled built-in + extra patterns (case-insensitive), one alternation per pattern."""
+    """Compiled built-in + extra patterns (case-insensitive, RE2: linear time in the text)."""
 
     def __init__(self, extra_patterns: Sequence[str] = ()) -> None:
         self.patterns: tuple[str, ...] = BUILTIN_PATTERNS + tuple(extra_patterns)
+        sources = [_builtin(p) for p in BUILTIN_PATTERNS] + list(extra_patterns)
         compiled = []
-        for pattern in self.patterns:
+        for pattern, source in zip(self.patterns, sources, strict=True):
             try:
-                compiled.append(re.compile(pattern, re.IGNORECASE))
-            except re.error as exc:
-                # The policy model validates extraPatterns; this guards direct callers.
+                compiled.append(compile_guardrail_pattern(source))
+            except ValueError as exc:
+                # The policy model validates extraPatterns with the same compiler; this guards
+                # direct callers.
                 raise ValueError(
                     f"prompt-injection pattern {pattern!r} is not a valid regular expression: {exc}"
                 ) from exc
