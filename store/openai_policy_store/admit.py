@@ -19,7 +19,7 @@ from datetime import datetime
 from .budget import BudgetLedger, Reservation, new_reservation_id
 from .exceptions import BudgetExceeded, StoreUnavailable
 from .protocol import BucketLimit, RateCounter, ReserveOutcome
-from .rate_limits import COUNTER_TTL_SECONDS, RateDecision, RateLimiter, decide, minute_and_reset
+from .rate_limits import RateDecision, RateLimiter, decide, to_ms
 
 
 @dataclass
@@ -61,28 +61,26 @@ async def admit(
     if limiter.store is not ledger.store or tuple(limiter.ref) != tuple(ledger.ref):
         return await _one_by_one(limiter, ledger, user, tokens, amount_micros, reserve_when_rate_refused, now)
     counters = limiter.counters(user, max(0, int(tokens)))
-    minute, reset = minute_and_reset(now)
     buckets = ledger.buckets(now)
     reservation_id = new_reservation_id()
     try:
         rate_outcome, reserve_outcome = await ledger.store.rate_and_reserve(
             ledger.ref,
-            minute,
             counters,
-            COUNTER_TTL_SECONDS,
             buckets,
             amount_micros,
             reservation_id,
             ledger.hold_seconds,
             reserve_when_rate_refused,
+            to_ms(now),
         )
     except StoreUnavailable as error:
         return await _store_down(
-            limiter, ledger, error, counters, minute, reset, amount_micros, reserve_when_rate_refused, now
+            limiter, ledger, error, counters, amount_micros, reserve_when_rate_refused, now
         )
     if ledger.unsynced_count:
         await ledger.push_unsynced()
-    result = AdmitOutcome(rate=decide(counters, rate_outcome, reset))
+    result = AdmitOutcome(rate=decide(counters, rate_outcome))
     if reserve_outcome is not None:
         _booked(result, ledger, reserve_outcome, reservation_id, amount_micros, buckets, local=False)
     return result
@@ -113,8 +111,6 @@ async def _store_down(
     ledger: BudgetLedger,
     error: StoreUnavailable,
     counters: list[RateCounter],
-    minute: str,
-    reset: float,
     amount_micros: int,
     reserve_when_rate_refused: bool,
     now: datetime | None,
@@ -124,8 +120,8 @@ async def _store_down(
     if not counters:
         result.rate = RateDecision(allowed=True)
     elif limiter.may_fall_back:
-        rate_outcome = await limiter.fallback.rate_consume(limiter.ref, minute, counters, COUNTER_TTL_SECONDS)
-        result.rate = decide(counters, rate_outcome, reset)
+        rate_outcome = await limiter.fallback.rate_consume(limiter.ref, counters, to_ms(now))
+        result.rate = decide(counters, rate_outcome)
     else:
         result.rate_error = error
     if not ledger.may_fall_back:

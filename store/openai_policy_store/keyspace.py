@@ -84,9 +84,11 @@ def policy_channel(namespace: str, name: str) -> str:
     return _key(namespace, name, "policy-updates")
 
 
-def ratelimit_key(namespace: str, name: str, scope: str, unit: str, minute: str) -> str:
-    """A per-minute rate-limit counter; scope is ``policy`` or ``user:<id>``, unit ``requests``/``tokens``."""
-    return _key(namespace, name, "ratelimit", scope, unit, minute)
+def ratelimit_key(namespace: str, name: str, scope: str, unit: str) -> str:
+    """A rate-limit bucket (GCRA: ``level:stamp``); scope is ``policy`` or ``user:<id>``, unit
+    ``requests``/``tokens``. The ``gcra`` suffix keeps it apart from per-minute counters of older
+    sidecars during a rollout (they hold a plain integer)."""
+    return _key(namespace, name, "ratelimit", scope, unit, "gcra")
 
 
 def cache_key(namespace: str, name: str, digest: str) -> str:
@@ -99,7 +101,7 @@ class KeyNames:
 
     Every request asks the store for the same handful of key names (spend and reserved per
     budget window, one counter per rate limit); building each one formats a string. The names
-    change only when a bucket rolls over (each minute for rate limits, each hour for budgets) or
+    change only when a budget bucket rolls over (each hour) or
     a new user appears, so they are kept in small dictionaries that are simply emptied when they
     grow past ``limit`` entries: memory stays bounded however many users or minutes go by.
     """
@@ -108,7 +110,7 @@ class KeyNames:
         self.limit = limit
         self._budget: dict[tuple[str, str, str, str], tuple[str, str]] = {}
         self._budget_lists: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._rate: dict[tuple[str, str, str, str, str], str] = {}
+        self._rate: dict[tuple[str, str, str, str], str] = {}
         self._reservations: dict[tuple[str, str], tuple[str, str]] = {}
 
     def budget(self, ref: Ref, window: str, bucket: str) -> tuple[str, str]:
@@ -150,12 +152,12 @@ class KeyNames:
             names = self._budget_lists[cache_key] = tuple(flat)
         return names
 
-    def rate(self, ref: Ref, scope: str, unit: str, minute: str) -> str:
-        """One per-minute rate-limit counter."""
-        cache_key = (ref[0], ref[1], scope, unit, minute)
+    def rate(self, ref: Ref, scope: str, unit: str) -> str:
+        """One rate-limit bucket."""
+        cache_key = (ref[0], ref[1], scope, unit)
         name = self._rate.get(cache_key)
         if name is None:
             if len(self._rate) >= self.limit:
                 self._rate.clear()
-            name = self._rate[cache_key] = ratelimit_key(ref[0], ref[1], scope, unit, minute)
+            name = self._rate[cache_key] = ratelimit_key(ref[0], ref[1], scope, unit)
         return name

@@ -139,41 +139,69 @@ return out
 """
 )
 
-# consume(): counters KEYS[kbase + i]; ARGV[abase + 2i - 1] = limit i, ARGV[abase + 2i] = increment i
-# (i = 1..m). All-or-none: returns {1, 0, value_1, ...} after incrementing every counter, or
-# {0, refused i, found_1, ...} having changed nothing.
+# Rate limits are GCRA buckets (protocol.RateCounter): each key holds 'level:stamp', the level
+# in unit-milliseconds at the server time stamp (ms). The level drains at `limit` per millisecond,
+# so no wall-clock minute exists and no burst can straddle one. A key expires once drained (plus
+# a second), so idle users leave nothing behind. Levels stay below 2^53 (limits are bounded by the
+# policy schema), so Lua's doubles hold them exactly, and they are written with '%.0f', never
+# tostring (which would print large ones as 1e+15).
+#
+# consume(): buckets KEYS[kbase + i]; ARGV[abase + 3i - 2] = capacity (limit * period),
+# ARGV[abase + 3i - 1] = cost (increment * period), ARGV[abase + 3i] = drain per ms (limit), for
+# i = 1..m. All-or-none: returns {1, 0, level_1, ...} (levels after charging every bucket), or
+# {0, refused i, level_1, ...} (levels as found) having changed nothing.
 _CONSUME_FN = """
-local function consume(kbase, abase, m, ttl)
-  local found = {}
-  for i = 1, m do found[i] = tonumber(redis.call('GET', KEYS[kbase + i]) or '0') end
+local function rate_now(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function consume(kbase, abase, m, now)
+  local levels = {}
   for i = 1, m do
-    if found[i] + tonumber(ARGV[abase + 2 * i]) > tonumber(ARGV[abase + 2 * i - 1]) then
+    local level = 0
+    local value = redis.call('GET', KEYS[kbase + i])
+    if value then
+      local held, stamp = string.match(value, '^(%d+):(%d+)$')
+      if held then
+        local elapsed = now - tonumber(stamp)
+        if elapsed < 0 then elapsed = 0 end
+        level = tonumber(held) - elapsed * tonumber(ARGV[abase + 3 * i])
+        if level < 0 then level = 0 end
+      end
+    end
+    levels[i] = level
+  end
+  for i = 1, m do
+    if levels[i] + tonumber(ARGV[abase + 3 * i - 1]) > tonumber(ARGV[abase + 3 * i - 2]) then
       local out = {0, i}
-      for j = 1, m do out[#out + 1] = found[j] end
+      for j = 1, m do out[#out + 1] = levels[j] end
       return out
     end
   end
   local out = {1, 0}
   for i = 1, m do
-    local inc = ARGV[abase + 2 * i]
-    local value = redis.call('INCRBY', KEYS[kbase + i], inc)
-    if value == tonumber(inc) then redis.call('EXPIRE', KEYS[kbase + i], ttl) end
-    out[#out + 1] = value
+    local level = levels[i] + tonumber(ARGV[abase + 3 * i - 1])
+    local drain = tonumber(ARGV[abase + 3 * i])
+    local ttl = math.ceil(level / drain) + 1000
+    redis.call('SET', KEYS[kbase + i], string.format('%.0f:%.0f', level, now), 'PX', string.format('%.0f', ttl))
+    out[#out + 1] = level
   end
   return out
 end
 """
 
-# KEYS: one counter per limit. ARGV: ttl, then per counter: limit, increment.
-# Returns {allowed, refused index (0: none), count_1, count_2, ...}.
-RATE = _CONSUME_FN + "return consume(0, 1, #KEYS, ARGV[1])\n"
+# KEYS: one bucket per limit. ARGV: now ('' for the server's clock), then per bucket: capacity,
+# cost, drain. Returns {allowed, refused index (0: none), level_1, level_2, ...}.
+RATE = _CONSUME_FN + "return consume(0, 1, #KEYS, rate_now(ARGV[1]))\n"
 
 # Rate limits and budget reservation in one round trip (one atomic script).
-# KEYS: the budget keys as for RESERVE (2 + 2n), then one rate counter per limit (m).
-# ARGV: RESERVE's (4 + 4n), then ttl, m, per counter: limit, increment, then '1' to reserve even
-# when the rate limits refuse (dry run) or '0'.
+# KEYS: the budget keys as for RESERVE (2 + 2n), then one rate bucket per limit (m).
+# ARGV: RESERVE's (4 + 4n), then now ('' for the server's clock), m, per bucket: capacity, cost,
+# drain, then '1' to reserve even when the rate limits refuse (dry run) or '0'.
 # Returns {rate allowed, rate refused index, budget state (-1: not attempted, 1: reserved,
-# 0: refused), refused window index, spent, reserved, count_1, ..., count_m}.
+# 0: refused), refused window index, spent, reserved, level_1, ..., level_m}.
 RATE_AND_RESERVE = (
     _SWEEP
     + _RESERVE_FN
@@ -182,9 +210,9 @@ RATE_AND_RESERVE = (
 local n = tonumber(ARGV[4])
 local rbase = 4 + 4 * n
 local m = tonumber(ARGV[rbase + 2])
-local rate = consume(2 + 2 * n, rbase + 2, m, ARGV[rbase + 1])
+local rate = consume(2 + 2 * n, rbase + 2, m, rate_now(ARGV[rbase + 1]))
 local out = {rate[1], rate[2], -1, 0, 0, 0}
-if rate[1] == 1 or ARGV[rbase + 3 + 2 * m] == '1' then
+if rate[1] == 1 or ARGV[rbase + 3 + 3 * m] == '1' then
   local held = reserve()
   out[3], out[4], out[5], out[6] = held[1], held[2], held[3], held[4]
 end

@@ -33,6 +33,11 @@ class _Reservation:
         self.deadline = deadline
 
 
+def drain_ms(level: int, limit: int) -> int:
+    """Milliseconds until a bucket at ``level`` is empty again (rounded up)."""
+    return -(-level // limit)
+
+
 class MemoryStore:
     """A :class:`~openai_policy_store.protocol.Store` kept in this process."""
 
@@ -42,6 +47,7 @@ class MemoryStore:
         self._expiry: dict[str, float] = {}
         self._hashes: dict[str, dict[str, str]] = {}
         self._strings: dict[str, bytes] = {}
+        self._levels: dict[str, tuple[int, int]] = {}  # rate-limit bucket -> (level, stamp ms)
         self._reservations: dict[str, dict[str, _Reservation]] = {}
         # Per policy, (deadline, id) in deadline order: a sweep costs O(expired), not O(in flight).
         self._deadlines: dict[str, list[tuple[float, str]]] = {}
@@ -62,6 +68,7 @@ class MemoryStore:
         self._ints.pop(key, None)
         self._strings.pop(key, None)
         self._hashes.pop(key, None)
+        self._levels.pop(key, None)
         self._expiry.pop(key, None)
 
     def _get(self, key: str) -> int:
@@ -97,7 +104,7 @@ class MemoryStore:
 
     def key_count(self) -> int:
         """Live keys (for tests of memory growth)."""
-        return len(self._ints) + len(self._strings) + len(self._hashes)
+        return len(self._ints) + len(self._strings) + len(self._hashes) + len(self._levels)
 
     async def ping(self) -> bool:
         return not self.closed
@@ -200,42 +207,54 @@ class MemoryStore:
 
     # -- rate limits ------------------------------------------------------------------------
     async def rate_consume(
-        self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
+        self, ref: Ref, counters: Sequence[RateCounter], now_ms: int | None = None
     ) -> RateOutcome:
-        return self._consume(ref, minute, counters, ttl_seconds)
+        return self._consume(ref, counters, now_ms)
 
     async def rate_and_reserve(
         self,
         ref: Ref,
-        minute: str,
         counters: Sequence[RateCounter],
-        ttl_seconds: int,
         buckets: Sequence[BucketLimit],
         amount_micros: int,
         reservation_id: str,
         hold_seconds: float,
         reserve_when_rate_refused: bool = False,
+        now_ms: int | None = None,
     ) -> tuple[RateOutcome, ReserveOutcome | None]:
-        rate = self._consume(ref, minute, counters, ttl_seconds)
+        rate = self._consume(ref, counters, now_ms)
         if not (rate.allowed or reserve_when_rate_refused):
             return rate, None
         return rate, self._reserve(ref, buckets, amount_micros, reservation_id, hold_seconds)
 
-    def _consume(
-        self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
-    ) -> RateOutcome:
+    def _level(self, key: str, counter: RateCounter, now: int) -> int:
+        """The bucket's level at ``now``: what was charged, less what drained since (lua.RATE)."""
+        if not self._alive(key):
+            return 0
+        found = self._levels.get(key)
+        if found is None:
+            return 0
+        level, stamp = found
+        return max(0, level - max(0, now - stamp) * counter.limit)
+
+    def _consume(self, ref: Ref, counters: Sequence[RateCounter], now_ms: int | None) -> RateOutcome:
         if not counters:
             return RateOutcome(True, None, ())
-        keys = [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]
-        found = tuple(self._get(k) for k in keys)
-        for index, (counter, value) in enumerate(zip(counters, found, strict=True)):
-            if value + counter.increment > counter.limit:
-                return RateOutcome(False, index, found)
-        counts = tuple(
-            self._incr(k, c.increment, ttl_seconds if k not in self._ints else None)
-            for k, c in zip(keys, counters, strict=True)
-        )
-        return RateOutcome(True, None, counts)
+        now = int(self._clock() * 1000) if now_ms is None else now_ms
+        keys = [self._names.rate(ref, c.scope, c.unit) for c in counters]
+        levels = tuple(self._level(k, c, now) for k, c in zip(keys, counters, strict=True))
+        for index, (counter, level) in enumerate(zip(counters, levels, strict=True)):
+            if level + counter.cost > counter.capacity:
+                return RateOutcome(False, index, levels)
+        after = []
+        for key, counter, level in zip(keys, counters, levels, strict=True):
+            new = level + counter.cost
+            self._levels[key] = (new, now)
+            # Gone once drained (plus a second of slack), as Redis's PX does.
+            self._expiry[key] = self._clock() + (drain_ms(new, counter.limit) + 1000) / 1000
+            self._wrote()
+            after.append(new)
+        return RateOutcome(True, None, tuple(after))
 
     # -- usage and heartbeats ---------------------------------------------------------------
     async def incr_usage(self, ref: Ref, counters: Mapping[str, int]) -> None:

@@ -76,21 +76,38 @@ class BucketSpend:
 
 @dataclass(frozen=True)
 class RateCounter:
-    """One per-minute counter to check and, if every counter allows, increment."""
+    """One rate limit to check and, if every limit of the request allows, charge: ``limit`` units
+    per ``period_ms``, ``increment`` units for this request.
+
+    The bucket is GCRA (a leaky bucket as a meter): its level, in unit-milliseconds, drains at
+    ``limit`` per millisecond, so ``limit`` units are regained over one period, continuously. A
+    request fits when ``level + increment * period_ms <= limit * period_ms``. Every quantity is an
+    integer, so Lua and Python compute the same decision to the unit.
+    """
 
     scope: str  # "policy" or "user:<id>"
     unit: str  # "requests" or "tokens"
     limit: int
     increment: int
+    period_ms: int = 60_000
+
+    @property
+    def capacity(self) -> int:
+        return self.limit * self.period_ms
+
+    @property
+    def cost(self) -> int:
+        return self.increment * self.period_ms
 
 
 @dataclass(frozen=True)
 class RateOutcome:
-    """``counts``: each counter's value after the increment (allowed) or as found (refused)."""
+    """``levels``: each bucket's level (unit-milliseconds) after the request (allowed) or as found
+    (refused, nothing charged), at the store's ``now``."""
 
     allowed: bool
     refused_index: int | None
-    counts: tuple[int, ...]
+    levels: tuple[int, ...]
 
 
 @runtime_checkable
@@ -136,22 +153,23 @@ class Store(Protocol):
 
     # -- rate limits -----------------------------------------------------------------------
     async def rate_consume(
-        self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
+        self, ref: Ref, counters: Sequence[RateCounter], now_ms: int | None = None
     ) -> RateOutcome:
-        """Iff every counter's value + increment <= limit, increment them all; else change nothing."""
+        """Iff every bucket has room for its request (see :class:`RateCounter`), charge them all;
+        else change nothing. ``now_ms``: the store's clock (Redis: the server's ``TIME``, shared by
+        every pod) unless given, which tests do to step time exactly."""
         ...
 
     async def rate_and_reserve(
         self,
         ref: Ref,
-        minute: str,
         counters: Sequence[RateCounter],
-        ttl_seconds: int,
         buckets: Sequence[BucketLimit],
         amount_micros: int,
         reservation_id: str,
         hold_seconds: float,
         reserve_when_rate_refused: bool = False,
+        now_ms: int | None = None,
     ) -> tuple[RateOutcome, ReserveOutcome | None]:
         """:meth:`rate_consume`, then :meth:`budget_reserve`, atomically and in one round trip.
 

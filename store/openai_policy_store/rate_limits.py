@@ -1,15 +1,22 @@
-"""Per-minute rate limits: requests and tokens, for the policy as a whole and per user.
+"""Rate limits: requests and tokens per minute, for the policy as a whole and per user.
 
-Counters are fixed UTC-minute buckets (``keyspace.ratelimit_key(..., minute)``), checked and
-incremented all-or-none by the store: a refused request consumes nothing. (A fixed window lets
-a burst straddle a minute boundary at up to twice the rate for a moment; the upstream's own
-limits are per minute too, and one counter per minute costs a single key operation.)
+Each limit is a GCRA bucket (``protocol.RateCounter``): capacity is the per-minute limit, and it
+refills continuously at limit/60 per second. Fixed wall-clock minutes would let a burst straddle a
+minute's end at twice the rate (with ``requestsPerMinute: 1``, two requests a second apart);
+here, once a bucket is spent, the next request waits for what it needs to drain, whatever the
+clock says. Buckets are checked and charged all-or-none by the store, in one atomic step (with
+the budget reservation too, see ``admit``): a refused request consumes nothing. Time is the
+store's (Redis's ``TIME``), so pods whose clocks disagree still agree on every bucket.
+
+The headers follow OpenAI's meaning: ``x-ratelimit-remaining-*`` is what could pass now, and
+``x-ratelimit-reset-*`` the time until the bucket is full again; a refusal's ``Retry-After`` is
+the time until this request fits.
 
 A request without a user identity is limited by the policy-wide limits only.
 
 When the shared store is down, :class:`StoreUnavailable` propagates by default so that the caller
 applies the policy's ``onStoreUnavailable``; with ``fail_closed=False`` the limiter falls back to
-in-memory counters of its own (each pod then enforces the full limits alone).
+in-memory buckets of its own (each pod then enforces the full limits alone).
 """
 
 from __future__ import annotations
@@ -17,19 +24,17 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .exceptions import StoreUnavailable
-from .memory import MemoryStore
+from .memory import MemoryStore, drain_ms
 from .protocol import RateCounter, RateOutcome, Ref, Store
 
 if TYPE_CHECKING:
     from openai_policy_api import RateLimitSpec
 
-COUNTER_TTL_SECONDS = 120  # a minute bucket plus slack for clock skew between pods
 _SAFE_USER = re.compile(r"^[A-Za-z0-9._@+=-]{1,64}$")
 
 
@@ -41,12 +46,14 @@ class LimitState:
     unit: str
     limit: int
     remaining: int
+    reset_seconds: float = 0.0  # until the bucket is full again
 
 
 @dataclass(frozen=True)
 class RateDecision:
-    """The outcome of a check. When refused, scope/unit/limit/remaining name the limit that refused;
-    when allowed, the tightest one. ``retryable`` is False when the request alone exceeds a limit
+    """The outcome of a check. When refused, scope/unit/limit/remaining name the limit that refused
+    and ``reset_seconds`` is the wait until this request fits; when allowed, the tightest limit and
+    the time until it is full again. ``retryable`` is False when the request alone exceeds a limit
     (waiting cannot help: e.g. more tokens than the per-minute token limit)."""
 
     allowed: bool
@@ -73,7 +80,7 @@ class RateDecision:
             tightest = min(states, key=lambda s: (s.remaining, s.limit))
             headers[f"x-ratelimit-limit-{unit}"] = str(tightest.limit)
             headers[f"x-ratelimit-remaining-{unit}"] = str(tightest.remaining)
-            headers[f"x-ratelimit-reset-{unit}"] = format_duration(self.reset_seconds)
+            headers[f"x-ratelimit-reset-{unit}"] = format_duration(tightest.reset_seconds)
         if not self.allowed:
             headers["retry-after"] = str(self.retry_after_seconds)
         return headers
@@ -125,18 +132,20 @@ class RateLimiter:
         return counters
 
     async def check(self, user: str | None, tokens: int, now: datetime | None = None) -> RateDecision:
-        """Count this request (and its ``tokens``) against every applicable limit, or refuse it."""
+        """Count this request (and its ``tokens``) against every applicable limit, or refuse it.
+
+        ``now``: the store's clock unless given (tests step time with it)."""
         counters = self.counters(user, max(0, int(tokens)))
         if not counters:
             return RateDecision(allowed=True)
-        minute, reset = minute_and_reset(now)
+        now_ms = to_ms(now)
         try:
-            outcome = await self.store.rate_consume(self.ref, minute, counters, COUNTER_TTL_SECONDS)
+            outcome = await self.store.rate_consume(self.ref, counters, now_ms)
         except StoreUnavailable:
             if not self.may_fall_back:
                 raise
-            outcome = await self._fallback.rate_consume(self.ref, minute, counters, COUNTER_TTL_SECONDS)
-        return decide(counters, outcome, reset)
+            outcome = await self._fallback.rate_consume(self.ref, counters, now_ms)
+        return decide(counters, outcome)
 
     @property
     def may_fall_back(self) -> bool:
@@ -147,47 +156,47 @@ class RateLimiter:
         return self._fallback
 
 
-_minute_cache: tuple[int, str] = (-1, "")
+def to_ms(now: datetime | None) -> int | None:
+    """A datetime as epoch milliseconds for the store; None leaves the store's clock in charge."""
+    return None if now is None else math.floor(now.timestamp() * 1000)
 
 
-def minute_and_reset(now: datetime | None = None) -> tuple[str, float]:
-    """The UTC minute bucket of ``now`` (default: the clock) and the seconds left in it."""
-    global _minute_cache
-    if now is None:
-        # Hot path: the epoch time says both (UTC has no leap seconds here); the bucket's name is
-        # formatted once per minute, not once per request.
-        seconds = time.time()
-        index = int(seconds // 60)
-        cached_index, minute = _minute_cache
-        if cached_index != index:
-            minute = datetime.fromtimestamp(index * 60, UTC).strftime("%Y-%m-%dT%H:%M")
-            _minute_cache = (index, minute)
-        return minute, 60.0 - (seconds - index * 60)
-    return now.strftime("%Y-%m-%dT%H:%M"), 60.0 - (now.second + now.microsecond / 1_000_000)
+def _seconds(ms: int) -> float:
+    return ms / 1000
 
 
-def decide(counters: list[RateCounter], outcome: RateOutcome, reset: float) -> RateDecision:
-    """The decision for ``counters`` from what the store answered."""
+def decide(counters: list[RateCounter], outcome: RateOutcome) -> RateDecision:
+    """The decision for ``counters`` from the bucket levels the store answered."""
     if not counters:
         return RateDecision(allowed=True)
     states = tuple(
-        LimitState(c.scope, c.unit, c.limit, max(0, c.limit - count))
-        for c, count in zip(counters, outcome.counts, strict=True)
+        LimitState(
+            c.scope,
+            c.unit,
+            c.limit,
+            max(0, (c.capacity - level) // c.period_ms),
+            _seconds(drain_ms(level, c.limit)),
+        )
+        for c, level in zip(counters, outcome.levels, strict=True)
     )
     if outcome.allowed:
         tightest = min(states, key=lambda s: s.remaining / s.limit if s.limit else 0.0)
         return RateDecision(
-            True, tightest.scope, tightest.unit, tightest.limit, tightest.remaining, reset, True, states
+            True,
+            tightest.scope,
+            tightest.unit,
+            tightest.limit,
+            tightest.remaining,
+            tightest.reset_seconds,
+            True,
+            states,
         )
     index = outcome.refused_index or 0
     refused, counter = states[index], counters[index]
+    retryable = counter.increment <= counter.limit
+    # The wait until the bucket has drained enough for this request (when it ever can).
+    over = outcome.levels[index] + counter.cost - counter.capacity
+    wait = _seconds(drain_ms(over, counter.limit)) if retryable else refused.reset_seconds
     return RateDecision(
-        False,
-        refused.scope,
-        refused.unit,
-        refused.limit,
-        refused.remaining,
-        reset,
-        counter.increment <= counter.limit,
-        states,
+        False, refused.scope, refused.unit, refused.limit, refused.remaining, wait, retryable, states
     )

@@ -177,21 +177,19 @@ class RedisStore:
     async def rate_and_reserve(
         self,
         ref: Ref,
-        minute: str,
         counters: Sequence[RateCounter],
-        ttl_seconds: int,
         buckets: Sequence[BucketLimit],
         amount_micros: int,
         reservation_id: str,
         hold_seconds: float,
         reserve_when_rate_refused: bool = False,
+        now_ms: int | None = None,
     ) -> tuple[RateOutcome, ReserveOutcome | None]:
         keys = self._budget_keys(ref, buckets)
-        keys += [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]
+        keys += [self._names.rate(ref, c.scope, c.unit) for c in counters]
         args = self._reserve_args(buckets, amount_micros, reservation_id, hold_seconds)
-        args += [int(ttl_seconds), len(counters)]
-        for c in counters:
-            args += [int(c.limit), int(c.increment)]
+        args += ["" if now_ms is None else int(now_ms), len(counters)]
+        args += self._rate_args(counters)
         args.append("1" if reserve_when_rate_refused else "0")
         out = await self._run(
             "rate limit and budget reserve", lambda: self._rate_and_reserve(keys=keys, args=args)
@@ -234,13 +232,20 @@ class RedisStore:
         return {s.window: s for s in await self.budget_read(ref, current_buckets({}, now))}
 
     # -- rate limits ------------------------------------------------------------------------
-    async def rate_consume(
-        self, ref: Ref, minute: str, counters: Sequence[RateCounter], ttl_seconds: int
-    ) -> RateOutcome:
-        keys = [self._names.rate(ref, c.scope, c.unit, minute) for c in counters]
-        args: list[int] = [int(ttl_seconds)]
+    @staticmethod
+    def _rate_args(counters: Sequence[RateCounter]) -> list[str | int]:
+        args: list[str | int] = []
         for c in counters:
-            args += [int(c.limit), int(c.increment)]
+            args += [int(c.capacity), int(c.cost), int(c.limit)]
+        return args
+
+    async def rate_consume(
+        self, ref: Ref, counters: Sequence[RateCounter], now_ms: int | None = None
+    ) -> RateOutcome:
+        if not counters:
+            return RateOutcome(True, None, ())
+        keys = [self._names.rate(ref, c.scope, c.unit) for c in counters]
+        args: list[str | int] = ["" if now_ms is None else int(now_ms), *self._rate_args(counters)]
         out = await self._run("rate limit", lambda: self._rate(keys=keys, args=args))
         allowed, index = bool(out[0]), int(out[1])
         return RateOutcome(allowed, None if allowed else index - 1, tuple(int(v) for v in out[2:]))

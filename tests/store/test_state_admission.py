@@ -49,7 +49,8 @@ async def test_allowed_consumes_the_rate_limits_and_holds_the_money(store):
     assert isinstance(admission, AdmitOutcome)
     assert admission.rate_allowed and admission.rate is not None
     assert {(s.unit, s.remaining) for s in admission.rate.states} == {("requests", 4), ("tokens", 700)}
-    assert admission.rate.reset_seconds == pytest.approx(14.5)
+    # the tightest limit (tokens: 700 of 1000 left) is full again once 300 tokens drained: 18 s
+    assert admission.rate.reset_seconds == pytest.approx(18.0)
     assert admission.reservation is not None and admission.reservation.amount_micros == 200_000
     assert admission.budget_exceeded is admission.rate_error is admission.budget_error is None
     assert await hour_usage(ledger) == (0, 200_000)
@@ -187,5 +188,28 @@ async def test_local_share_falls_back_like_reserve(redis):
         assert ledger.unsynced_count == 0  # the outage's spend was pushed on the way
         hour = keyspace.spend_key(*REF, "hour", back.reservation.windows["hour"])
         assert int(redis.client().get(hour)) == 50_000
+    finally:
+        await store.close()
+
+
+async def test_rate_limits_and_reservation_are_one_redis_command(redis):
+    """The GCRA buckets and the budget hold are one script call: one round trip per request."""
+    store = RedisStore(redis.url)
+    limiter, ledger = pair(
+        store, hourly(1), rates(requestsPerMinute=5, tokensPerMinute=1000, perUser={"requestsPerMinute": 2})
+    )
+    sent: list[str] = []
+    original = store._client.execute_command
+
+    async def counting(*args, **options):  # noqa: ANN002, ANN003, ANN202
+        sent.append(str(args[0]).upper())
+        return await original(*args, **options)
+
+    try:
+        assert (await admit(limiter, ledger, "erin", 10, 1_000)).rate_allowed  # loads the script once
+        store._client.execute_command = counting
+        admission = await admit(limiter, ledger, "erin", 10, 1_000)
+        assert admission.rate_allowed and admission.reservation is not None
+        assert sent == ["EVALSHA"]
     finally:
         await store.close()

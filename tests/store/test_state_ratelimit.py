@@ -1,7 +1,8 @@
-"""Per-minute rate limits, policy-wide and per user; refused checks consume nothing."""
+"""Per-minute rate limits (GCRA buckets), policy-wide and per user; refused checks consume nothing."""
 
 import asyncio
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -24,18 +25,97 @@ async def test_requests_per_minute(store):
     assert [d.remaining for d in decisions] == [2, 1, 0, 0]
     refused = decisions[-1]
     assert (refused.scope, refused.unit, refused.limit) == ("policy", "requests", 3)
-    assert refused.reset_seconds == pytest.approx(14.5)
+    # one request's worth (a third of the minute) must drain before the next fits
+    assert refused.reset_seconds == pytest.approx(20.0)
     assert refused.retryable
     assert refused.headers() == {
         "x-ratelimit-limit-requests": "3",
         "x-ratelimit-remaining-requests": "0",
-        "x-ratelimit-reset-requests": "15s",
-        "retry-after": "15",
+        "x-ratelimit-reset-requests": "1m0s",  # until the bucket is full again
+        "retry-after": "20",
     }
     assert "retry-after" not in decisions[0].headers()
-    # the next minute starts afresh
-    later = datetime(2026, 11, 22, 14, 31, 0, tzinfo=UTC)
-    assert (await limiter.check(None, 0, now=later)).allowed
+    assert not (await limiter.check(None, 0, now=NOW + timedelta(seconds=19.9))).allowed
+    assert (await limiter.check(None, 0, now=NOW + timedelta(seconds=20))).allowed
+
+
+async def test_no_burst_across_a_minute_boundary(store):
+    """With one request a minute, a request at :59.5 and one at :00.5 of the next minute are a
+    second apart: the second is refused, however the wall-clock minutes fall."""
+    limiter = RateLimiter(store, REF, limits(requestsPerMinute=1))
+    before = datetime(2026, 11, 22, 14, 30, 59, 500_000, tzinfo=UTC)
+    assert (await limiter.check(None, 0, now=before)).allowed
+    refused = await limiter.check(None, 0, now=before + timedelta(seconds=1))
+    assert not refused.allowed and refused.reset_seconds == pytest.approx(59.0)
+    assert refused.headers()["retry-after"] == "59"
+    assert not (await limiter.check(None, 0, now=before + timedelta(seconds=59.9))).allowed
+    assert (await limiter.check(None, 0, now=before + timedelta(seconds=60))).allowed
+
+
+async def test_no_token_burst_across_a_minute_boundary(store):
+    limiter = RateLimiter(store, REF, limits(tokensPerMinute=1000))
+    before = datetime(2026, 11, 22, 14, 30, 59, 900_000, tzinfo=UTC)
+    assert (await limiter.check(None, 1000, now=before)).allowed
+    after = before + timedelta(seconds=0.2)  # in the next wall-clock minute
+    refused = await limiter.check(None, 1000, now=after)
+    assert not refused.allowed and refused.remaining == 3  # 200 ms refill 3.33 tokens
+    assert (await limiter.check(None, 3, now=after)).allowed
+
+
+async def test_buckets_refill_continuously(store):
+    limiter = RateLimiter(store, REF, limits(requestsPerMinute=60))
+    assert all([(await limiter.check(None, 0, now=NOW)).allowed for _ in range(60)])
+    assert not (await limiter.check(None, 0, now=NOW)).allowed
+    for second in range(1, 6):  # one request a second, exactly
+        now = NOW + timedelta(seconds=second)
+        assert (await limiter.check(None, 0, now=now)).allowed
+        assert not (await limiter.check(None, 0, now=now)).allowed
+
+
+async def test_store_clock_applies_without_now(store):
+    """In production no ``now`` is passed: Redis uses its own TIME, memory its clock."""
+    limiter = RateLimiter(store, REF, limits(requestsPerMinute=1))
+    assert (await limiter.check(None, 0)).allowed
+    refused = await limiter.check(None, 0)
+    assert not refused.allowed and 58 < refused.reset_seconds <= 60
+
+
+async def test_memory_and_redis_decide_alike(redis):
+    """The same random sequence of checks gives the same decisions, remainings and waits."""
+    spec = limits(
+        requestsPerMinute=7, tokensPerMinute=997, perUser={"requestsPerMinute": 3, "tokensPerMinute": 301}
+    )
+    rng = random.Random(13)
+    steps = [
+        (rng.choice([None, "ann", "bob"]), rng.randrange(0, 400), rng.randrange(0, 9000)) for _ in range(300)
+    ]
+    redis_store = RedisStore(redis.url)
+    try:
+        runs = []
+        for store in (MemoryStore(), redis_store):
+            limiter, now, seen = RateLimiter(store, REF, spec), NOW, []
+            for user, tokens, step_ms in steps:
+                now += timedelta(milliseconds=step_ms)
+                d = await limiter.check(user, tokens, now=now)
+                seen.append((d.allowed, d.scope, d.unit, d.remaining, d.reset_seconds, d.retryable, d.states))
+            runs.append(seen)
+        assert runs[0] == runs[1]
+        assert 50 < sum(allowed for allowed, *_ in runs[0]) < 250  # both outcomes exercised
+    finally:
+        await redis_store.close()
+
+
+async def test_redis_buckets_expire_once_drained(redis):
+    store = RedisStore(redis.url)
+    try:
+        limiter = RateLimiter(store, REF, limits(requestsPerMinute=4))
+        assert (await limiter.check(None, 0)).allowed
+        client = redis.client()
+        (key,) = [k for k in client.keys("*") if b"ratelimit" in k]
+        # one request of four a minute drains in 15 s (plus a second of slack)
+        assert 14_000 < client.pttl(key) <= 16_000
+    finally:
+        await store.close()
 
 
 async def test_refused_check_consumes_nothing(store):
@@ -110,7 +190,7 @@ def test_reset_format(seconds, text):
 
 def test_retry_after_is_at_least_one_second():
     decision = RateDecision(
-        False, "policy", "requests", 1, 0, 0.2, True, (LimitState("policy", "requests", 1, 0),)
+        False, "policy", "requests", 1, 0, 0.2, True, (LimitState("policy", "requests", 1, 0, 0.2),)
     )
     assert decision.headers()["retry-after"] == "1"
     assert decision.headers()["x-ratelimit-reset-requests"] == "200ms"
