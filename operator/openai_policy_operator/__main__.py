@@ -94,6 +94,25 @@ def parser() -> argparse.ArgumentParser:
         help="webhook failurePolicy when managing the configuration (default: %(default)s)",
     )
     hook.add_argument(
+        "--manage-validating-webhook-configuration",
+        default=None,
+        metavar="NAME",
+        help="create/patch this ValidatingWebhookConfiguration for the admission rules (clusters "
+        "older than 1.30, which have no ValidatingAdmissionPolicy)",
+    )
+    hook.add_argument(
+        "--validating-failure-policy",
+        choices=FAILURE_POLICIES,
+        default="Fail",
+        help="failurePolicy of the managed validating webhook (default: %(default)s)",
+    )
+    hook.add_argument(
+        "--cert-check-interval",
+        type=float,
+        default=WebhookSettings.cert_check_seconds,
+        help="seconds between checks of the certificate files for a renewal (default: %(default)s)",
+    )
+    hook.add_argument(
         "--exclude-namespace",
         action="append",
         default=[],
@@ -161,6 +180,9 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             cert_dir=args.cert_dir,
             manage_configuration=args.manage_webhook_configuration,
             failure_policy=args.failure_policy,
+            manage_validating_configuration=args.manage_validating_webhook_configuration,
+            validating_failure_policy=args.validating_failure_policy,
+            cert_check_seconds=args.cert_check_interval,
             excluded_namespaces=tuple(dict.fromkeys((*ALWAYS_EXCLUDED_NAMESPACES, *args.exclude_namespace))),
         ),
     )

@@ -39,6 +39,8 @@ from .admission_rules import (
     RULE_SIDECAR_SHAPE,
     RULE_SIDECAR_UNCHANGED,
     RULE_SIDECAR_VOLUMES,
+    SERVICE_ACCOUNT_MOUNT_PATH,
+    SERVICE_ACCOUNT_MOUNT_PREFIX,
     SIDECAR_ENV,
     SIDECAR_MOUNTS,
     SIDECAR_VOLUMES,
@@ -131,7 +133,13 @@ def _args_ok(guard: GuardSettings) -> str:
 def _sidecar_shape(guard: GuardSettings) -> str:
     repo = guard.sidecar_repository
     mounts = " || ".join(
-        f"(m.name == {q(volume)} && m.mountPath == {q(path)})" for volume, path in SIDECAR_MOUNTS.items()
+        [
+            *(
+                f"(m.name == {q(volume)} && m.mountPath == {q(path)})"
+                for volume, path in SIDECAR_MOUNTS.items()
+            ),
+            f"(m.name.startsWith({q(SERVICE_ACCOUNT_MOUNT_PREFIX)}) && m.mountPath == {q(SERVICE_ACCOUNT_MOUNT_PATH)})",
+        ]
     )
     probes = " && ".join(f"(!has(c.{p}) || !has(c.{p}.exec))" for p in PROBES)
     volume_ok = (
@@ -298,6 +306,27 @@ def _key_validations() -> list[dict[str, str]]:
             "message": key_secret_message("<policy>", "<secret>"),
         }
     ]
+    # A pod this policy would inject may not share its process namespace either: refused before
+    # injection, so the rule holds while the operator (and so injection) is down.
+    opted_out = " || ".join(
+        f"({q(names.INJECT_ANNOTATION)} in variables.{where}"
+        f" && variables.{where}[{q(names.INJECT_ANNOTATION)}].lowerAscii() == 'false')"
+        for where in ("annotations", "labels")
+    )
+    chosen = (
+        f"({q(names.POLICY_ANNOTATION)} in variables.annotations"
+        f" ? variables.annotations[{q(names.POLICY_ANNOTATION)}] == params.metadata.name : variables.selects)"
+    )
+    out.append(
+        {
+            "expression": (
+                f"!variables.isCreate || {opted_out} || !{chosen}"
+                " || ((!has(object.spec.shareProcessNamespace) || !object.spec.shareProcessNamespace)"
+                " && (!has(object.spec.hostPID) || !object.spec.hostPID))"
+            ),
+            "message": MESSAGES[RULE_PROCESS_NAMESPACE],
+        }
+    )
     for rule, annotation in (
         (RULE_POLICY_SELECTS_POD, names.POLICY_ANNOTATION),
         (RULE_INJECTED_SELECTS_POD, names.INJECTED_ANNOTATION),
@@ -344,8 +373,13 @@ def manifests(
     guard: GuardSettings,
     excluded_namespaces: Sequence[str] | str,
     labels: dict[str, str] | str | None = None,
+    only_namespaces_labelled: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The two ValidatingAdmissionPolicies and their bindings."""
+    """The two ValidatingAdmissionPolicies and their bindings.
+
+    ``only_namespaces_labelled`` narrows the bindings to namespaces that also carry these labels
+    (tests share one API server between several operators, each with its own sidecar settings).
+    """
     excluded: Any = (
         excluded_namespaces if isinstance(excluded_namespaces, str) else sorted(excluded_namespaces)
     )
@@ -403,6 +437,11 @@ def manifests(
             },
         },
     ]
+    if only_namespaces_labelled:
+        for binding in bindings:
+            narrowed = _match_constraints(excluded)
+            narrowed["namespaceSelector"]["matchLabels"].update(only_namespaces_labelled)
+            binding["spec"]["matchResources"] = narrowed
     return [*policies, *bindings]
 
 

@@ -35,6 +35,9 @@ SIDECAR_MOUNTS = {
     names.TMP_VOLUME: names.TMP_DIR,
     names.API_KEY_VOLUME: names.API_KEY_DIR,
 }
+# The ServiceAccount admission plugin adds the pod's API token to every container, the sidecar too.
+SERVICE_ACCOUNT_MOUNT_PREFIX = "kube-api-access-"
+SERVICE_ACCOUNT_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 SIDECAR_ENV = ("POD_NAME", "POD_NAMESPACE", "OPENAI_POLICY_WORKLOAD", "OPENAI_POLICY_NAME", "TMPDIR")
 # The webhook passes at most the three fixed flags plus key file, Redis URL and log level.
 MAX_SIDECAR_ARGS = 12
@@ -213,16 +216,20 @@ def sidecar_is_injection(pod: Mapping[str, Any], sidecar: Mapping[str, Any], gua
         ),
         any(e.get("name") == "OPENAI_POLICY_NAME" and e.get("value") == injected_as for e in env),
         all(e.get("name") != "TMPDIR" or e.get("value") == names.TMP_DIR for e in env),
-        all(
-            SIDECAR_MOUNTS.get(m.get("name", "")) == m.get("mountPath")
-            for m in sidecar.get("volumeMounts") or []
-        ),
+        all(_sidecar_mount_ok(m) for m in sidecar.get("volumeMounts") or []),
         "volumeDevices" not in sidecar,
         "lifecycle" not in sidecar,
         all("exec" not in (sidecar.get(probe) or {}) for probe in PROBES),
         all(_sidecar_volume_ok(v, injected_as) for v in _list(pod.get("spec") or {}, "volumes")),
     )
     return all(checks)
+
+
+def _sidecar_mount_ok(mount: Mapping[str, Any]) -> bool:
+    name, path = str(mount.get("name", "")), mount.get("mountPath")
+    if name.startswith(SERVICE_ACCOUNT_MOUNT_PREFIX):
+        return path == SERVICE_ACCOUNT_MOUNT_PATH
+    return SIDECAR_MOUNTS.get(name) == path
 
 
 def _sidecar_volume_ok(volume: Mapping[str, Any], injected_as: str) -> bool:
@@ -366,6 +373,22 @@ def policy_violations(
             found.append(key_secret_message(name, secret))
     if operation == "CREATE":
         selector = (policy.get("spec") or {}).get("selector")
+        labels = _labels(pod)
+        opted_out = "false" in (
+            str(annotations.get(names.INJECT_ANNOTATION, "")).lower(),
+            str(labels.get(names.INJECT_ANNOTATION, "")).lower(),
+        )
+        chosen = (
+            annotations[names.POLICY_ANNOTATION] == name
+            if names.POLICY_ANNOTATION in annotations
+            else selects(selector, labels)
+        )
+        if (
+            not opted_out
+            and chosen
+            and (spec.get("shareProcessNamespace") is True or spec.get("hostPID") is True)
+        ):
+            found.append(MESSAGES[RULE_PROCESS_NAMESPACE])
         for annotation in (names.POLICY_ANNOTATION, names.INJECTED_ANNOTATION):
             if annotations.get(annotation) == name and not selects(selector, _labels(pod)):
                 found.append(policy_selects_message(name, annotation))

@@ -66,7 +66,15 @@ class WebhookSettings:
     # None: somebody else (the chart) owns the configuration and points it at our Service.
     manage_configuration: str | None = None
     failure_policy: str = DEFAULT_FAILURE_POLICY
+    # The ValidatingWebhookConfiguration to create/patch (clusters without ValidatingAdmissionPolicy:
+    # the same rules, answered by this process). None: not registered by the operator.
+    manage_validating_configuration: str | None = None
+    # Fail by default: the validating webhook is the only guard of the admission rules there, and an
+    # Ignore would let them lapse whenever the operator is down.
+    validating_failure_policy: str = "Fail"
     timeout_seconds: int = 10
+    # How often the serving certificate files are checked for a renewal (reloaded in place).
+    cert_check_seconds: float = 10.0
     excluded_namespaces: tuple[str, ...] = ALWAYS_EXCLUDED_NAMESPACES
 
 

@@ -24,7 +24,7 @@ from .kube import Kube
 from .reconcile import Reconciler, summary_of
 from .selectors import PolicySummary
 from .status import merge_patch, status_changed
-from .webhook import INJECT, Admission
+from .webhook import DENY, INJECT, Admission, Validation
 from .webhook_server import PolicyWebhookServer
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class OperatorServices:
     reconciler: Reconciler
     status_reader: StatusReader
     admission: Admission
+    validation: Validation
 
     @classmethod
     def build(cls, settings: OperatorSettings, kube: Kube) -> OperatorServices:
@@ -58,6 +59,7 @@ class OperatorServices:
             Reconciler(kube, store),
             StatusReader(store, settings.heartbeat_stale_seconds),
             Admission(kube, settings),
+            Validation(kube, settings),
         )
 
 
@@ -195,11 +197,41 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
                 warnings.append(f"{message}; the pod was admitted without the {names.SIDECAR_NAME} sidecar")
                 return
             raise kopf.AdmissionError(message, code=500) from error
+        if decision.action == DENY:
+            raise kopf.AdmissionError(decision.message, code=403)
         if decision.announce:
             warnings.append(decision.message)
         if decision.action == INJECT and result.changed:
             ops = result.patch
             patch.fns.append(lambda pod: _apply(pod, ops))
+
+    # The admission rules, for clusters without ValidatingAdmissionPolicy (where the API server
+    # evaluates the same rules itself and this handler is not registered with it).
+    @kopf.on.validate(
+        "pods",
+        id=names.VALIDATING_WEBHOOK_ID,
+        operations=["CREATE", "UPDATE"],
+        subresource="*",
+        registry=registry,
+    )
+    async def validate(body: kopf.Body, subresource: str | None, **kwargs: Any) -> None:
+        # kopf passes the old object and the operation too, outside its handler protocol's names.
+        old: Mapping[str, Any] | None = kwargs.get("old")
+        operation = str(kwargs.get("operation") or "")
+        namespace = body.metadata.namespace or ""
+        try:
+            messages = await services.validation.review(
+                dict(body), dict(old) if old is not None else None, operation, subresource, namespace
+            )
+        except Exception as error:
+            # As for injection: the webhook's failurePolicy is applied by the operator itself.
+            message = f"{names.MANAGED_BY}: cannot check the admission rules: {error}"
+            if settings.webhook.validating_failure_policy == "Ignore":
+                logger.warning("%s (admitted: failurePolicy Ignore)", message)
+                return
+            raise kopf.AdmissionError(message, code=500) from error
+        if messages:
+            raise kopf.AdmissionError(" ".join(messages), code=403)
 
 
 def _apply(pod: kopf.RawBody, ops: list[dict[str, Any]]) -> None:

@@ -87,6 +87,17 @@ class Kube:
             # A merge patch replaces the whole webhooks list: exactly the managed content.
             await asyncio.to_thread(self.admission.patch_mutating_webhook_configuration, name, _as_body(body))
 
+    async def apply_validating_webhook_configuration(self, body: Mapping[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        try:
+            await asyncio.to_thread(self.admission.create_validating_webhook_configuration, _as_body(body))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            await asyncio.to_thread(
+                self.admission.patch_validating_webhook_configuration, name, _as_body(body)
+            )
+
     async def post_event(
         self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str, message: str
     ) -> None:

@@ -41,6 +41,7 @@ DEFAULT_API_KEY_KEY = "api-key"
 TMP_DIR = "/var/run/openai-policy-tmp"
 
 WEBHOOK_ID = "inject-sidecar"  # kopf handler id == the URL path the API server calls
+VALIDATING_WEBHOOK_ID = "validate-pods"
 
 
 def configmap_name(policy_name: str) -> str:

@@ -9,6 +9,11 @@ Rules, in order: never the operator's own namespace or kube-system; only namespa
 already carrying the sidecar is left alone (idempotence); the policy is the one the pod names in
 ``openaipolicy.dev/policy``, else the single policy whose selector matches the pod's labels.
 No match leaves the pod unchanged; more than one match leaves it unchanged and says why in an Event.
+The annotation only chooses among the policies that select the pod: naming one that does not is
+refused (:data:`DENY`), or a pod labelled for a small budget could pick the namespace's largest.
+
+:class:`Validation` is the I/O around :func:`.admission_rules.violations` for the validating
+webhook (clusters without ValidatingAdmissionPolicy).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import names
+from .admission_rules import GuardSettings, policy_selects_message, violations
 from .config import OperatorSettings
 from .kube import Kube
 from .selectors import SelectorError, matches
@@ -29,11 +35,12 @@ logger = logging.getLogger(__name__)
 
 INJECT = "inject"
 SKIP = "skip"
+DENY = "deny"
 
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # INJECT or SKIP
+    action: str  # INJECT, SKIP or DENY
     reason: str  # CamelCase, used as the Event reason when announced
     message: str
     policy: Mapping[str, Any] | None = None  # the chosen policy resource (raw body)
@@ -93,6 +100,14 @@ def decide(
                 f"the pod asks for OpenAIPolicy {chosen!r} ({names.POLICY_ANNOTATION}), which does "
                 f"not exist in namespace {namespace}; the pod was created without the sidecar",
                 announce=True,
+            )
+        try:
+            selected = matches((policy.get("spec") or {}).get("selector"), labels)
+        except SelectorError:
+            selected = False
+        if not selected:
+            return Decision(
+                DENY, "PolicyDoesNotSelectPod", policy_selects_message(chosen, names.POLICY_ANNOTATION)
             )
         return Decision(INJECT, "PolicySelected", f"policy {chosen} chosen by annotation", policy)
 
@@ -198,3 +213,23 @@ class Admission:
             await self.kube.post_event(namespace, involved, event_type, reason, message)
         except Exception as error:  # noqa: BLE001 - best effort by design
             logger.warning("could not post Event %s in %s: %s", reason, namespace, error)
+
+
+class Validation:
+    """The I/O around :func:`.admission_rules.violations` for one operator process."""
+
+    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+        self.kube = kube
+        self.guard = GuardSettings.from_operator(settings)
+
+    async def review(
+        self,
+        pod: Mapping[str, Any],
+        old_pod: Mapping[str, Any] | None,
+        operation: str,
+        subresource: str | None,
+        namespace: str,
+    ) -> list[str]:
+        """The messages of every rule the pod breaks (empty: admitted)."""
+        policies = await self.kube.list_policies(namespace)
+        return violations(pod, old_pod, operation, subresource, policies, self.guard)

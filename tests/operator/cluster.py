@@ -88,15 +88,22 @@ def running_operator(
     *,
     extra: tuple[str, ...] = ("--standalone",),
     hook: str | None = None,
+    validating: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """An operator process authenticated as a ServiceAccount holding exactly our RBAC rules."""
+    """An operator process authenticated as a ServiceAccount holding exactly our RBAC rules.
+
+    ``validating``: it also registers its validating webhook (the admission rules' fallback for
+    clusters without ValidatingAdmissionPolicy)."""
     suffix = secrets.token_hex(3)
     system_ns = control_plane.create_namespace("oaip-system")
     role = f"openai-policy-operator-test-{suffix}"
     hook = hook or f"openai-policy-injector-test-{suffix}"
+    validating_hook = f"openai-policy-validator-test-{suffix}" if validating else None
+    if validating_hook:
+        extra = (*extra, "--manage-validating-webhook-configuration", validating_hook)
     control_plane.kubectl("create", "serviceaccount", "operator", "-n", system_ns)
     manifests = [
-        rbac.cluster_role(role, webhook_configuration=hook),
+        rbac.cluster_role(role, webhook_configuration=hook, validating_configuration=validating_hook),
         rbac.cluster_role_binding(role, system_ns, "operator"),
     ]
     control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
@@ -131,7 +138,10 @@ def running_operator(
         if result.returncode != 0:
             return False
         config = json.loads(result.stdout)["webhooks"][0]["clientConfig"]
-        return bool(config.get("caBundle")) and str(port) in config.get("url", "")
+        ready = bool(config.get("caBundle")) and str(port) in config.get("url", "")
+        if validating_hook:
+            ready = ready and bool(get_json(control_plane, "validatingwebhookconfiguration", validating_hook))
+        return ready
 
     try:
         wait_for(webhook_ready, 60, 0.2, "the operator to register its webhook")
@@ -151,6 +161,7 @@ def running_operator(
             "port": port,
             "service_account": f"system:serviceaccount:{system_ns}:operator",
             "webhook": hook,
+            "validating_webhook": validating_hook,
             "certfile": workdir / "certs" / "tls.crt",
         }
     finally:
@@ -158,6 +169,10 @@ def running_operator(
         control_plane.kubectl(
             "delete", "mutatingwebhookconfiguration", hook, "--ignore-not-found", check=False
         )
+        if validating_hook:
+            control_plane.kubectl(
+                "delete", "validatingwebhookconfiguration", validating_hook, "--ignore-not-found", check=False
+            )
         control_plane.kubectl(
             "delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found", check=False
         )
