@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from openai_policy_operator import names
-from openai_policy_operator.webhook import INJECT, SKIP, decide, involved_object, target_of
+from openai_policy_operator.webhook import DENY, INJECT, SKIP, decide, involved_object, target_of
 
 ENABLED = {names.NAMESPACE_INJECTION_LABEL: "enabled"}
 NEVER = frozenset({"kube-system", "openai-policy-system"})
@@ -64,6 +64,16 @@ def test_annotation_chooses_among_several():
         pod(annotations={names.POLICY_ANNOTATION: "b"}), "apps", ENABLED, [policy("a"), policy("b")], NEVER
     )
     assert d.action == INJECT and d.policy_name == "b"
+
+
+def test_annotation_only_chooses_among_policies_that_select_the_pod():
+    small, big = (
+        policy("small", {"matchLabels": {"app": "shop"}}),
+        policy("big", {"matchLabels": {"app": "batch"}}),
+    )
+    d = decide(pod({"app": "shop"}, {names.POLICY_ANNOTATION: "big"}), "apps", ENABLED, [small, big], NEVER)
+    assert (d.action, d.reason) == (DENY, "PolicyDoesNotSelectPod")
+    assert d.message.startswith("openai-policy policy-selects-pod:") and "big" in d.message
 
 
 def test_annotation_naming_a_missing_policy_is_announced():
