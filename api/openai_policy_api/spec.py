@@ -387,6 +387,22 @@ class RequestsSpec(SpecModel):
         description="Largest request body accepted, in bytes; larger bodies are refused with 413 "
         "input_too_large before they are read. Default 1 MiB.",
     )
+    max_response_bytes: int = Field(
+        default=33_554_432,
+        ge=1024,
+        le=1_073_741_824,
+        description="Largest upstream reply body the sidecar reads, in bytes (it holds a plain reply whole "
+        "to meter it). A larger reply is cut and answered 502 upstream_response_too_large, and the call is "
+        "charged its worst case. Default 32 MiB, well under the sidecar's memory limit.",
+    )
+    max_stream_event_bytes: int = Field(
+        default=8_388_608,
+        ge=1024,
+        le=1_073_741_824,
+        description="Largest single event of a streamed reply, in bytes (an event is held until its blank "
+        "line arrives). A larger event, or a stream without event separators, ends the stream with an "
+        "upstream_response_too_large error event, and the call is charged its worst case. Default 8 MiB.",
+    )
 
 
 class RetriesSpec(SpecModel):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import secrets
@@ -44,6 +45,11 @@ RATE_LIMIT_REQUESTS = 10_000
 RATE_LIMIT_TOKENS = 30_000_000
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+_CHUNK = 64 * 1024
+# Headers a fault adds to every response of the request being handled (each request is a task).
+_FAULT_HEADERS: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "fault_headers", default=()
+)
 
 
 @dataclass
@@ -77,6 +83,15 @@ class _Call:
     @property
     def streaming(self) -> bool:
         return self.body.get("stream") is True
+
+    @property
+    def key(self) -> str:
+        """The Bearer token this request carried (faults that echo it)."""
+        return self.request.headers.get("Authorization", "").partition(" ")[2].strip()
+
+    def usage(self, usage: Any) -> Any:
+        """The usage object to report: the real one, or the `usage` fault's."""
+        return self.faults["usage"].usage if "usage" in self.faults else usage
 
 
 class _RateWindow:
@@ -294,6 +309,8 @@ class FakeOpenAI:
                 call = _Call(
                     request, body, self._faults.take(request.path, body.get("stream") is True), started
                 )
+                if "echo_key_header" in call.faults:
+                    _FAULT_HEADERS.set(((str(call.faults["echo_key_header"].name), call.key),))
                 early = await self._apply_faults(call)
                 if early is not None:
                     return early
@@ -325,6 +342,19 @@ class FakeOpenAI:
             await self._wait_until_stopped(None)
             _drop_connection(call.request)
             return web.Response(status=499)  # never reaches the client: the connection is gone
+        if "masked_key_401" in faults:
+            key = call.key
+            masked = f"{key[:8]}{'*' * max(len(key) - 12, 4)}{key[-4:]}"
+            raise RequestError(
+                401,
+                f"Incorrect API key provided: {masked}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            )
+        if "huge_body" in faults:
+            return await self._huge_body(
+                call, int(faults["huge_body"].bytes), faults["huge_body"].declare_length
+            )
         if "status" in faults:
             fault = faults["status"]
             extra: dict[str, str] = dict(fault.headers or {})
@@ -348,7 +378,29 @@ class FakeOpenAI:
             "openai-version": "2020-10-01",
         }
         headers.update(self._rate.headers(request_tokens))
+        headers.update(dict(_FAULT_HEADERS.get()))
         return headers
+
+    async def _huge_body(self, call: _Call, size: int, declare_length: bool) -> web.StreamResponse:
+        """A JSON body of ``size`` bytes, made and sent a chunk at a time."""
+        head, tail = b'{"object":"padding","padding":"', b'"}'
+        headers = {**self._headers(call.started, 0), "Content-Type": "application/json"}
+        response = web.StreamResponse(headers=headers)
+        if declare_length:
+            response.content_length = size
+        await response.prepare(call.request)
+        await response.write(head)
+        left = max(size - len(head) - len(tail), 0)
+        block = b"a" * _CHUNK
+        try:
+            while left > 0:
+                await response.write(block[: min(left, _CHUNK)])
+                left -= _CHUNK
+            await response.write(tail)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client cut the body short, as it should
+        return response
 
     def _json(
         self,
@@ -409,6 +461,7 @@ class FakeOpenAI:
         if not call.streaming:
             result = payloads.chat_completion(ident, created, gen)
             self._log_usage(result["usage"])
+            result["usage"] = call.usage(result["usage"])
             return self._json(result, call.started, request_tokens=gen.prompt_tokens)
         options = call.body.get("stream_options") or {}
         include_usage = options.get("include_usage") is True
@@ -420,6 +473,7 @@ class FakeOpenAI:
             for chunk in chunks:
                 if chunk.get("usage"):
                     self._log_usage(chunk["usage"])
+                    chunk["usage"] = call.usage(chunk["usage"])
                 yield b"data: " + _dumps(chunk).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
 
@@ -432,6 +486,7 @@ class FakeOpenAI:
         if not call.streaming:
             result = payloads.response_final(ident, item_id, created, int(time.time()), call.body, gen)
             self._log_usage(result["usage"])
+            result["usage"] = call.usage(result["usage"])
             return self._json(result, call.started, request_tokens=gen.prompt_tokens)
         events = payloads.response_events(ident, item_id, created, int(time.time()), call.body, gen)
 
@@ -439,6 +494,7 @@ class FakeOpenAI:
             for event in events:
                 if event["type"] in ("response.completed", "response.incomplete"):
                     self._log_usage(event["response"]["usage"])
+                    event["response"]["usage"] = call.usage(event["response"]["usage"])
                 yield b"event: " + event["type"].encode() + b"\ndata: " + _dumps(event).encode() + b"\n\n"
 
         return await self._stream(call, frames(), gen.prompt_tokens)
@@ -447,6 +503,7 @@ class FakeOpenAI:
         gen = self._generate(call, "completions", requests_.completions_params(call.body))
         result = payloads.text_completion(f"cmpl-{secrets.token_hex(12)}", int(time.time()), gen)
         self._log_usage(result["usage"])
+        result["usage"] = call.usage(result["usage"])
         return self._json(result, call.started, request_tokens=gen.prompt_tokens)
 
     async def _embeddings(self, call: _Call) -> web.StreamResponse:
@@ -454,6 +511,7 @@ class FakeOpenAI:
         prompt = tokens.prompt_tokens("embeddings", call.body)
         result = payloads.embeddings(self._model_for(call), inputs, encoding_format, dimensions, prompt)
         self._log_usage(result["usage"])
+        result["usage"] = call.usage(result["usage"])
         return self._json(result, call.started, request_tokens=prompt)
 
     async def _moderations(self, call: _Call) -> web.StreamResponse:
@@ -484,15 +542,56 @@ class FakeOpenAI:
         await response.prepare(call.request)
         cut = call.faults.get("cut_stream")
         stall = call.faults.get("stall_stream")
-        for sent, frame in enumerate(frames):
-            if cut is not None and sent >= int(cut.after_events):
-                _drop_connection(call.request)
+        try:
+            if "stream_no_separators" in call.faults:
+                await _write_padding(response, b"data: ", int(call.faults["stream_no_separators"].bytes), b"")
+                await response.write_eof()
                 return response
-            if stall is not None and sent == int(stall.after_events):
-                await self._wait_until_stopped(stall.seconds)
-            await response.write(frame)
-        await response.write_eof()
+            for sent, frame in enumerate(frames):
+                if cut is not None and sent >= int(cut.after_events):
+                    _drop_connection(call.request)
+                    return response
+                if stall is not None and sent == int(stall.after_events):
+                    await self._wait_until_stopped(stall.seconds)
+                if sent == 1 and "huge_event" in call.faults:
+                    await _write_padding(
+                        response, b'data: {"padding":"', int(call.faults["huge_event"].bytes), b'"}\n\n'
+                    )
+                if sent == 1 and "key_in_stream" in call.faults:
+                    await _write_in_pieces(
+                        response, frame, call.key, int(call.faults["key_in_stream"].piece_bytes)
+                    )
+                    continue
+                await response.write(frame)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client cut the stream short
         return response
+
+
+async def _write_padding(response: web.StreamResponse, head: bytes, size: int, tail: bytes) -> None:
+    """``size`` bytes (head, padding, tail), made and written a chunk at a time."""
+    await response.write(head)
+    left = max(size - len(head) - len(tail), 0)
+    block = b"a" * _CHUNK
+    while left > 0:
+        await response.write(block[: min(left, _CHUNK)])
+        left -= _CHUNK
+    await response.write(tail)
+
+
+async def _write_in_pieces(response: web.StreamResponse, frame: bytes, key: str, piece: int) -> None:
+    """One chat chunk carrying ``key`` in its text, written ``piece`` bytes at a time."""
+    event = json.loads(frame[len(b"data: ") :])
+    choices = event.get("choices") or []
+    if choices and isinstance(choices[0].get("delta"), dict):
+        choices[0]["delta"]["content"] = f"the key is {key}!"
+    else:
+        event["leak"] = key
+    data = b"data: " + _dumps(event).encode() + b"\n\n"
+    for start in range(0, len(data), max(piece, 1)):
+        await response.write(data[start : start + piece])
+        await asyncio.sleep(0.001)  # separate TCP segments: the key crosses chunk boundaries
 
 
 def _drop_connection(request: web.Request) -> None:

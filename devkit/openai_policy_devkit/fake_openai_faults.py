@@ -27,8 +27,24 @@ FAULT_KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     # served from the prompt cache, and the exact reply text (hence completion token count).
     "cached_tokens": (("tokens",), {}),
     "reply": (("text",), {}),
+    # A hostile or broken upstream, for the sidecar's limits and key hygiene:
+    # - huge_body: a 200 JSON body of `bytes` bytes, sent in chunks as it is made (never held whole);
+    #   with declare_length the Content-Length header announces it.
+    # - stream_no_separators: a 200 event stream that sends `bytes` bytes without one blank line.
+    # - huge_event: a normal first event, then one event of `bytes` bytes, then the rest.
+    # - usage: the reply's usage object replaced by `usage` (any JSON: negative, strings, ...).
+    # - echo_key_header: the Bearer token the fake received, echoed in the response header `name`.
+    # - masked_key_401: a 401 quoting the received key the way OpenAI masks it (prefix, ****, last four).
+    # - key_in_stream: the received key inside one event's text, written a few bytes at a time.
+    "huge_body": (("bytes",), {"declare_length": False}),
+    "stream_no_separators": (("bytes",), {}),
+    "huge_event": (("bytes",), {}),
+    "usage": (("usage",), {}),
+    "echo_key_header": ((), {"name": "x-upstream-debug-auth"}),
+    "masked_key_401": ((), {}),
+    "key_in_stream": ((), {"piece_bytes": 5}),
 }
-STREAM_ONLY = frozenset({"cut_stream", "stall_stream"})
+STREAM_ONLY = frozenset({"cut_stream", "stall_stream", "stream_no_separators", "huge_event", "key_in_stream"})
 
 
 class FaultError(ValueError):

@@ -76,7 +76,7 @@ class Proxy:
             try:
                 response = await self._handle(request, snapshot, ctx)
             except refusals.Refusal as refusal:
-                response = reply.refusal_reply(ctx, refusal)
+                response = reply.refusal_reply(ctx, refusal, self.upstream.rate_view.headers())
             except ClientGone:
                 # Not an error of ours nor a refusal: nobody is left to answer (nginx's 499).
                 ctx.outcome.decision, ctx.outcome.status = "client_disconnected", 499
@@ -199,7 +199,15 @@ class Proxy:
         try:
             if stream_relay.is_event_stream(call.response):
                 idle = spec.requests.stream_idle_timeout_seconds
-                return await stream_relay.relay(request, ctx, call, snapshot.prices, idle)
+                return await stream_relay.relay(
+                    request,
+                    ctx,
+                    call,
+                    snapshot.prices,
+                    idle,
+                    max_event_bytes=spec.requests.max_stream_event_bytes,
+                    secrets=self.source.keys.secrets,
+                )
             return await reply.plain_reply(
                 ctx,
                 call,

@@ -90,7 +90,9 @@ def model_not_allowed(model: str, reason: str = "") -> Refusal:
     message = f"The model `{model}` is not allowed by this policy."
     if reason:
         message = f"{message} {reason}"
-    return Refusal(400, "model_not_allowed", message, param="model")
+    # OpenAI answers a project without access to a model with a 403 (the SDKs raise
+    # PermissionDeniedError): apps already handle that, and retrying cannot fix it.
+    return Refusal(403, "model_not_allowed", message, param="model")
 
 
 def input_too_large(message: str, status: int = 400, param: str | None = None) -> Refusal:
@@ -124,6 +126,18 @@ def upstream_unreachable(detail: str) -> Refusal:
         f"The upstream API could not be reached: {detail}",
         type=SERVER,
         retryable=True,
+    )
+
+
+def upstream_response_too_large(limit: int) -> Refusal:
+    # Asking again would get the same oversized answer: the SDKs must not retry it.
+    return Refusal(
+        502,
+        "upstream_response_too_large",
+        f"The upstream API's reply was larger than this policy allows the sidecar to relay "
+        f"({limit} bytes, spec.requests.maxResponseBytes / maxStreamEventBytes); it was cut.",
+        type=SERVER,
+        retryable=False,
     )
 
 

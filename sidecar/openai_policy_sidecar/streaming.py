@@ -97,8 +97,8 @@ class StreamMeter:
             self.usage = usage
         if not self.strip_usage:
             return event
-        if usage is not None and not obj.get("choices"):
-            return None  # the usage-only chunk exists only because we asked for it
+        if obj.get("usage") is not None and not obj.get("choices"):
+            return None  # the usage-only chunk exists only because we asked for it (even a malformed one)
         new_data = _without_usage(data, obj)
         return event.replace(data, new_data, 1) if data in event else b"data: " + new_data
 
@@ -122,21 +122,45 @@ class StreamMeter:
                 self.usage = usage
 
 
-async def split_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
-    """Yield (event, separator) for each complete SSE event as soon as its blank line arrives."""
-    buffer = b""
+class StreamEventTooLarge(Exception):
+    """One event of an upstream stream (or a stream without separators) outgrew its cap."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a stream event was larger than {limit} bytes")
+        self.limit = limit
+
+
+async def split_events(
+    chunks: AsyncIterator[bytes], max_event_bytes: int | None = None
+) -> AsyncIterator[tuple[bytes, bytes]]:
+    """Yield (event, separator) for each complete SSE event as soon as its blank line arrives.
+
+    At most ``max_event_bytes`` of one event are held: an event that grows past it (a stream that
+    never sends a blank line is one endless event) raises ``StreamEventTooLarge``. Each byte is
+    searched once, so a long event costs linear time, not a rescan per chunk.
+    """
+    buffer = bytearray()
+    scanned = 0  # bytes of buffer known to hold no separator start
     async for chunk in chunks:
         buffer += chunk
         while True:
+            start = max(0, scanned - 3)  # a separator may straddle the previous chunk's end
             cut = -1
             separator = b""
             for candidate in _SEPARATORS:
-                index = buffer.find(candidate)
+                index = buffer.find(candidate, start)
                 if index != -1 and (cut == -1 or index < cut):
                     cut, separator = index, candidate
             if cut == -1:
+                scanned = len(buffer)
+                if max_event_bytes is not None and len(buffer) > max_event_bytes:
+                    raise StreamEventTooLarge(max_event_bytes)
                 break
-            yield buffer[:cut], separator
-            buffer = buffer[cut + len(separator) :]
-    if buffer.strip():
-        yield buffer, b""
+            if max_event_bytes is not None and cut > max_event_bytes:
+                raise StreamEventTooLarge(max_event_bytes)
+            event = bytes(buffer[:cut])
+            del buffer[: cut + len(separator)]
+            scanned = 0
+            yield event, separator
+    if bytes(buffer).strip():
+        yield bytes(buffer), b""

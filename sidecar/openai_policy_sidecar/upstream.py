@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDict
 
+from .rate_headers import LastSeen
+from .redaction import Redactor
+
 # Hop-by-hop headers (RFC 9110 §7.6.1) and headers aiohttp computes itself.
 HOP_BY_HOP = frozenset(
     {
@@ -41,8 +44,32 @@ _DROPPED_FROM_CALLER = frozenset(
         "x-openai-policy-feature",
     }
 )
-# Response headers that no longer describe the body once aiohttp has decoded it.
-_DROPPED_FROM_UPSTREAM = HOP_BY_HOP | {"content-encoding"}
+# Upstream response headers an app may see. Anything else is dropped: an upstream (or a proxy in
+# front of it) may add headers that echo credentials or describe the sidecar's own connection,
+# and an allow-list cannot be surprised by a new one. Content-Length and Content-Encoding are not
+# here because aiohttp computes them for the body the sidecar sends.
+PASSED_FROM_UPSTREAM = frozenset(
+    {
+        "content-type",
+        "content-disposition",
+        "cache-control",
+        "x-request-id",
+        "openai-processing-ms",
+        "openai-version",
+        "openai-model",
+        "openai-organization",
+        "openai-project",
+        "retry-after",
+        "retry-after-ms",
+        "x-should-retry",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    }
+)
 
 
 def upstream_headers(
@@ -66,13 +93,15 @@ def upstream_headers(
     return headers
 
 
-def downstream_headers(upstream: Mapping[str, str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """Upstream response headers worth passing back (x-request-id, x-ratelimit-*, openai-*...)."""
+def downstream_headers(
+    upstream: Mapping[str, str] | Iterable[tuple[str, str]], redactor: Redactor | None = None
+) -> CIMultiDict[str]:
+    """The allow-listed upstream response headers, with the key redacted from their values."""
     items = upstream.items() if isinstance(upstream, Mapping) else upstream
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in items:
-        if name.lower() not in _DROPPED_FROM_UPSTREAM:
-            headers.add(name, value)
+        if name.lower() in PASSED_FROM_UPSTREAM:
+            headers.add(name, redactor.text(value) if redactor else value)
     return headers
 
 
@@ -108,6 +137,7 @@ class Upstream:
     def __init__(self, connection_limit: int = 256) -> None:
         self._limit = connection_limit
         self._session: aiohttp.ClientSession | None = None
+        self.rate_view = LastSeen()  # the upstream's latest x-ratelimit-*, for answers it never sees
 
     @property
     def session(self) -> aiohttp.ClientSession:

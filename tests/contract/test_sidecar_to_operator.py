@@ -65,7 +65,7 @@ async def test_what_the_sidecar_writes_is_what_the_operator_reports(tmp_path, fa
             replies = [
                 await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO) for _ in range(3)
             ]
-            with pytest.raises(openai.BadRequestError):
+            with pytest.raises(openai.PermissionDeniedError):
                 await client.chat.completions.create(model="o3", messages=HELLO)
 
         store = RedisStore(redis.url)

@@ -93,7 +93,7 @@ async def test_the_allow_list_is_matched_after_pinning(tmp_path, fake_openai) ->
             model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
         )
         assert reply.model == "gpt-4o-2024-08-06"
-        with pytest.raises(openai.BadRequestError) as refused:
+        with pytest.raises(openai.PermissionDeniedError) as refused:
             await client.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
             )

@@ -25,6 +25,7 @@ from openai_policy_sidecar.pipeline import cache, forward, queue, record, reply,
 from openai_policy_sidecar.pipeline.forward import UpstreamCall
 from openai_policy_sidecar.pipeline.parse import parse
 from openai_policy_sidecar.policy_source import KeySource
+from openai_policy_sidecar.rate_headers import LastSeen
 from openai_policy_sidecar.reported_usage import Usage
 from openai_policy_sidecar.resilience import (
     CircuitBreaker,
@@ -75,13 +76,18 @@ class FakeResponse:
         self.headers = CIMultiDict({"Content-Type": content_type, **headers})
         self._body = body
         self.content = FakeContent([body[i : i + 7] for i in range(0, len(body), 7)])
+        self.content_length: int | None = None  # as a chunked reply
         self.released = False
+        self.closed = False
 
     async def read(self) -> bytes:
         return self._body
 
     def release(self) -> None:
         self.released = True
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeUpstream:
@@ -90,6 +96,7 @@ class FakeUpstream:
     def __init__(self, *replies: FakeResponse | Exception) -> None:
         self.replies = list(replies)
         self.sent: list[tuple[str, str, bytes]] = []
+        self.rate_view = LastSeen()
 
     async def request(self, method: str, url: str, headers: Any, body: bytes, timeout: Any) -> FakeResponse:
         self.sent.append((method, url, body))

@@ -144,7 +144,7 @@ def test_the_key_never_leaks(tmp_path, fake_openai):
         )
         for _chunk in c.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True):
             pass
-        with pytest.raises(openai.BadRequestError) as refused:
+        with pytest.raises(openai.PermissionDeniedError) as refused:
             c.chat.completions.create(model="o3", messages=HELLO)
         bodies.append(refused.value.response.text)
         # An upstream error that quotes the key (as some gateways do) is scrubbed.

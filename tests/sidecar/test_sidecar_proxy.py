@@ -83,7 +83,7 @@ async def test_credentials_are_the_sidecars_not_the_callers(tmp_path, fake_opena
 @pytest.mark.parametrize(
     ("spec", "call", "exception", "code"),
     [
-        ({"models": {"allow": ["gpt-4o-mini"]}}, "chat", openai.BadRequestError, "model_not_allowed"),
+        ({"models": {"allow": ["gpt-4o-mini"]}}, "chat", openai.PermissionDeniedError, "model_not_allowed"),
         ({"requests": {"maxInputTokens": 3}}, "chat", openai.BadRequestError, "input_too_large"),
         ({"suspend": True}, "chat", openai.PermissionDeniedError, "policy_suspended"),
         (
@@ -98,7 +98,7 @@ async def test_credentials_are_the_sidecars_not_the_callers(tmp_path, fake_opena
             openai.RateLimitError,
             "budget_exceeded",
         ),
-        ({"models": {"allow": ["*"]}}, "unpriced", openai.BadRequestError, "model_not_allowed"),
+        ({"models": {"allow": ["*"]}}, "unpriced", openai.PermissionDeniedError, "model_not_allowed"),
         ({"rateLimits": {"tokensPerMinute": 10}}, "chat", openai.RateLimitError, "rate_limit_exceeded"),
     ],
 )
@@ -228,7 +228,7 @@ async def test_other_v1_paths_pass_through_with_model_checks(tmp_path, fake_open
         assert models.data
         await client.moderations.create(model="omni-moderation-latest", input="hello")
         assert fake_openai.requests[-1].path == "/v1/moderations"
-        with pytest.raises(openai.BadRequestError) as raised:
+        with pytest.raises(openai.PermissionDeniedError) as raised:
             await client.moderations.create(model="text-moderation-stable", input="hello")
         assert raised.value.code == "model_not_allowed"
         assert total_requests(sidecar) == 3

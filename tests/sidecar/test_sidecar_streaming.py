@@ -151,7 +151,7 @@ async def test_a_refused_stream_raises_before_any_event(tmp_path, fake_openai):
     )
     async with running_sidecar(policy) as sidecar:
         client = async_client(base_url=sidecar.base_url, api_key="sk-x", max_retries=3)
-        with pytest.raises(openai.BadRequestError) as raised:
+        with pytest.raises(openai.PermissionDeniedError) as raised:
             await client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)
         assert raised.value.code == "model_not_allowed" and fake_openai.requests == []
 

@@ -15,8 +15,9 @@ from openai_policy_api import CacheSpec
 
 from ..context import RequestContext
 from ..pricing import PriceTable, UnknownModelPrice
+from ..rate_headers import tighter
 from ..response_cache import CachedResponse, ResponseCache, cache_key, is_cacheable, replay_stream
-from .reply import CACHE_HEADER, REQUEST_ID_HEADER
+from .reply import CACHE_HEADER, request_id_headers
 
 
 def key_for(ctx: RequestContext, spec: CacheSpec, endpoint: str, body: dict[str, Any]) -> None:
@@ -46,7 +47,8 @@ async def serve(
     ctx.outcome.status, ctx.outcome.decision = entry.status, "cache_hit"
     ctx.model.reported = entry.model
     ctx.cache.saved_micros = saved_micros(prices, ctx.model.sent or entry.model or "", entry.usage)
-    headers = {"Content-Type": entry.content_type, CACHE_HEADER: "hit", REQUEST_ID_HEADER: ctx.request_id}
+    headers = {"Content-Type": entry.content_type, CACHE_HEADER: "hit", **request_id_headers(ctx)}
+    headers.update(tighter(ctx.outcome.rate_headers))  # a hit still counted against the policy's limits
     if not entry.streamed:
         return web.Response(status=entry.status, body=entry.body or b"", headers=headers)
     out = web.StreamResponse(status=entry.status, headers=headers)

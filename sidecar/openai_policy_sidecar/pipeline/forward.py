@@ -22,6 +22,7 @@ from .. import refusals
 from ..context import RequestContext
 from ..metrics import Metrics
 from ..policy_source import KeySource
+from ..redaction import redactor_for
 from ..resilience import (
     CircuitBreaker,
     CircuitBreakers,
@@ -98,7 +99,10 @@ async def call_upstream(
             ctx, started, outcome.error or RuntimeError("no reply"), limits.timeout_seconds
         )
     response = outcome.result
-    ctx.upstream.request_id = response.headers.get("x-request-id")
+    request_id = response.headers.get("x-request-id")
+    # It goes into the access log and back to the app: an upstream that echoes the key must not.
+    ctx.upstream.request_id = redactor_for((key,)).text(request_id) if request_id else None
+    upstream.rate_view.note(response.headers)
     ctx.outcome.status = response.status
     return UpstreamCall(response, breaker, outcome.permit, deadline, started, limits.timeout_seconds)
 

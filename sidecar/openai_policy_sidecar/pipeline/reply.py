@@ -1,13 +1,20 @@
-"""Stage reply: a plain (non-streamed) upstream reply, read within the deadline and metered; and
-the headers every reply of the sidecar carries.
+"""Stage reply: a plain (non-streamed) upstream reply, read within the deadline and a size cap and
+metered; and the headers every reply of the sidecar carries.
 
 A metered 2xx answer is metered (``settle``), moderated when the policy says so (``safety``) and
-kept for the cache; an error body is redacted, since the upstream may quote the key in it.
+kept for the cache. Every body is redacted, since the upstream may quote the key in it (in full
+or masked), an error body as much as a successful one.
+
+The body is held whole (usage sits at its end), so it is read against
+``spec.requests.maxResponseBytes``: past it the call is cut, answered 502
+``upstream_response_too_large`` and charged its worst case, instead of growing the sidecar past
+its memory limit.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +25,8 @@ from .. import refusals
 from ..context import RequestContext
 from ..guardrails import ModerationClient
 from ..pricing import PriceTable
+from ..rate_headers import tighter, without
+from ..redaction import redactor_for
 from ..resilience import run_with_deadline
 from ..response_cache import response_entry
 from ..upstream import downstream_headers
@@ -25,25 +34,71 @@ from . import safety, settle
 from .forward import UpstreamCall, upstream_failure
 
 REQUEST_ID_HEADER = "x-openai-policy-request-id"
+OPENAI_REQUEST_ID_HEADER = "x-request-id"
 CACHE_HEADER = "x-openai-policy-cache"
 
 
+class ResponseTooLarge(Exception):
+    """The upstream's reply is larger than the policy lets the sidecar hold."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"larger than {limit} bytes")
+        self.limit = limit
+
+
+def request_id_headers(ctx: RequestContext) -> dict[str, str]:
+    """Every answer names its request: apps log OpenAI's ``x-request-id`` when reporting an error,
+    so an answer the upstream never saw (a refusal, a cache hit) carries the sidecar's own id."""
+    return {
+        REQUEST_ID_HEADER: ctx.request_id,
+        OPENAI_REQUEST_ID_HEADER: ctx.upstream.request_id or ctx.request_id,
+    }
+
+
+def set_rate_headers(out: web.StreamResponse, *sources: Mapping[str, str]) -> None:
+    """Replace the reply's x-ratelimit-* headers with the tightest of ``sources``."""
+    merged = tighter(*sources)
+    if not merged:
+        return
+    for name in without(list(out.headers)):
+        out.headers.popall(name, None)
+    out.headers.update(merged)
+
+
 def mark(ctx: RequestContext, out: web.StreamResponse) -> None:
-    """Our headers on a forwarded reply."""
-    out.headers[REQUEST_ID_HEADER] = ctx.request_id
+    """Our headers on a forwarded reply (its upstream headers already in ``out``)."""
+    out.headers.update(request_id_headers(ctx))
+    set_rate_headers(out, ctx.outcome.rate_headers, dict(out.headers))
     if ctx.cache.state == "miss":
         out.headers[CACHE_HEADER] = "miss"
     if ctx.retries:
         out.headers["x-should-retry"] = "false"  # we retried already: the app's SDK must not multiply it
 
 
-def refusal_reply(ctx: RequestContext, refusal: refusals.Refusal) -> web.Response:
-    """The reply for a refusal, recorded as the request's outcome."""
+def refusal_reply(
+    ctx: RequestContext, refusal: refusals.Refusal, upstream_rate: Mapping[str, str] | None = None
+) -> web.Response:
+    """The reply for a refusal, recorded as the request's outcome. ``upstream_rate``: what the
+    upstream last said of its own rate limits (this request may never have reached it)."""
     ctx.refuse(refusal)
-    extra = {REQUEST_ID_HEADER: ctx.request_id}
+    extra = request_id_headers(ctx)
+    extra.update(tighter(refusal.headers, ctx.outcome.rate_headers, upstream_rate or {}))
     if ctx.retries:
         extra["x-should-retry"] = "false"  # we retried already: the app's SDK must not multiply it
     return refusal.to_response(extra)
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or ``ResponseTooLarge`` as soon as it is known to be over ``limit``."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise ResponseTooLarge(limit)
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise ResponseTooLarge(limit)
+    return bytes(body)
 
 
 async def plain_reply(
@@ -58,11 +113,18 @@ async def plain_reply(
 ) -> web.Response:
     response = call.response
     try:
-        payload = await run_with_deadline(response.read(), call.deadline)
+        payload = await run_with_deadline(
+            read_capped(response, spec.requests.max_response_bytes), call.deadline
+        )
     except (TimeoutError, aiohttp.ClientError) as error:
         call.failed()
         raise upstream_failure(ctx, call.started, error, call.timeout_seconds) from None
+    except ResponseTooLarge as too_large:
+        response.close()  # stop reading: the rest of the body never enters the sidecar
+        raise response_too_large(ctx, call, prices, metered, too_large.limit) from None
     ctx.upstream.seconds = time.perf_counter() - call.started
+    redactor = redactor_for(secrets)
+    payload = redactor.bytes(payload)
     content_type = response.headers.get("Content-Type", "")
     if metered and 200 <= response.status < 300:
         settle.meter_body(ctx, prices, payload)
@@ -75,16 +137,24 @@ async def plain_reply(
                 model=ctx.model.reported,
                 usage=settle.usage_dict(ctx.upstream.usage),
             )
-    if response.status >= 400:
-        payload = redact(payload, secrets)
-    out = web.Response(status=response.status, body=payload, headers=downstream_headers(response.headers))
+    out = web.Response(
+        status=response.status, body=payload, headers=downstream_headers(response.headers, redactor)
+    )
     mark(ctx, out)
     return out
 
 
+def response_too_large(
+    ctx: RequestContext, call: UpstreamCall, prices: PriceTable, metered: bool, limit: int
+) -> refusals.Refusal:
+    """Cut an oversized reply: the upstream may have billed it whole, so charge the worst case."""
+    ctx.upstream.seconds = time.perf_counter() - call.started
+    ctx.upstream.error = "upstream_response_too_large"
+    if metered:
+        settle.meter_usage(ctx, prices, None, None)
+    return refusals.upstream_response_too_large(limit)
+
+
 def redact(payload: bytes, secrets: list[str]) -> bytes:
-    """Upstream error bodies may quote the key (e.g. "Incorrect API key provided: ..."): never pass it on."""
-    for secret in secrets:
-        if secret:
-            payload = payload.replace(secret.encode(), b"[REDACTED]")
-    return payload
+    """Upstream bodies may quote the key (e.g. "Incorrect API key provided: ..."): never pass it on."""
+    return redactor_for(secrets).bytes(payload)

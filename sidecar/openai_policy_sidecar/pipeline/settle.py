@@ -19,7 +19,7 @@ from openai_policy_store import StoreUnavailable
 
 from ..context import RequestContext
 from ..metrics import Metrics
-from ..pricing import PriceTable
+from ..pricing import PriceTable, UnknownModelPrice
 from ..reported_usage import Usage, from_response
 from .model_choice import is_drift
 
@@ -38,9 +38,15 @@ def meter_usage(ctx: RequestContext, prices: PriceTable, usage: Usage | None, mo
     ctx.upstream.usage = usage
     if worst is None:
         return  # unpriced model forwarded in dry-run mode
-    ctx.budget.cost_micros = prices.cost_micros(
-        ctx.model.sent or "", usage.input_tokens, usage.cached_tokens, usage.output_tokens
-    )
+    try:
+        ctx.budget.cost_micros = prices.cost_micros(
+            ctx.model.sent or "", usage.input_tokens, usage.cached_tokens, usage.output_tokens
+        )
+    except (ValueError, UnknownModelPrice):
+        # Never an exception on the way out (the hold must still be settled): charge the worst case.
+        log.warning("could not price the reported usage; charging the worst case")
+        ctx.budget.cost_micros = worst
+        ctx.outcome.decision = "forwarded:usage_missing"
 
 
 def meter_body(ctx: RequestContext, prices: PriceTable, payload: bytes) -> None:

@@ -2,8 +2,12 @@
 on the way (``streaming.StreamMeter``), bounded by the idle timeout, and keep it for the cache
 when it completed.
 
-Once the 200 headers are sent an error can only be told inside the stream: a stalled upstream
-ends it with an OpenAI-shaped error event, which the SDKs raise as ``APIError``.
+Once the 200 headers are sent an error can only be told inside the stream: a stalled upstream,
+or an event larger than ``spec.requests.maxStreamEventBytes`` (a stream without blank lines is
+one endless event), ends it with an OpenAI-shaped error event, which the SDKs raise as
+``APIError``; an oversized stream is charged its worst case. Every event is redacted of the key
+before it is sent or cached: events are whole by then, so a key split across network chunks is
+found too.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from aiohttp import web
 from .. import refusals
 from ..context import RequestContext
 from ..pricing import PriceTable
+from ..redaction import redactor_for
 from ..resilience import StreamIdleTimeout, idle_timeout
 from ..response_cache import StreamRecorder
-from ..streaming import StreamMeter, add_include_usage, split_events
+from ..streaming import StreamEventTooLarge, StreamMeter, add_include_usage, split_events
 from ..upstream import downstream_headers
 from . import settle
 from .forward import UpstreamCall
@@ -40,10 +45,18 @@ def is_event_stream(response: aiohttp.ClientResponse) -> bool:
 
 
 async def relay(
-    request: web.Request, ctx: RequestContext, call: UpstreamCall, prices: PriceTable, idle_seconds: float
+    request: web.Request,
+    ctx: RequestContext,
+    call: UpstreamCall,
+    prices: PriceTable,
+    idle_seconds: float,
+    *,
+    max_event_bytes: int | None = None,
+    secrets: list[str] | None = None,
 ) -> web.StreamResponse:
     response = call.response
-    out = web.StreamResponse(status=response.status, headers=downstream_headers(response.headers))
+    redactor = redactor_for(secrets or [])
+    out = web.StreamResponse(status=response.status, headers=downstream_headers(response.headers, redactor))
     mark(ctx, out)
     await out.prepare(request)
     endpoint = ctx.request.endpoint
@@ -51,11 +64,14 @@ async def relay(
     recorder = StreamRecorder() if ctx.cache.key is not None else None
     client_gone = False
     failed = False
+    too_large = False
+    chunks = idle_timeout(response.content.iter_any(), idle_seconds)
     try:
-        async for event, separator in split_events(idle_timeout(response.content.iter_any(), idle_seconds)):
+        async for event, separator in split_events(chunks, max_event_bytes):
             forwarded = meter.transform(event) if endpoint else event
             if forwarded is None:
                 continue
+            forwarded = redactor.bytes(forwarded)
             if recorder is not None:
                 recorder.add(forwarded)
             try:
@@ -68,17 +84,25 @@ async def relay(
         ctx.upstream.error = "upstream_timeout"
         log.warning("%s", stalled)
         client_gone = not await write_stream_error(out, "upstream_timeout", str(stalled))
+    except StreamEventTooLarge as oversized:
+        failed = too_large = True
+        ctx.upstream.error = "upstream_response_too_large"
+        log.warning("cutting an upstream stream: %s", oversized)
+        response.close()  # stop reading: the rest of the event never enters the sidecar
+        refusal = refusals.upstream_response_too_large(oversized.limit)
+        client_gone = not await write_stream_error(out, refusal.code, refusal.message)
     except TimeoutError:
         failed = True
         ctx.upstream.error = "upstream_timeout"
     except aiohttp.ClientError:
         failed = True
         ctx.upstream.error = "upstream_stream_error"
-    if failed:
-        call.failed()  # a stream that stops talking is a failing upstream
+    if failed and not too_large:
+        call.failed()  # a stream that stops talking is a failing upstream (an oversized one is not)
     ctx.upstream.seconds = time.perf_counter() - call.started
     if endpoint:
-        settle.meter_usage(ctx, prices, meter.usage, meter.model)
+        # A cut oversized stream may have been billed whole upstream: charge its worst case.
+        settle.meter_usage(ctx, prices, None if too_large else meter.usage, meter.model)
     if recorder is not None and not failed and not client_gone:
         ctx.cache.entry = recorder.finish(
             completed=meter.completed,
