@@ -202,12 +202,17 @@ class PolicyWebhookServer(kopf.WebhookServer):
                     (time.perf_counter() - started) * 1e3,
                 )
 
-        async for client_config in super().__call__(serve):
-            await self._register(client_config)
-            watcher = asyncio.create_task(self._watch_certificate(client_config))
-            try:
+        # kopf asks for the next client config right after the first one (and waits there for
+        # ever): the watcher lives as long as this generator, not one iteration.
+        watcher: asyncio.Task[None] | None = None
+        try:
+            async for client_config in super().__call__(serve):
+                await self._register(client_config)
+                if watcher is None:
+                    watcher = asyncio.create_task(self._watch_certificate(client_config))
                 yield client_config
-            finally:
+        finally:
+            if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
