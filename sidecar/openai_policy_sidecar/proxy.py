@@ -216,6 +216,7 @@ class Proxy:
                 self.durable.moderation,
                 self.source.keys.secrets,
                 metered=parsed.metered,
+                request=request,
             )
         finally:
             call.response.release()

@@ -155,6 +155,27 @@ def test_the_default_caps_keep_a_sidecar_process_far_below_its_memory_limit(
         assert sidecar.get_admin("/healthz")[0] == 200
 
 
+def test_an_unmetered_download_of_any_size_streams_through_in_bounded_memory(tmp_path, fake_openai):
+    """A file's content has no usage to read: it is relayed as it arrives, whole, however large,
+    without the sidecar holding it (the metered cap does not apply)."""
+    path = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai))
+    key_file = tmp_path / "key"
+    key_file.write_text(TEST_KEY)
+    size = 200 * 1024 * 1024
+    with SidecarProcess(path, tmp_path / "sidecar.log", api_key_file=key_file) as sidecar:
+        client = openai.OpenAI(base_url=sidecar.base_url, api_key="sk-x", max_retries=0, timeout=120)
+        client.models.list()  # warm
+        before = _peak_rss_kib(sidecar.process.pid)
+        fake_openai.add_fault("huge_body", bytes=size, match="/files/")
+        received = 0
+        with client.files.with_streaming_response.content("file-abc") as response:
+            for chunk in response.iter_bytes():
+                received += len(chunk)
+        assert received == size
+        grown_mib = (_peak_rss_kib(sidecar.process.pid) - before) / 1024
+        assert grown_mib < 50, f"peak RSS grew by {grown_mib:.0f} MiB relaying a 200 MB download"
+
+
 # --- malformed usage -----------------------------------------------------------------------------
 
 

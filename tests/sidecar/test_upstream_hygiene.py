@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from openai_policy_sidecar.rate_headers import LastSeen, tighter
-from openai_policy_sidecar.redaction import Redactor
+from openai_policy_sidecar.redaction import ChunkRedactor, Redactor
 from openai_policy_sidecar.reported_usage import Usage, parse_usage
 from openai_policy_sidecar.streaming import StreamEventTooLarge, split_events
 from openai_policy_sidecar.upstream import downstream_headers
@@ -52,6 +52,24 @@ def test_every_key_held_is_redacted_after_a_rotation():
     old, new = "sk-old-111122223333aaaa", "sk-new-444455556666bbbb"
     cleaned = Redactor([old, new]).bytes(f"{old} and sk-new-****bbbb".encode())
     assert cleaned == b"[REDACTED] and [REDACTED]"
+
+
+@pytest.mark.parametrize("quoted", [KEY, "sk-proj-****zz99"], ids=["full", "masked"])
+def test_a_body_relayed_in_chunks_is_redacted_wherever_the_chunks_split_the_key(quoted):
+    body = ("x" * 300 + f" Incorrect API key provided: {quoted}. " + "y" * 300).encode()
+    expected = Redactor([KEY]).bytes(body)
+    assert b"[REDACTED]" in expected
+    for first in range(0, len(body), 7):
+        for size in (1, 5, 64):
+            scanner = ChunkRedactor(Redactor([KEY]))
+            pieces = [body[:first]] + [body[i : i + size] for i in range(first, len(body), size)]
+            relayed = b"".join(scanner.feed(piece) for piece in pieces) + scanner.flush()
+            assert relayed == expected, (first, size)
+
+
+def test_without_a_key_chunks_pass_unchanged():
+    scanner = ChunkRedactor(Redactor([]))
+    assert scanner.feed(b"abc") == b"abc" and scanner.flush() == b""
 
 
 def test_downstream_headers_are_allow_listed_and_redacted():

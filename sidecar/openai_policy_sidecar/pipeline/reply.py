@@ -5,10 +5,12 @@ A metered 2xx answer is metered (``settle``), moderated when the policy says so 
 kept for the cache. Every body is redacted, since the upstream may quote the key in it (in full
 or masked), an error body as much as a successful one.
 
-The body is held whole (usage sits at its end), so it is read against
+A metered body is held whole (usage sits at its end), so it is read against
 ``spec.requests.maxResponseBytes``: past it the call is cut, answered 502
 ``upstream_response_too_large`` and charged its worst case, instead of growing the sidecar past
-its memory limit.
+its memory limit. An unmetered 2xx body (a file's content, a list) has nothing to meter: it is
+relayed as it arrives (``pass_through``), redacted chunk by chunk, so a download of any size
+costs the sidecar one chunk of memory; like a stream it is bounded by the idle timeout.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from ..context import RequestContext
 from ..guardrails import ModerationClient
 from ..pricing import PriceTable
 from ..rate_headers import tighter, without
-from ..redaction import redactor_for
-from ..resilience import run_with_deadline
+from ..redaction import ChunkRedactor, redactor_for
+from ..resilience import idle_timeout, run_with_deadline
 from ..response_cache import response_entry
 from ..upstream import downstream_headers
 from . import safety, settle
@@ -110,8 +112,11 @@ async def plain_reply(
     secrets: list[str],
     *,
     metered: bool,
-) -> web.Response:
+    request: web.Request | None = None,
+) -> web.StreamResponse:
     response = call.response
+    if request is not None and not metered and 200 <= response.status < 300:
+        return await pass_through(request, ctx, call, secrets, spec.requests.stream_idle_timeout_seconds)
     try:
         payload = await run_with_deadline(
             read_capped(response, spec.requests.max_response_bytes), call.deadline
@@ -141,6 +146,36 @@ async def plain_reply(
         status=response.status, body=payload, headers=downstream_headers(response.headers, redactor)
     )
     mark(ctx, out)
+    return out
+
+
+async def pass_through(
+    request: web.Request, ctx: RequestContext, call: UpstreamCall, secrets: list[str], idle_seconds: float
+) -> web.StreamResponse:
+    """Relay an unmetered 2xx body as it arrives, redacted across chunk boundaries."""
+    response = call.response
+    redactor = redactor_for(secrets)
+    out = web.StreamResponse(status=response.status, headers=downstream_headers(response.headers, redactor))
+    mark(ctx, out)
+    scanner = ChunkRedactor(redactor)
+    try:
+        await out.prepare(request)
+        async for chunk in idle_timeout(response.content.iter_any(), idle_seconds):
+            await out.write(scanner.feed(chunk))
+        await out.write(scanner.flush())
+        await out.write_eof()
+    except (ConnectionError, aiohttp.ClientConnectionResetError):
+        ctx.outcome.decision = "client_disconnected"
+    except (TimeoutError, aiohttp.ClientError) as error:
+        ctx.upstream.error = (
+            "upstream_timeout" if isinstance(error, TimeoutError) else "upstream_stream_error"
+        )
+        call.failed()
+        # The status line is gone: only a cut connection tells the caller the body is incomplete
+        # (ending the chunked body cleanly would pass a truncated file off as whole).
+        if request.transport is not None:
+            request.transport.close()
+    ctx.upstream.seconds = time.perf_counter() - call.started
     return out
 
 
