@@ -326,8 +326,10 @@ class PerUserRateLimitSpec(SpecModel):
 class RateLimitSpec(SpecModel):
     """Requests and tokens per minute, for the policy as a whole and per end user.
 
-    Counted in the shared store across every pod. A refused request is answered 429
-    rate_limit_exceeded with Retry-After and x-ratelimit-* headers, like OpenAI's own.
+    Counted in the shared store across every pod, as buckets that refill continuously (a limit of
+    N per minute regains one unit every 60/N seconds), so no burst can straddle a minute's end. A
+    refused request is answered 429 rate_limit_exceeded with Retry-After and x-ratelimit-*
+    headers, like OpenAI's own.
     """
 
     requests_per_minute: int | None = Field(
