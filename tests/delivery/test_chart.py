@@ -61,6 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
         "redis": {"nodeSelector": {"kubernetes.io/os": "linux"}},
     },
+    "user-roles": {"rbac": {"view": {"enabled": True}, "edit": {"enabled": True}}},
+    "admission-webhook": {"admission": {"validation": "webhook", "webhookFailurePolicy": "Ignore"}},
     "single-replica-fail-closed": {
         "operator": {"replicas": 1, "verbose": True},
         "webhook": {"failurePolicy": "Fail", "excludedNamespaces": ["ci", "monitoring"]},
@@ -367,6 +369,98 @@ def test_webhook_configuration_is_the_operators(helm: Helm) -> None:
             "port": 443,
         }
         assert "url" not in hook["clientConfig"]
+
+
+def _without_labels(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for doc in docs:
+        doc = json.loads(json.dumps(doc))
+        doc["metadata"].pop("labels", None)
+        out.append(doc)
+    return out
+
+
+ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {
+            "sidecar": {
+                "image": {"repository": "registry.local:5000/platform/sidecar"},
+                "ports": {"proxy": 18780},
+            },
+            "redis": {"url": "rediss://user:it's-secret@redis.example.internal:6380/0"},
+            "webhook": {"excludedNamespaces": ["ci"]},
+        },
+    ],
+    ids=["default", "customised"],
+)
+def test_admission_policies_are_the_operators(helm: Helm, values: dict[str, Any]) -> None:
+    """The chart's ValidatingAdmissionPolicies are what openai_policy_operator.admission_policy renders
+    for the settings the chart gives the operator (files/admission-policy.yaml is generated from it)."""
+    from openai_policy_operator import admission_policy
+    from openai_policy_operator.__main__ import parser, settings_from
+    from openai_policy_operator.admission_rules import GuardSettings
+
+    docs = helm.template(values)
+    container = operator_container(docs)
+    args = parser().parse_args(container["args"])
+    args.redis_url = env_of(container)["OPENAI_POLICY_REDIS_URL"]  # the parser's default, from the env
+    settings = settings_from(args)
+    expected = admission_policy.manifests(
+        "opo-openai-policy-operator",
+        GuardSettings.from_operator(settings),
+        sorted({"kube-system", NAMESPACE, *values.get("webhook", {}).get("excludedNamespaces", [])}),
+    )
+    rendered = [d for d in docs if d["kind"] in ADMISSION_KINDS]
+    assert _without_labels(rendered) == _without_labels(expected)
+    assert all(d["metadata"]["labels"]["app.kubernetes.io/instance"] == "opo" for d in rendered)
+    assert not [d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
+
+
+def test_older_clusters_get_the_validating_webhook_instead(helm: Helm) -> None:
+    from openai_policy_operator.config import WebhookSettings
+    from openai_policy_operator.webhook_server import validating_webhook_configuration
+
+    for docs in (helm.template(version="1.29.0"), helm.template(VARIANTS["admission-webhook"])):
+        assert not [d for d in docs if d["kind"] in ADMISSION_KINDS]
+        (hook,) = find(docs, "ValidatingWebhookConfiguration")["webhooks"]
+        failure = "Ignore" if hook["failurePolicy"] == "Ignore" else "Fail"
+        settings = WebhookSettings(
+            validating_failure_policy=failure, timeout_seconds=5, excluded_namespaces=("kube-system",)
+        )
+        (expected,) = validating_webhook_configuration("x", {}, settings, NAMESPACE)["webhooks"]
+        for key in (
+            "name",
+            "admissionReviewVersions",
+            "sideEffects",
+            "matchPolicy",
+            "rules",
+            "namespaceSelector",
+        ):
+            assert hook[key] == expected[key], key
+        assert hook["clientConfig"]["service"]["path"] == "/validate-pods"
+    (default,) = find(helm.template(version="1.29.0"), "ValidatingWebhookConfiguration")["webhooks"]
+    assert default["failurePolicy"] == "Fail"
+
+
+def test_user_roles_are_off_by_default_and_the_operators_when_on(helm: Helm) -> None:
+    from openai_policy_operator import rbac
+
+    assert [d["metadata"]["name"] for d in helm.template() if d["kind"] == "ClusterRole"] == [
+        "opo-openai-policy-operator"
+    ]
+    docs = helm.template(VARIANTS["user-roles"])
+    view = find(docs, "ClusterRole", "opo-openai-policy-operator-view")
+    edit = find(docs, "ClusterRole", "opo-openai-policy-operator-edit")
+    assert view["rules"] == rbac.view_rules() and edit["rules"] == rbac.edit_rules()
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert not [
+        k for k in edit["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/aggregate-to")
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -728,7 +822,8 @@ def test_install_upgrade_and_uninstall_in_the_control_plane(control_plane: Any, 
     _wait_until(lambda: not leftovers(), 60, "the release's objects to be garbage-collected")
     cluster_scoped = control_plane.kubectl(
         "get",
-        "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,clusterkopfpeerings",
+        "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,clusterkopfpeerings,"
+        "validatingadmissionpolicies,validatingadmissionpolicybindings",
         "-l",
         selector,
         "-o",
@@ -738,3 +833,81 @@ def test_install_upgrade_and_uninstall_in_the_control_plane(control_plane: Any, 
     # helm keeps CRDs on uninstall, on purpose: deleting them would delete every policy.
     for crd in crds:
         assert _exists(control_plane, "crd", crd, None)
+
+
+def test_user_roles_in_the_control_plane(control_plane: Any, namespace: str, helm: Helm) -> None:
+    """With the chart's roles: a `view` user reads policies and changes nothing; `edit` (namespace
+    editors) cannot write policies; the chart's edit role, bound to the platform team, can."""
+    control_plane.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(ROOT / "crds" / "openaipolicies.openaipolicy.dev.yaml"),
+    )
+    release = f"roles-{namespace[-6:]}"
+    roles = [
+        d
+        for d in helm.template(VARIANTS["user-roles"], release=release)
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith(("-view", "-edit"))
+    ]
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(roles))
+    platform_role = next(r["metadata"]["name"] for r in roles if r["metadata"]["name"].endswith("-edit"))
+    try:
+        kubeconfigs = {}
+        for user, role in (("viewer", "view"), ("editor", "edit"), ("platform", platform_role)):
+            control_plane.kubectl("create", "serviceaccount", user, "-n", namespace)
+            control_plane.kubectl(
+                "create",
+                "rolebinding",
+                user,
+                "-n",
+                namespace,
+                f"--clusterrole={role}",
+                f"--serviceaccount={namespace}:{user}",
+            )
+            kubeconfigs[user] = control_plane.service_account_kubeconfig(namespace, user)
+
+        def can(user: str, verb: str, resource: str) -> bool:
+            result = control_plane.kubectl(
+                "auth", "can-i", verb, resource, "-n", namespace, kubeconfig=kubeconfigs[user], check=False
+            )
+            return result.stdout.strip() == "yes"
+
+        # The aggregation controller copies the view role's rules into `view` (and `edit`, `admin`).
+        _wait_until(
+            lambda: can("viewer", "list", "openaipolicies.openaipolicy.dev"), 30, "aggregation into view"
+        )
+        policy = {
+            "apiVersion": "openaipolicy.dev/v1alpha1",
+            "kind": "OpenAIPolicy",
+            "metadata": {"name": "team", "namespace": namespace},
+            "spec": {"budget": {"limits": [{"window": "month", "usd": 10}]}},
+        }
+        created = control_plane.kubectl(
+            "create", "-f", "-", input=json.dumps(policy), kubeconfig=kubeconfigs["platform"], check=False
+        )
+        assert created.returncode == 0, created.stderr
+        listed = control_plane.kubectl(
+            "get", "oaip", "-n", namespace, "-o", "name", kubeconfig=kubeconfigs["viewer"]
+        )
+        assert listed.stdout.split() == ["openaipolicy.openaipolicy.dev/team"]
+        for user in ("viewer", "editor"):
+            for verb in ("get", "list", "watch"):
+                assert can(user, verb, "openaipolicies.openaipolicy.dev"), (user, verb)
+            for verb in ("create", "update", "patch", "delete", "deletecollection"):
+                assert not can(user, verb, "openaipolicies.openaipolicy.dev"), (user, verb)
+            assert not can(user, "patch", "openaipolicies.openaipolicy.dev/status"), user
+        raised = control_plane.kubectl(
+            "patch", "oaip", "team", "-n", namespace, "--type=merge", "-p",
+            '{"spec": {"budget": {"limits": [{"window": "month", "usd": 5000}]}}}',
+            kubeconfig=kubeconfigs["editor"], check=False,
+        )  # fmt: skip
+        assert raised.returncode != 0 and "forbidden" in raised.stderr, raised.stderr
+        assert not can("viewer", "get", "secrets")
+        for verb in ("create", "patch", "delete"):
+            assert can("platform", verb, "openaipolicies.openaipolicy.dev"), verb
+    finally:
+        control_plane.kubectl(
+            "delete", "clusterrole", *[r["metadata"]["name"] for r in roles], "--ignore-not-found"
+        )
