@@ -5,8 +5,9 @@ fake asks `FaultBook.take(path, streaming)`, which returns at most one fault per
 matching one) and counts one use off each; a fault with `times=None` stays until cleared. So two
 queued 429s answer two consecutive requests, and a `latency` fault can combine with a `model` one.
 
-Stream faults (`cut_stream`, `stall_stream`) only match streaming requests, so they wait for the
-stream they are meant for instead of being used up by a plain call.
+Stream faults (`cut_stream`, `stall_stream` and the hostile stream ones in `STREAM_ONLY`) only
+match streaming requests, so they wait for the stream they are meant for instead of being used up
+by a plain call.
 """
 
 from __future__ import annotations

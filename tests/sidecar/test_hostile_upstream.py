@@ -252,16 +252,20 @@ async def test_malformed_usage_is_charged_the_worst_case_and_never_hangs_the_cal
 # --- key hygiene ---------------------------------------------------------------------------------
 
 
-async def test_a_401_with_the_masked_key_reaches_the_app_without_it(tmp_path, fake_openai):
+async def test_a_401_with_the_masked_key_reaches_the_app_without_it(tmp_path, fake_openai, caplog):
     path = policy(tmp_path, fake_openai)
     async with running_sidecar(path) as sidecar:
         fake_openai.add_fault("masked_key_401")
         client = async_client(sidecar.base_url, max_retries=0)
-        with pytest.raises(openai.AuthenticationError) as raised:
-            await client.chat.completions.create(model=MODEL, messages=HELLO)
+        with caplog.at_level(logging.INFO):
+            with pytest.raises(openai.AuthenticationError) as raised:
+                await client.chat.completions.create(model=MODEL, messages=HELLO)
+            await quiesce(sidecar)  # the request's log line is written
         text = raised.value.response.text
         assert "Incorrect API key provided" in text and "[REDACTED]" in text
         assert not masked(TEST_KEY).search(text) and TEST_KEY[-4:] not in text
+        for seen in (caplog.text, sidecar.metrics.render().decode()):
+            assert TEST_KEY[-4:] not in seen and TEST_KEY not in seen
 
 
 async def test_a_header_echoing_the_key_never_reaches_the_app(tmp_path, fake_openai):
