@@ -382,3 +382,25 @@ async def test_refusals_and_cache_hits_carry_a_request_id(tmp_path, fake_openai)
         assert hit.headers["x-openai-policy-cache"] == "hit"
         assert hit.headers["x-request-id"].startswith("oaip-")
         assert miss.headers["x-request-id"].startswith("req_")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_reply_naming_the_key_as_its_model_leaks_it_nowhere(tmp_path, fake_openai, caplog, stream):
+    """The model a reply reports reaches the access log and the drift metric: it is read only
+    after the key was redacted from the reply."""
+    path = policy(tmp_path, fake_openai)
+    async with running_sidecar(path) as sidecar:
+        fake_openai.add_fault("model", model=TEST_KEY)
+        client = async_client(sidecar.base_url, max_retries=0)
+        with caplog.at_level(logging.INFO):
+            if stream:
+                async with client.chat.completions.with_streaming_response.create(
+                    model=MODEL, messages=HELLO, stream=True
+                ) as response:
+                    body = await response.read()
+            else:
+                raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
+                body = raw.http_response.content
+            await quiesce(sidecar)
+        for seen in (body.decode(), caplog.text, sidecar.metrics.render().decode()):
+            assert TEST_KEY not in seen and TEST_KEY[-4:] not in seen

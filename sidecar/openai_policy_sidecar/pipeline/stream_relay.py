@@ -68,10 +68,11 @@ async def relay(
     chunks = idle_timeout(response.content.iter_any(), idle_seconds)
     try:
         async for event, separator in split_events(chunks, max_event_bytes):
+            # Redacted before it is read too: the model name it reports reaches logs and metrics.
+            event = redactor.bytes(event)
             forwarded = meter.transform(event) if endpoint else event
             if forwarded is None:
                 continue
-            forwarded = redactor.bytes(forwarded)
             if recorder is not None:
                 recorder.add(forwarded)
             try:
