@@ -158,3 +158,16 @@ def test_generated_chart_files_are_fresh() -> None:
     assert (chart / "user-roles.yaml").read_text() == rbac.user_roles_file(), (
         "run: python -m openai_policy_operator.rbac --user-roles"
     )
+
+
+def test_the_readme_lists_every_rule_with_its_message() -> None:
+    from openai_policy_operator.admission_rules import MESSAGES, key_secret_message, policy_selects_message
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    messages = [
+        *MESSAGES.values(),
+        key_secret_message("<policy>", "<secret>"),
+        policy_selects_message("<policy>", names.POLICY_ANNOTATION),
+    ]
+    for message in messages:
+        assert " ".join(message.split()) in readme, message
