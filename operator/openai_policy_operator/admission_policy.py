@@ -1,11 +1,13 @@
 """The admission rules of :mod:`.admission_rules` as ValidatingAdmissionPolicies (CEL, evaluated by
 the API server itself, so they hold while the operator is down).
 
-Two policies, each with its binding:
+Three policies, each with its binding:
 
 * ``<prefix>-pods``: the rules that need no OpenAIPolicy (reserved names, the sidecar's shape and
   volumes, process namespace, ephemeral containers). It has no params on purpose: a policy with
   params is not evaluated at all in a namespace without any OpenAIPolicy.
+* ``<prefix>-exec``: no ``kubectl exec``/``cp``/``attach`` into the sidecar (CONNECT requests, whose
+  object is not a Pod, hence a policy of its own).
 * ``<prefix>-keys``: the rules per OpenAIPolicy of the pod's namespace (``paramKind``, every policy
   of the namespace through a param selector): its key Secret, and whether it selects the pod.
   The API server evaluates it once per policy; the pod must pass for each.
@@ -18,6 +20,7 @@ tests/delivery/test_chart.py compares what the chart renders with :func:`manifes
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +35,7 @@ from .admission_rules import (
     PROBES,
     RESERVED_PREFIX,
     RULE_EPHEMERAL,
+    RULE_EXEC,
     RULE_INJECTED_SELECTS_POD,
     RULE_POLICY_SELECTS_POD,
     RULE_PROCESS_NAMESPACE,
@@ -347,7 +351,11 @@ def _key_validations() -> list[dict[str, str]]:
     return out
 
 
-def _match_constraints(excluded_namespaces: Any) -> dict[str, Any]:
+def _match_constraints(
+    excluded_namespaces: Any,
+    operations: Sequence[str] = ("CREATE", "UPDATE"),
+    resources: Sequence[str] = ("pods", "pods/ephemeralcontainers"),
+) -> dict[str, Any]:
     return {
         "matchPolicy": "Equivalent",
         "namespaceSelector": {
@@ -360,8 +368,8 @@ def _match_constraints(excluded_namespaces: Any) -> dict[str, Any]:
             {
                 "apiGroups": [""],
                 "apiVersions": ["v1"],
-                "operations": ["CREATE", "UPDATE"],
-                "resources": ["pods", "pods/ephemeralcontainers"],
+                "operations": list(operations),
+                "resources": list(resources),
                 "scope": "Namespaced",
             }
         ],
@@ -384,9 +392,9 @@ def manifests(
         excluded_namespaces if isinstance(excluded_namespaces, str) else sorted(excluded_namespaces)
     )
     meta_labels: Any = labels if labels is not None else {names.MANAGED_BY_LABEL: names.MANAGED_BY}
-    pods, keys = f"{prefix}-pods", f"{prefix}-keys"
+    pods, keys, execs = f"{prefix}-pods", f"{prefix}-keys", f"{prefix}-exec"
     common = _common_variables()
-    policies = [
+    policies: list[dict[str, Any]] = [
         {
             "apiVersion": f"{ADMISSION_GROUP}/v1",
             "kind": "ValidatingAdmissionPolicy",
@@ -417,6 +425,23 @@ def manifests(
                 "validations": _key_validations(),
             },
         },
+        {
+            "apiVersion": f"{ADMISSION_GROUP}/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": execs, "labels": meta_labels},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": _match_constraints(excluded, ["CONNECT"], ["pods/exec", "pods/attach"]),
+                # The object is PodExecOptions or PodAttachOptions; without a container the API server
+                # picks one of spec.containers, never the sidecar (an init container).
+                "validations": [
+                    {
+                        "expression": f"!has(object.container) || object.container != {q(names.SIDECAR_NAME)}",
+                        "message": MESSAGES[RULE_EXEC],
+                    }
+                ],
+            },
+        },
     ]
     bindings: list[dict[str, Any]] = [
         {
@@ -436,10 +461,17 @@ def manifests(
                 "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
             },
         },
+        {
+            "apiVersion": f"{ADMISSION_GROUP}/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": execs, "labels": meta_labels},
+            "spec": {"policyName": execs, "validationActions": ["Deny"]},
+        },
     ]
     if only_namespaces_labelled:
         for binding in bindings:
-            narrowed = _match_constraints(excluded)
+            policy = next(p for p in policies if p["metadata"]["name"] == binding["spec"]["policyName"])
+            narrowed = json.loads(json.dumps(policy["spec"]["matchConstraints"]))
             narrowed["namespaceSelector"]["matchLabels"].update(only_namespaces_labelled)
             binding["spec"]["matchResources"] = narrowed
     return [*policies, *bindings]

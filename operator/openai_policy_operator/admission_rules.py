@@ -50,6 +50,7 @@ RULE_SIDECAR_SHAPE = "sidecar-shape"
 RULE_SIDECAR_UNCHANGED = "sidecar-unchanged"
 RULE_PROCESS_NAMESPACE = "process-namespace"
 RULE_EPHEMERAL = "ephemeral-containers"
+RULE_EXEC = "exec-into-sidecar"
 RULE_KEY_SECRET = "key-secret"
 RULE_POLICY_SELECTS_POD = "policy-selects-pod"
 RULE_INJECTED_SELECTS_POD = "injected-policy-selects-pod"
@@ -76,15 +77,20 @@ MESSAGES = {
         f"instead (e.g. roll out its Deployment)."
     ),
     RULE_PROCESS_NAMESPACE: (
-        f"openai-policy {RULE_PROCESS_NAMESPACE}: a pod with the {names.SIDECAR_NAME} sidecar may not "
-        f"set shareProcessNamespace or hostPID: other containers could read the sidecar's key "
-        f"through /proc. Remove the field, or opt the pod out with {names.INJECT_ANNOTATION}: "
-        f'"false" (it then gets no sidecar and no key).'
+        f"openai-policy {RULE_PROCESS_NAMESPACE}: a pod governed by an OpenAIPolicy (injected with the "
+        f"{names.SIDECAR_NAME} sidecar, or selected for it) may not set shareProcessNamespace or "
+        f"hostPID: other containers could read the sidecar's key through /proc. Remove the field, or "
+        f'opt the pod out with {names.INJECT_ANNOTATION}: "false" (it then gets no sidecar and no key).'
     ),
     RULE_EPHEMERAL: (
         f"openai-policy {RULE_EPHEMERAL}: an ephemeral container may not target the "
         f"{names.SIDECAR_NAME} sidecar (targetContainerName) or mount its volumes. Debug the app "
         f"container instead: kubectl debug --target=<app container>."
+    ),
+    RULE_EXEC: (
+        f"openai-policy {RULE_EXEC}: kubectl exec, cp and attach into the {names.SIDECAR_NAME} "
+        f"container are refused: it holds the API key. Exec into the app container instead (-c <app "
+        f"container>); the sidecar's state is on its admin port (/readyz, /metrics)."
     ),
 }
 
@@ -298,6 +304,8 @@ def pod_violations(
     guard: GuardSettings,
 ) -> list[str]:
     """The rules that need no policy (the ValidatingAdmissionPolicy without params)."""
+    if operation == "CONNECT":  # pods/exec and pods/attach: the object is PodExecOptions/PodAttachOptions
+        return [MESSAGES[RULE_EXEC]] if pod.get("container") == names.SIDECAR_NAME else []
     spec = pod.get("spec") or {}
     create = operation == "CREATE"
     # An update cannot add containers or volumes (only images and a few scheduling fields change),
@@ -355,6 +363,8 @@ def policy_violations(
 ) -> list[str]:
     """The rules evaluated once per OpenAIPolicy of the namespace (the params of the second VAP)."""
     found: list[str] = []
+    if operation == "CONNECT":
+        return found
     name = (policy.get("metadata") or {}).get("name", "")
     secret = secret_of(policy)
     annotations = _annotations(pod)

@@ -210,7 +210,7 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
     @kopf.on.validate(
         "pods",
         id=names.VALIDATING_WEBHOOK_ID,
-        operations=["CREATE", "UPDATE"],
+        operations=["CREATE", "UPDATE", "CONNECT"],
         subresource="*",
         registry=registry,
     )

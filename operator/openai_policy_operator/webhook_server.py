@@ -104,7 +104,14 @@ def validating_webhook_configuration(
                         "operations": ["CREATE", "UPDATE"],
                         "resources": ["pods", "pods/ephemeralcontainers"],
                         "scope": "Namespaced",
-                    }
+                    },
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CONNECT"],
+                        "resources": ["pods/exec", "pods/attach"],
+                        "scope": "Namespaced",
+                    },
                 ],
                 "namespaceSelector": namespace_selector(settings, operator_namespace),
             }

@@ -241,6 +241,31 @@ def test_debug_container_for_the_app_is_admitted_one_targeting_the_sidecar_is_re
     assert [c["name"] for c in stored["spec"]["ephemeralContainers"]] == ["dbg"]
 
 
+def _exec(control_plane, namespace: str, pod_name: str, container: str) -> Any:
+    return control_plane.kubectl(
+        "exec",
+        pod_name,
+        "-n",
+        namespace,
+        "-c",
+        container,
+        "--",
+        "cat",
+        f"{names.API_KEY_DIR}/api-key",
+        check=False,
+    )
+
+
+def test_exec_into_the_sidecar_is_refused_into_the_app_it_is_not(control_plane, guarded):
+    namespace = guarded["namespace"]
+    assert create(control_plane, namespace, pod("exec-target")).returncode == 0
+    refused = _exec(control_plane, namespace, "exec-target", names.SIDECAR_NAME)
+    assert refused.returncode != 0 and "openai-policy exec-into-sidecar:" in refused.stderr, refused.stderr
+    # Into the app, admission lets it through (no node runs this pod here, hence the error after it).
+    other = _exec(control_plane, namespace, "exec-target", "app")
+    assert "openai-policy" not in other.stderr, other.stderr
+
+
 def test_the_sidecar_image_cannot_be_changed_on_a_running_pod(control_plane, guarded):
     namespace = guarded["namespace"]
     result = create(control_plane, namespace, pod("set-image"))
@@ -268,6 +293,11 @@ def test_debug_container_targeting_the_sidecar_is_refused_while_the_operator_is_
 ):
     refused = _debug(control_plane, operator_down["namespace"], "debugged", names.SIDECAR_NAME, "peek2")
     assert refused.returncode != 0 and "openai-policy ephemeral-containers:" in refused.stderr, refused.stderr
+
+
+def test_exec_into_the_sidecar_is_refused_while_the_operator_is_down(control_plane, operator_down):
+    refused = _exec(control_plane, operator_down["namespace"], "exec-target", names.SIDECAR_NAME)
+    assert refused.returncode != 0 and "openai-policy exec-into-sidecar:" in refused.stderr, refused.stderr
 
 
 def test_workloads_are_still_created_while_the_operator_is_down(control_plane, operator_down):

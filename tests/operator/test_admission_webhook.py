@@ -109,3 +109,12 @@ def test_failure_policy_fail_refuses_pods_while_the_webhook_is_down(control_plan
                 control_plane.delete_namespace(plain)
         finally:
             control_plane.delete_namespace(namespace)
+
+
+def test_exec_into_the_sidecar_is_refused(control_plane, validating):
+    namespace = validating["namespace"]
+    assert create(control_plane, namespace, pod("exec-target")).returncode == 0
+    refused = control_plane.kubectl(
+        "exec", "exec-target", "-n", namespace, "-c", names.SIDECAR_NAME, "--", "true", check=False
+    )
+    assert refused.returncode != 0 and "openai-policy exec-into-sidecar:" in refused.stderr, refused.stderr
