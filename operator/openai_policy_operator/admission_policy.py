@@ -77,8 +77,8 @@ def cel_list(items: Sequence[str]) -> str:
 
 
 def _or_default(path: str, default: str) -> str:
-    parent, _, field = path.rpartition(".")
-    return f"(has({parent}.{field}) ? {path} : {default})"
+    """An optional field, or ``default`` (reading an absent field is an error in CEL)."""
+    return f"(has({path}) ? {path} : {default})"
 
 
 def _common_variables() -> list[dict[str, str]]:
