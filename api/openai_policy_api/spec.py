@@ -390,12 +390,14 @@ class RequestsSpec(SpecModel):
         "input_too_large before they are read. Default 1 MiB.",
     )
     max_response_bytes: int = Field(
-        default=33_554_432,
+        default=8_388_608,
         ge=1024,
         le=1_073_741_824,
         description="Largest upstream reply body the sidecar reads, in bytes (it holds a plain reply whole "
         "to meter it). A larger reply is cut and answered 502 upstream_response_too_large, and the call is "
-        "charged its worst case. Default 32 MiB, well under the sidecar's memory limit.",
+        "charged its worst case. A successful unmetered reply (a file's content) is relayed as it arrives, without "
+        "this cap. Default 8 MiB: ten such replies at once stay under the sidecar's 256 Mi memory limit; "
+        "raise it with that limit for very large embedding batches.",
     )
     max_stream_event_bytes: int = Field(
         default=8_388_608,

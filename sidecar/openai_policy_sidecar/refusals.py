@@ -129,16 +129,20 @@ def upstream_unreachable(detail: str) -> Refusal:
     )
 
 
-def upstream_response_too_large(limit: int) -> Refusal:
-    # Asking again would get the same oversized answer: the SDKs must not retry it.
-    return Refusal(
-        502,
-        "upstream_response_too_large",
-        f"The upstream API's reply was larger than this policy allows the sidecar to relay "
-        f"({limit} bytes, spec.requests.maxResponseBytes / maxStreamEventBytes); it was cut.",
-        type=SERVER,
-        retryable=False,
-    )
+def upstream_response_too_large(limit: int, *, busy: bool = False) -> Refusal:
+    # Not retried by the SDKs: the upstream billed the cut call already, and asking again would
+    # most likely get the same oversized answer.
+    if busy:
+        message = (
+            f"The upstream API's reply was cut: the sidecar already holds as much of other replies as its "
+            f"memory allows ({limit} bytes). Try again when fewer large replies are in flight."
+        )
+    else:
+        message = (
+            f"The upstream API's reply was larger than this policy allows the sidecar to relay "
+            f"({limit} bytes, spec.requests.maxResponseBytes / maxStreamEventBytes); it was cut."
+        )
+    return Refusal(502, "upstream_response_too_large", message, type=SERVER, retryable=False)
 
 
 def store_unavailable() -> Refusal:

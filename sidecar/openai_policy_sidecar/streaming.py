@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from .buffer_budget import Held
 from .reported_usage import Usage, parse_usage
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n")
@@ -131,18 +132,21 @@ class StreamEventTooLarge(Exception):
 
 
 async def split_events(
-    chunks: AsyncIterator[bytes], max_event_bytes: int | None = None
+    chunks: AsyncIterator[bytes], max_event_bytes: int | None = None, held: Held | None = None
 ) -> AsyncIterator[tuple[bytes, bytes]]:
     """Yield (event, separator) for each complete SSE event as soon as its blank line arrives.
 
     At most ``max_event_bytes`` of one event are held: an event that grows past it (a stream that
     never sends a blank line is one endless event) raises ``StreamEventTooLarge``. Each byte is
-    searched once, so a long event costs linear time, not a rescan per chunk.
+    searched once, so a long event costs linear time, not a rescan per chunk. ``held`` counts
+    what is buffered against the process's budget (``buffer_budget``), which may cut it sooner.
     """
     buffer = bytearray()
     scanned = 0  # bytes of buffer known to hold no separator start
     async for chunk in chunks:
         buffer += chunk
+        if held is not None:
+            held.resize(len(buffer))
         while True:
             start = max(0, scanned - 3)  # a separator may straddle the previous chunk's end
             cut = -1
@@ -153,6 +157,8 @@ async def split_events(
                     cut, separator = index, candidate
             if cut == -1:
                 scanned = len(buffer)
+                if held is not None:
+                    held.resize(len(buffer))  # what the events yielded freed
                 if max_event_bytes is not None and len(buffer) > max_event_bytes:
                     raise StreamEventTooLarge(max_event_bytes)
                 break

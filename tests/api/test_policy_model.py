@@ -157,7 +157,7 @@ def test_to_document_is_camel_case_with_defaults_filled() -> None:
         "timeoutSeconds": 10,
         "streamIdleTimeoutSeconds": 30,
         "maxBodyBytes": 1048576,
-        "maxResponseBytes": 33554432,
+        "maxResponseBytes": 8388608,
         "maxStreamEventBytes": 8388608,
     }
     assert spec["upstream"] == {"baseURL": DEFAULT_BASE_URL}

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -181,6 +182,37 @@ def test_the_default_caps_keep_a_sidecar_process_far_below_its_memory_limit(
         assert grown_mib < 100, f"peak RSS grew by {grown_mib:.0f} MiB for a 300 MB answer"
         # /healthz kept answering throughout (about 10 ms here; generous for a shared machine)
         assert latencies and max(latencies) < 0.5
+
+
+@pytest.mark.parametrize("size_mib", [30, 7.5], ids=["over-the-cap", "just-under-the-cap"])
+def test_ten_concurrent_oversized_replies_keep_a_sidecar_process_under_its_memory_limit(
+    tmp_path, fake_openai, size_mib
+):
+    """A cap per call does not bound the sum: the replies held at once share one budget, and a
+    call past it is cut (502) like one past its own cap, so the pod is not OOM-killed."""
+    path = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai))
+    key_file = tmp_path / "key"
+    key_file.write_text(TEST_KEY)
+    with SidecarProcess(path, tmp_path / "sidecar.log", api_key_file=key_file) as sidecar:
+        client = openai.OpenAI(base_url=sidecar.base_url, api_key="sk-x", max_retries=0, timeout=120)
+        client.chat.completions.create(model=MODEL, messages=HELLO)  # warm
+        before = _peak_rss_kib(sidecar.process.pid)
+        fake_openai.add_fault("huge_body", bytes=int(size_mib * 1024 * 1024), times=10)
+
+        def call(_: int) -> str:
+            try:
+                client.chat.completions.create(model=MODEL, messages=HELLO)
+            except openai.InternalServerError as error:
+                assert error.status_code == 502 and error.code == "upstream_response_too_large"
+                return "cut"
+            return "ok"
+
+        with healthz_probe(sidecar) as latencies, ThreadPoolExecutor(10) as pool:
+            outcomes = list(pool.map(call, range(10)))
+        grown_mib = (_peak_rss_kib(sidecar.process.pid) - before) / 1024
+        # ~135 MiB at rest + this stays under the 256 Mi limit (measured: +50 to +100 MiB)
+        assert grown_mib < 120, f"peak RSS grew by {grown_mib:.0f} MiB ({outcomes})"
+        assert "cut" in outcomes and latencies and max(latencies) < 0.5
 
 
 def test_an_unmetered_download_of_any_size_streams_through_in_bounded_memory(tmp_path, fake_openai):

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from openai_policy_sidecar.buffer_budget import BufferBudget, BufferBudgetExceeded
 from openai_policy_sidecar.rate_headers import LastSeen, tighter
 from openai_policy_sidecar.redaction import ChunkRedactor, Redactor
 from openai_policy_sidecar.reported_usage import Usage, parse_usage
@@ -185,3 +186,22 @@ def test_last_seen_keeps_the_latest_upstream_headers():
     seen.note(_rate("tokens", 100, 50, "1s"))
     seen.note(_rate("tokens", 100, 70, "1s"))
     assert seen.headers() == _rate("tokens", 100, 70, "1s")
+
+
+def test_the_buffer_budget_is_shared_and_fits_one_call_at_its_cap_alone():
+    budget = BufferBudget(100)
+    first, second = budget.hold(100), budget.hold(100)
+    first.resize(70)
+    with pytest.raises(BufferBudgetExceeded):
+        second.resize(40)
+    second.resize(30)
+    first.resize(10)  # shrinking frees room
+    second.resize(90)
+    first.release()
+    second.release()
+    assert budget.held == 0
+    alone = budget.hold(500)  # a call whose cap is above the budget still fits when alone
+    alone.resize(500)
+    with pytest.raises(BufferBudgetExceeded):
+        budget.hold(500).resize(1)
+    alone.release()

@@ -24,6 +24,7 @@ from aiohttp import web
 from openai_policy_api import PolicySpec
 
 from .. import refusals
+from ..buffer_budget import SHARED, BufferBudgetExceeded, Held
 from ..context import RequestContext
 from ..guardrails import ModerationClient
 from ..pricing import PriceTable
@@ -90,17 +91,22 @@ def refusal_reply(
     return refusal.to_response(extra)
 
 
-async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or ``ResponseTooLarge`` as soon as it is known to be over ``limit``."""
+async def read_capped(response: aiohttp.ClientResponse, limit: int, held: Held | None = None) -> bytes:
+    """The whole body, or ``ResponseTooLarge`` as soon as it is known to be over ``limit``
+    (``BufferBudgetExceeded`` when ``held`` says the process holds too much already)."""
     declared = response.content_length
     if declared is not None and declared > limit:
         raise ResponseTooLarge(limit)
-    body = bytearray()
+    chunks: list[bytes] = []  # joined once at the end: no copy per chunk as a bytearray regrows
+    size = 0
     async for chunk in response.content.iter_any():
-        body += chunk
-        if len(body) > limit:
+        size += len(chunk)
+        if size > limit:
             raise ResponseTooLarge(limit)
-    return bytes(body)
+        if held is not None:
+            held.resize(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def plain_reply(
@@ -117,16 +123,40 @@ async def plain_reply(
     response = call.response
     if request is not None and not metered and 200 <= response.status < 300:
         return await pass_through(request, ctx, call, secrets, spec.requests.stream_idle_timeout_seconds)
+    held = SHARED.hold(3 * spec.requests.max_response_bytes)  # alone, a reply at its cap always fits
+    try:
+        return await _buffered_reply(ctx, call, spec, prices, moderation, secrets, metered, held)
+    finally:
+        held.release()
+
+
+async def _buffered_reply(
+    ctx: RequestContext,
+    call: UpstreamCall,
+    spec: PolicySpec,
+    prices: PriceTable,
+    moderation: ModerationClient,
+    secrets: list[str],
+    metered: bool,
+    held: Held,
+) -> web.Response:
+    response = call.response
     try:
         payload = await run_with_deadline(
-            read_capped(response, spec.requests.max_response_bytes), call.deadline
+            read_capped(response, spec.requests.max_response_bytes, held), call.deadline
         )
     except (TimeoutError, aiohttp.ClientError) as error:
         call.failed()
         raise upstream_failure(ctx, call.started, error, call.timeout_seconds) from None
-    except ResponseTooLarge as too_large:
+    except (ResponseTooLarge, BufferBudgetExceeded) as too_large:
         response.close()  # stop reading: the rest of the body never enters the sidecar
-        raise response_too_large(ctx, call, prices, metered, too_large.limit) from None
+        busy = isinstance(too_large, BufferBudgetExceeded)
+        raise response_too_large(ctx, call, prices, metered, too_large.limit, busy=busy) from None
+    try:
+        # Metering parses the body: for a while it exists twice more (decoded and parsed).
+        held.resize(3 * len(payload))
+    except BufferBudgetExceeded as busy:
+        raise response_too_large(ctx, call, prices, metered, busy.limit, busy=True) from None
     ctx.upstream.seconds = time.perf_counter() - call.started
     redactor = redactor_for(secrets)
     payload = redactor.bytes(payload)
@@ -180,14 +210,20 @@ async def pass_through(
 
 
 def response_too_large(
-    ctx: RequestContext, call: UpstreamCall, prices: PriceTable, metered: bool, limit: int
+    ctx: RequestContext,
+    call: UpstreamCall,
+    prices: PriceTable,
+    metered: bool,
+    limit: int,
+    *,
+    busy: bool = False,
 ) -> refusals.Refusal:
     """Cut an oversized reply: the upstream may have billed it whole, so charge the worst case."""
     ctx.upstream.seconds = time.perf_counter() - call.started
     ctx.upstream.error = "upstream_response_too_large"
     if metered:
         settle.meter_usage(ctx, prices, None, None)
-    return refusals.upstream_response_too_large(limit)
+    return refusals.upstream_response_too_large(limit, busy=busy)
 
 
 def redact(payload: bytes, secrets: list[str]) -> bytes:

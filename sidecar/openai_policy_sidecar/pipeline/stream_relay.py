@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from .. import refusals
+from ..buffer_budget import SHARED, BufferBudgetExceeded
 from ..context import RequestContext
 from ..pricing import PriceTable
 from ..redaction import redactor_for
@@ -66,8 +67,9 @@ async def relay(
     failed = False
     too_large = False
     chunks = idle_timeout(response.content.iter_any(), idle_seconds)
+    held = SHARED.hold(max_event_bytes or 0)
     try:
-        async for event, separator in split_events(chunks, max_event_bytes):
+        async for event, separator in split_events(chunks, max_event_bytes, held):
             # Redacted before it is read too: the model name it reports reaches logs and metrics.
             event = redactor.bytes(event)
             forwarded = meter.transform(event) if endpoint else event
@@ -85,12 +87,14 @@ async def relay(
         ctx.upstream.error = "upstream_timeout"
         log.warning("%s", stalled)
         client_gone = not await write_stream_error(out, "upstream_timeout", str(stalled))
-    except StreamEventTooLarge as oversized:
+    except (StreamEventTooLarge, BufferBudgetExceeded) as oversized:
         failed = too_large = True
         ctx.upstream.error = "upstream_response_too_large"
         log.warning("cutting an upstream stream: %s", oversized)
         response.close()  # stop reading: the rest of the event never enters the sidecar
-        refusal = refusals.upstream_response_too_large(oversized.limit)
+        refusal = refusals.upstream_response_too_large(
+            oversized.limit, busy=isinstance(oversized, BufferBudgetExceeded)
+        )
         client_gone = not await write_stream_error(out, refusal.code, refusal.message)
     except TimeoutError:
         failed = True
@@ -98,6 +102,8 @@ async def relay(
     except aiohttp.ClientError:
         failed = True
         ctx.upstream.error = "upstream_stream_error"
+    finally:
+        held.release()
     if failed and not too_large:
         call.failed()  # a stream that stops talking is a failing upstream (an oversized one is not)
     ctx.upstream.seconds = time.perf_counter() - call.started
