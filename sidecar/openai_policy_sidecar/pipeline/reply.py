@@ -5,8 +5,9 @@ A metered 2xx answer is metered (``settle``), moderated when the policy says so 
 kept for the cache. Every body is redacted, since the upstream may quote the key in it (in full
 or masked), an error body as much as a successful one.
 
-A metered body is held whole (usage sits at its end), so it is read against
-``spec.requests.maxResponseBytes``: past it the call is cut, answered 502
+A metered or error body is held whole (usage sits at its end), so it is read against
+``spec.requests.maxResponseBytes``, and with every other reply held at once against the
+process's budget (``buffer_budget``): past either the call is cut, answered 502
 ``upstream_response_too_large`` and charged its worst case, instead of growing the sidecar past
 its memory limit. An unmetered 2xx body (a file's content, a list) has nothing to meter: it is
 relayed as it arrives (``pass_through``), redacted chunk by chunk, so a download of any size
