@@ -1,6 +1,9 @@
 """A throwaway redis-server on a free loopback port, with stop/start/restart for fault tests.
 
-No persistence: a restart loses the data, as a crashed Redis without AOF would.
+By default no persistence and no authentication: a restart loses the data, as a crashed Redis
+without AOF would. ``password=`` protects the default user (``requirepass``, as the chart's
+Redis does), ``appendonly=True`` keeps an AOF with ``appendfsync everysec`` (the chart's
+persistence), so that a restart replays it. ``RedisSentinel`` runs a Sentinel watching one.
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ class RedisServer:
     """`.url` is "redis://127.0.0.1:PORT/0"; the port stays the same across restarts."""
 
     def __init__(
-        self, port: int | None = None, *, binary: str | None = None, start_timeout: float = 10.0
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        start_timeout: float = 10.0,
+        password: str | None = None,
+        appendonly: bool = False,
     ) -> None:
+        self.password = password
+        self.appendonly = appendonly
         found = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(found).exists():
             raise RuntimeError(
@@ -54,11 +65,14 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
             "--dir", str(self.workdir),
             "--daemonize", "no",
             "--logfile", "",  # stdout, which ManagedProcess sends to redis.log
         ]  # fmt: skip
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
         self._process = ManagedProcess("redis-server", argv, self.log_path)
         self._process.start()
         deadline = time.monotonic() + self.start_timeout
@@ -76,14 +90,21 @@ class RedisServer:
         if self._process is not None:
             self._process.stop()
 
+    @property
+    def admin_url(self) -> str:
+        """The URL with the default user's password (the whole server: tests' own use only)."""
+        if self.password is None:
+            return self.url
+        return f"redis://default:{self.password}@127.0.0.1:{self.port}/0"
+
     def restart(self) -> None:
-        """Stop and start on the same port (data is lost)."""
+        """Stop and start on the same port (data is lost unless ``appendonly``)."""
         self.stop()
         self.start()
 
     def client(self) -> redis.Redis:
         """A synchronous client, closed when the server is closed."""
-        client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+        client = redis.Redis.from_url(self.admin_url, socket_timeout=5, socket_connect_timeout=5)
         self._clients.append(client)
         return client
 
@@ -99,12 +120,81 @@ class RedisServer:
         # A raw socket, not redis-py: no retries or pools to reason about while it starts.
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if self.password is not None:
+                    sock.sendall(b"AUTH " + self.password.encode() + b"\r\n")
+                    if not sock.recv(16).startswith(b"+OK"):
+                        return False
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class RedisSentinel:
+    """One redis-server in Sentinel mode watching ``master`` under the name ``mymaster``.
+
+    ``.url`` is the ``redis+sentinel://`` URL a RedisStore takes. One Sentinel with quorum 1 is
+    enough to show a client following the master it names; it is not a failover test.
+    """
+
+    def __init__(self, master: RedisServer, *, name: str = "mymaster", start_timeout: float = 10.0) -> None:
+        self.master = master
+        self.name = name
+        self.port = free_port()
+        self.start_timeout = start_timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix="oaip-sentinel-"))
+        self.log_path = self.workdir / "sentinel.log"
+        self._process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.name}/0"
+
+    def start(self) -> RedisSentinel:
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self.workdir}",
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1",
+        ]
+        if self.master.password is not None:
+            lines.append(f"sentinel auth-pass {self.name} {self.master.password}")
+        config = self.workdir / "sentinel.conf"
+        config.write_text("\n".join(lines) + "\n")
+        argv = [self.master.binary, str(config), "--sentinel", "--daemonize", "no", "--logfile", ""]
+        self._process = ManagedProcess("redis-sentinel", argv, self.log_path)
+        self._process.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self._knows_master():
+            self._process.check_alive()
+            if time.monotonic() > deadline:
+                self._process.stop()
+                raise ProcessFailed(self._process.failure_message(f"sentinel not ready on {self.port}"))
+            time.sleep(0.05)
+        return self
+
+    def _knows_master(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(f"SENTINEL get-master-addr-by-name {self.name}\r\n".encode())
+                return str(self.master.port).encode() in sock.recv(128)
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisSentinel:
         return self.start()
 
     def __exit__(

@@ -220,3 +220,14 @@ for i = 3, #rate do out[#out + 1] = rate[i] end
 return out
 """
 )
+
+# Restore a window's settled spend after the store lost it (a wipe, a restart without AOF):
+# raise the counter to ARGV[1] when it holds less, never lower it. KEYS[1] spend key; ARGV[1]
+# micro-dollars, ARGV[2] ttl_seconds. Returns the micro-dollars added (0 when it held as much).
+RESTORE = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '0')
+local want = tonumber(ARGV[1])
+if held >= want then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return want - held
+"""

@@ -202,6 +202,14 @@ class MemoryStore:
             )
         return out
 
+    async def budget_restore(self, ref: Ref, bucket: BucketLimit, spent_micros: int) -> int:
+        key = self._names.budget(ref, bucket.window, bucket.bucket)[0]
+        held = self._get(key)
+        if held >= spent_micros:
+            return 0
+        self._incr(key, spent_micros - held, bucket.ttl_seconds)
+        return spent_micros - held
+
     async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, BucketSpend]:
         return {s.window: s for s in await self.budget_read(ref, current_buckets({}, now))}
 

@@ -147,6 +147,11 @@ class Store(Protocol):
         """Sweep expired reservations, then read spent/reserved for each bucket (with its limit)."""
         ...
 
+    async def budget_restore(self, ref: Ref, bucket: BucketLimit, spent_micros: int) -> int:
+        """Raise a bucket's settled spend to ``spent_micros`` if it holds less (never lower it);
+        the micro-dollars added. Used to put back spend a wiped store lost."""
+        ...
+
     async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, BucketSpend]:
         """Spent/reserved for the current hour, day and month buckets (for the operator)."""
         ...

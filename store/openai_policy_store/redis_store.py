@@ -5,6 +5,15 @@ multi-key script touches one slot and works on Redis Cluster. Connections use sh
 timeouts and at most one retry: when Redis is down an operation raises :class:`StoreUnavailable`
 within about a second instead of hanging a request.
 
+URLs: ``redis://`` and ``rediss://`` (TLS; ``ssl_ca_file`` names the CA of a private server),
+``redis+sentinel://host:port[,host:port...]/<master name>[/db]`` (the master a set of Sentinels
+elects, followed across failovers) and ``redis+cluster://host:port[,host:port...]`` (Redis
+Cluster: every multi-key script stays in one slot thanks to the policy's hash tag). Credentials
+come from the URL, from ``username``/``password``, or from ``credential_file`` (two lines: user,
+password), which is re-read for every new connection so that a rotated password mounted by the
+kubelet is picked up without a restart. No ``CLIENT SETINFO`` is sent: a per-policy ACL user is
+not allowed ``CLIENT``.
+
 redis-py is imported when the first ``RedisStore`` is made, not with this module: a sidecar
 without Redis (in-memory state) never loads it, which keeps ~6 MiB out of its RSS.
 """
@@ -18,7 +27,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from . import keyspace, lua
 from .exceptions import StoreUnavailable
@@ -33,6 +44,42 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+
+
+def read_credential_file(path: Path) -> tuple[str, str]:
+    """``(username, password)`` from a file of two lines; a single line is the default user's password."""
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(lines) == 1:
+        return "default", lines[0]
+    if len(lines) != 2:
+        raise ValueError(f"{path}: expected two lines (username, password)")
+    return lines[0], lines[1]
+
+
+class _FileCredentials:
+    """A redis-py credential provider reading the file on every new connection (rotation)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get_credentials(self) -> tuple[str, str]:
+        return read_credential_file(self.path)
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        return self.get_credentials()
+
+
+def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
+    """``host:port,host:port`` (credentials before ``@`` removed) as pairs."""
+    hosts = []
+    for part in netloc.rpartition("@")[2].split(","):
+        host, _, port = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "")
+        hosts.append((host, int(port) if port else default_port))
+    return hosts
 
 
 @dataclass(frozen=True)
@@ -84,8 +131,13 @@ class RedisStore:
         connect_timeout: float = 0.5,
         operation_timeout: float = 3.0,
         max_connections: int = 64,
+        username: str | None = None,
+        password: str | None = None,
+        credential_file: Path | None = None,
+        ssl_ca_file: str | None = None,
     ) -> None:
         self.url = url
+        self.scheme = urlsplit(url).scheme
         self.operation_timeout = operation_timeout
         self._redis_py = redis_py = _redis_py()
         self._unavailable = redis_py.unavailable
@@ -96,20 +148,67 @@ class RedisStore:
             # only delay the StoreUnavailable a caller needs to hear about.
             "retry": redis_py.retry(),
             "retry_on_error": list(redis_py.retry_on),
+            "driver_info": None,
         }
+        if credential_file is not None:
+            self._options["credential_provider"] = _FileCredentials(credential_file)
+        elif password is not None:
+            self._options["username"] = username
+            self._options["password"] = password
+        if ssl_ca_file:
+            self._options["ssl_ca_certs"] = ssl_ca_file
+        self._max_connections = max_connections
         # At most ``max_connections`` calls hold a connection at once; more wait for a free one
         # (within the operation timeout). The semaphore does what BlockingConnectionPool does, at a
         # fraction of its cost per call (a condition variable and a timer each time); the plain
         # pool under it never runs out, so it never raises "Too many connections".
-        pool = redis_py.pool.from_url(url, max_connections=max_connections, **self._options)
         self._slots = asyncio.Semaphore(max_connections)
-        self._client = redis_py.client(connection_pool=pool)
+        self._client = self._new_client()
         self._reserve = self._client.register_script(lua.RESERVE)
         self._settle = self._client.register_script(lua.SETTLE)
         self._read = self._client.register_script(lua.READ)
         self._rate = self._client.register_script(lua.RATE)
         self._rate_and_reserve = self._client.register_script(lua.RATE_AND_RESERVE)
+        self._restore = self._client.register_script(lua.RESTORE)
         self._names = keyspace.KeyNames()
+
+    def _url_credentials(self) -> dict[str, Any]:
+        parts = urlsplit(self.url)
+        found: dict[str, Any] = {}
+        if parts.password is not None and "password" not in self._options:
+            found = {"username": unquote(parts.username or "") or None, "password": unquote(parts.password)}
+        return found
+
+    def _new_client(self, **extra: Any) -> Any:
+        """A client for this URL: a pooled one, one following Sentinel's master, or a Cluster client."""
+        options = {**self._options, **extra}
+        parts = urlsplit(self.url)
+        if self.scheme == SENTINEL_SCHEME:
+            from redis.asyncio.sentinel import Sentinel
+
+            path = [p for p in parts.path.split("/") if p]
+            if not path:
+                raise ValueError(
+                    "a redis+sentinel:// URL names the master: redis+sentinel://host:port/mymaster"
+                )
+            options.update(self._url_credentials())
+            options.pop("retry", None)
+            sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+            sentinels = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                _hosts(parts.netloc, 26379), sentinel_kwargs=sentinel_options, **options
+            )
+            db = int(path[1]) if len(path) > 1 else 0
+            return sentinels.master_for(path[0], db=db, max_connections=self._max_connections)
+        if self.scheme == CLUSTER_SCHEME:
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+            options.update(self._url_credentials())
+            for unsupported in ("retry", "retry_on_error", "health_check_interval"):
+                options.pop(unsupported, None)
+            nodes = [ClusterNode(host, port) for host, port in _hosts(parts.netloc, 6379)]
+            return RedisCluster(startup_nodes=nodes, max_connections=self._max_connections, **options)
+        pool = self._redis_py.pool.from_url(self.url, max_connections=self._max_connections, **options)
+        return self._redis_py.client(connection_pool=pool)
 
     async def _run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -128,7 +227,9 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
-        await self._client.connection_pool.disconnect()
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is not None:
+            await pool.disconnect()
 
     # -- budgets ----------------------------------------------------------------------------
     def _budget_keys(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[str]:
@@ -231,6 +332,12 @@ class RedisStore:
     async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, BucketSpend]:
         return {s.window: s for s in await self.budget_read(ref, current_buckets({}, now))}
 
+    async def budget_restore(self, ref: Ref, bucket: BucketLimit, spent_micros: int) -> int:
+        key = self._names.budget(ref, bucket.window, bucket.bucket)[0]
+        args: list[str | int] = [int(spent_micros), int(bucket.ttl_seconds)]
+        added = await self._run("budget restore", lambda: self._restore(keys=[key], args=args))
+        return int(added)
+
     # -- rate limits ------------------------------------------------------------------------
     @staticmethod
     def _rate_args(counters: Sequence[RateCounter]) -> list[str | int]:
@@ -311,7 +418,7 @@ class RedisStore:
         last: int | None = None
         delay = reconnect_delay
         while True:
-            client = self._redis_py.client.from_url(self.url, health_check_interval=5, **self._options)
+            client = self._new_client(health_check_interval=5)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
@@ -339,10 +446,32 @@ class RedisStore:
                 delay = min(delay * 2, max_reconnect_delay)
             finally:
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                    await pubsub.aclose()
                     await client.aclose()
                 except self._unavailable:
                     pass
+
+    # -- ACL users (the operator's connection) ---------------------------------------------
+    async def set_user(
+        self, username: str, rules: Sequence[str], *, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> None:
+        """``ACL SETUSER``: enable the user with ``rules``, add passwords, remove ones (by hash)."""
+        args = [*rules, "on", *(f">{p}" for p in add), *(f"!{h.lstrip('#')}" for h in remove)]
+        await self._run(
+            "acl setuser", lambda: self._client.execute_command("ACL", "SETUSER", username, *args)
+        )
+
+    async def delete_user(self, username: str) -> None:
+        await self._run("acl deluser", lambda: self._client.execute_command("ACL", "DELUSER", username))
+
+    async def user_password_hashes(self, username: str) -> list[str] | None:
+        """The ``#sha256`` hashes of a user's passwords; None when the user does not exist."""
+        raw = await self._run("acl getuser", lambda: self._client.execute_command("ACL", "GETUSER", username))
+        if not raw:
+            return None
+        fields = dict(raw) if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=True))
+        passwords = fields.get(b"passwords", fields.get("passwords")) or []
+        return ["#" + _text(p) for p in passwords]
 
     # -- response cache ---------------------------------------------------------------------
     async def cache_get(self, ref: Ref, digest: str) -> bytes | None:
