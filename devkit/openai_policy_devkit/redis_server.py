@@ -31,7 +31,10 @@ class RedisServer:
         start_timeout: float = 10.0,
         password: str | None = None,
         appendonly: bool = False,
+        cluster: bool = False,
     ) -> None:
+        self.cluster = cluster  # a Redis Cluster node (the cluster is formed by redis-cli)
+        self.bus_port: int | None = None
         self.password = password
         self.appendonly = appendonly
         found = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -73,6 +76,10 @@ class RedisServer:
         ]  # fmt: skip
         if self.password is not None:
             argv += ["--requirepass", self.password]
+        if self.cluster:
+            self.bus_port = self.bus_port or free_port()  # default port+10000 may not exist
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.workdir / "nodes.conf")]
+            argv += ["--cluster-port", str(self.bus_port)]
         self._process = ManagedProcess("redis-server", argv, self.log_path)
         self._process.start()
         deadline = time.monotonic() + self.start_timeout

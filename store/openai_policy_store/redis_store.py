@@ -399,6 +399,12 @@ class RedisStore:
         text = json.dumps(dict(document))
 
         async def call() -> None:
+            if self.scheme == CLUSTER_SCHEME:
+                # Cluster pipelines carry no PUBLISH. Written first, announced second: a subscriber
+                # reads the stored document on every announcement, so it never sees one too early.
+                await self._client.set(keyspace.policy_key(*ref), text)
+                await self._client.publish(keyspace.policy_channel(*ref), str(generation))
+                return
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.set(keyspace.policy_key(*ref), text)
                 pipe.publish(keyspace.policy_channel(*ref), str(generation))
@@ -419,8 +425,11 @@ class RedisStore:
         delay = reconnect_delay
         while True:
             client = self._new_client(health_check_interval=5)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                if self.scheme == CLUSTER_SCHEME:
+                    await client.initialize()  # the slot map, to find the channel's node
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(channel)
                 document = await client.get(keyspace.policy_key(*ref))
                 delay = reconnect_delay
@@ -446,7 +455,8 @@ class RedisStore:
                 delay = min(delay * 2, max_reconnect_delay)
             finally:
                 try:
-                    await pubsub.aclose()
+                    if pubsub is not None:
+                        await pubsub.aclose()
                     await client.aclose()
                 except self._unavailable:
                     pass
