@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import kopf
 
@@ -57,6 +58,30 @@ def parser() -> argparse.ArgumentParser:
         default=env("OPENAI_POLICY_REDIS_URL"),
         help="Redis shared with the sidecars (default: $OPENAI_POLICY_REDIS_URL); without it "
         "no publication or usage reporting, and sidecars keep state in memory",
+    )
+    state.add_argument(
+        "--redis-username",
+        default=env("OPENAI_POLICY_REDIS_USERNAME"),
+        help="the operator's Redis ACL user (the chart's: oaip-operator); default: the default user",
+    )
+    state.add_argument(
+        "--redis-password-file",
+        default=env("OPENAI_POLICY_REDIS_PASSWORD_FILE"),
+        help="the operator's Redis password (a file: never in an argument or the environment)",
+    )
+    state.add_argument("--redis-ca-file", default=None, help="CA of a private rediss:// server")
+    state.add_argument(
+        "--redis-sidecar-credentials",
+        choices=("acl", "shared", "none"),
+        default=env("OPENAI_POLICY_REDIS_SIDECAR_CREDENTIALS", "none"),
+        help="acl: one Redis ACL user per policy, delivered to its sidecars only; shared: the operator's "
+        "own credential (a Redis without ACLs); none: sidecars log in with nothing",
+    )
+    state.add_argument(
+        "--redis-password-grace-seconds",
+        type=float,
+        default=300.0,
+        help="how long a rotated-out sidecar password stays valid",
     )
     state.add_argument("--status-interval", type=float, default=3.0, help="seconds between status refreshes")
     state.add_argument(
@@ -151,6 +176,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def without_credentials(url: str | None) -> str | None:
+    """The URL without ``user:password@`` (sidecars get their own credential in a Secret file)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
     host, _, port = args.webhook_listen.rpartition(":")
     return OperatorSettings(
@@ -158,12 +193,19 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         operator_namespace=args.operator_namespace,
         peering_name=args.peering,
         redis_url=args.redis_url,
+        redis_username=args.redis_username,
+        redis_password_file=args.redis_password_file,
+        redis_ca_file=args.redis_ca_file,
+        redis_sidecar_credentials=args.redis_sidecar_credentials,
+        redis_password_grace_seconds=args.redis_password_grace_seconds,
         status_interval=args.status_interval,
         heartbeat_stale_seconds=args.heartbeat_stale_seconds,
         injection=InjectionSettings(
             sidecar_image=args.sidecar_image,
             image_pull_policy=args.sidecar_image_pull_policy,
-            redis_url=args.sidecar_redis_url or args.redis_url,
+            # Never with credentials: the URL is in the pod spec, readable by whoever can get the pod.
+            redis_url=without_credentials(args.sidecar_redis_url or args.redis_url),
+            redis_credential=args.redis_sidecar_credentials != "none",
             resources=SidecarResources(
                 cpu_request=args.sidecar_cpu_request,
                 memory_request=args.sidecar_memory_request,

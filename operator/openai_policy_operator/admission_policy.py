@@ -126,6 +126,7 @@ def _args_ok(guard: GuardSettings) -> str:
         f"(c.args[i] == '--api-key-file' && c.args[i + 1].startsWith({q(names.API_KEY_DIR + '/')})"
         " && !c.args[i + 1].contains('..'))",
         "(c.args[i] == '--log-level' && c.args[i + 1].matches('^[A-Za-z]+$'))",
+        f"(c.args[i] == '--redis-credential-file' && c.args[i + 1] == {q(names.REDIS_CREDENTIAL_FILE)})",
     ]
     if guard.redis_url is not None:
         pair.append(f"(c.args[i] == '--redis-url' && c.args[i + 1] == {q(guard.redis_url)})")
@@ -152,6 +153,8 @@ def _sidecar_shape(guard: GuardSettings) -> str:
         f" && v.configMap.name == variables.injectedAs + {q(names.configmap_name(''))})"
         f" || (v.name == {q(names.TMP_VOLUME)} && has(v.emptyDir))"
         f" || (v.name == {q(names.API_KEY_VOLUME)} && has(v.secret))"
+        f" || (v.name == {q(names.REDIS_CREDENTIAL_VOLUME)} && has(v.secret) && has(v.secret.secretName)"
+        f" && v.secret.secretName == variables.injectedAs + {q(names.REDIS_CREDENTIAL_SUFFIX)})"
     )
     container = " && ".join(
         [
@@ -253,20 +256,44 @@ def _split_literal(part: str, marker: str, expression: str) -> list[str]:
     return out
 
 
-def _references_secret(c: str) -> str:
+def _references_secret(c: str, secret: str = "variables.secret") -> str:
     return (
         f"((has({c}.env) && {c}.env.exists(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef)"
-        f" && e.valueFrom.secretKeyRef.name == variables.secret))"
-        f" || (has({c}.envFrom) && {c}.envFrom.exists(s, has(s.secretRef) && s.secretRef.name == variables.secret)))"
+        f" && e.valueFrom.secretKeyRef.name == {secret}))"
+        f" || (has({c}.envFrom) && {c}.envFrom.exists(s, has(s.secretRef) && s.secretRef.name == {secret})))"
     )
 
 
-def _volume_references_secret(v: str) -> str:
+def _volume_references_secret(v: str, secret: str = "variables.secret") -> str:
     return (
-        f"((has({v}.secret) && has({v}.secret.secretName) && {v}.secret.secretName == variables.secret)"
+        f"((has({v}.secret) && has({v}.secret.secretName) && {v}.secret.secretName == {secret})"
         f" || (has({v}.projected) && has({v}.projected.sources) && {v}.projected.sources.exists(s,"
-        " has(s.secret) && has(s.secret.name) && s.secret.name == variables.secret)))"
+        f" has(s.secret) && has(s.secret.name) && s.secret.name == {secret})))"
     )
+
+
+def _credential_validation() -> dict[str, str]:
+    """The policy's Redis credential Secret, guarded like its key: only its own sidecar's volume."""
+    secret = f"(params.metadata.name + {q(names.REDIS_CREDENTIAL_SUFFIX)})"
+    everyone = (
+        f"object.spec.containers.all(c, !{_references_secret('c', secret)})"
+        f" && variables.otherInit.all(c, !{_references_secret('c', secret)})"
+        f" && variables.ephemeralContainers.all(c, !{_references_secret('c', secret)})"
+        f" && variables.volumes.all(v, !{_volume_references_secret('v', secret)}"
+        f" || (v.name == {q(names.REDIS_CREDENTIAL_VOLUME)} && variables.injectedAs == params.metadata.name))"
+    )
+    ephemeral = f"variables.ephemeralContainers.all(c, !{_references_secret('c', secret)})"
+    return {
+        "expression": (
+            f"(!variables.isCreate || ({everyone}))"
+            f" && (request.subResource != 'ephemeralcontainers' || {ephemeral})"
+        ),
+        "messageExpression": _message_expression(
+            key_secret_message("@POLICY@", "@SECRET@"),
+            **{"@POLICY@": "params.metadata.name", "@SECRET@": secret},
+        ),
+        "message": key_secret_message("<policy>", "<policy>" + names.REDIS_CREDENTIAL_SUFFIX),
+    }
 
 
 def _selects() -> str:
@@ -308,7 +335,8 @@ def _key_validations() -> list[dict[str, str]]:
                 **{"@POLICY@": "params.metadata.name", "@SECRET@": "variables.secret"},
             ),
             "message": key_secret_message("<policy>", "<secret>"),
-        }
+        },
+        _credential_validation(),
     ]
     # A pod this policy would inject may not share its process namespace either: refused before
     # injection, so the rule holds while the operator (and so injection) is down.

@@ -29,18 +29,20 @@ from . import names
 from .config import OperatorSettings
 
 RESERVED_PREFIX = "openai-policy-"
-SIDECAR_VOLUMES = (names.POLICY_VOLUME, names.TMP_VOLUME, names.API_KEY_VOLUME)
+SIDECAR_VOLUMES = (names.POLICY_VOLUME, names.TMP_VOLUME, names.API_KEY_VOLUME, names.REDIS_CREDENTIAL_VOLUME)
 SIDECAR_MOUNTS = {
     names.POLICY_VOLUME: names.POLICY_DIR,
     names.TMP_VOLUME: names.TMP_DIR,
     names.API_KEY_VOLUME: names.API_KEY_DIR,
+    names.REDIS_CREDENTIAL_VOLUME: names.REDIS_CREDENTIAL_DIR,
 }
 # The ServiceAccount admission plugin adds the pod's API token to every container, the sidecar too.
 SERVICE_ACCOUNT_MOUNT_PREFIX = "kube-api-access-"
 SERVICE_ACCOUNT_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 SIDECAR_ENV = ("POD_NAME", "POD_NAMESPACE", "OPENAI_POLICY_WORKLOAD", "OPENAI_POLICY_NAME", "TMPDIR")
 # The webhook passes at most the three fixed flags plus key file, Redis URL and log level.
-MAX_SIDECAR_ARGS = 12
+# Plus the Redis credential file.
+MAX_SIDECAR_ARGS = 14
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 # Rule ids: every message starts with "openai-policy <id>:" so a refusal says which rule spoke.
@@ -197,6 +199,8 @@ def _args_ok(args: Sequence[str], guard: GuardSettings) -> bool:
             ok = guard.redis_url is not None and value == guard.redis_url
         elif flag == "--log-level":
             ok = value.isascii() and value.isalpha()
+        elif flag == "--redis-credential-file":
+            ok = value == names.REDIS_CREDENTIAL_FILE
         else:
             ok = False
         if not ok:
@@ -248,6 +252,9 @@ def _sidecar_volume_ok(volume: Mapping[str, Any], injected_as: str) -> bool:
         return "emptyDir" in volume
     if name == names.API_KEY_VOLUME:
         return "secret" in volume
+    if name == names.REDIS_CREDENTIAL_VOLUME:
+        # Only the credential of the policy the pod is injected for.
+        return (volume.get("secret") or {}).get("secretName") == names.redis_credential_secret(injected_as)
     return False
 
 
@@ -381,6 +388,23 @@ def policy_violations(
     elif secret and subresource == "ephemeralcontainers":
         if any(_references_secret(c, secret) for c in _list(spec, "ephemeralContainers")):
             found.append(key_secret_message(name, secret))
+    # The policy's Redis credential is guarded like its key: only its own sidecar's volume.
+    credential = names.redis_credential_secret(name) if name else ""
+    if credential and operation == "CREATE":
+        by_container = any(_references_secret(c, credential) for c in others(pod))
+        by_volume = any(
+            _volume_references_secret(v, credential)
+            and (
+                v.get("name") != names.REDIS_CREDENTIAL_VOLUME
+                or annotations.get(names.INJECTED_ANNOTATION) != name
+            )
+            for v in _list(spec, "volumes")
+        )
+        if by_container or by_volume:
+            found.append(key_secret_message(name, credential))
+    elif credential and subresource == "ephemeralcontainers":
+        if any(_references_secret(c, credential) for c in _list(spec, "ephemeralContainers")):
+            found.append(key_secret_message(name, credential))
     if operation == "CREATE":
         selector = (policy.get("spec") or {}).get("selector")
         labels = _labels(pod)

@@ -50,6 +50,9 @@ class InjectionSettings:
     proxy_port: int = 8780
     admin_port: int = 8781
     log_level: str | None = None  # passed as --log-level; None: the sidecar's default
+    # Mount the policy's Redis credential Secret into the sidecar (--redis-credential-file): set when
+    # the operator delivers per-policy credentials (OperatorSettings.redis_sidecar_credentials).
+    redis_credential: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,17 @@ class OperatorSettings:
     operator_namespace: str | None = None  # never injected into
     peering_name: str = "openai-policy-operator"  # used when the kopf peering CRDs are installed
     redis_url: str | None = None
+    # The operator's own Redis login: an ACL user (the chart's ``oaip-operator``) or ``default``.
+    redis_username: str | None = None
+    redis_password_file: str | None = None
+    redis_ca_file: str | None = None  # the CA of a private rediss:// server (also given to sidecars)
+    # How sidecars log in to Redis: "acl" one ACL user per policy (its keys, its commands), "shared"
+    # the operator's own credential (a Redis without ACLs: every sidecar then has the operator's
+    # reach), "none" no credential (a Redis that asks for none).
+    redis_sidecar_credentials: str = "none"
+    # How long a rotated-out sidecar password stays valid: the kubelet refreshes a mounted Secret
+    # within about a minute, so sidecars reconnect with the new one before the old one goes.
+    redis_password_grace_seconds: float = 300.0
     status_interval: float = 3.0
     heartbeat_stale_seconds: float = 30.0  # a pod that has not reported for this long is not "reporting"
     injection: InjectionSettings = field(default_factory=InjectionSettings)

@@ -21,7 +21,8 @@ from . import names
 from .config import OperatorSettings
 from .field_reports import StatusReader
 from .kube import Kube
-from .reconcile import Reconciler, summary_of
+from .reconcile import Outcome, Reconciler, summary_of
+from .redis_users import RedisUsers, operator_credential
 from .selectors import PolicySummary
 from .status import merge_patch, status_changed
 from .webhook import DENY, INJECT, Admission, Validation
@@ -46,12 +47,30 @@ class OperatorServices:
     status_reader: StatusReader
     admission: Admission
     validation: Validation
+    redis_users: RedisUsers | None = None  # per-policy Redis credentials (None: not delivered)
 
     @classmethod
     def build(cls, settings: OperatorSettings, kube: Kube) -> OperatorServices:
         store: Store | None = None
+        redis_users: RedisUsers | None = None
         if settings.redis_url:
-            store = RedisStore(settings.redis_url)
+            login = operator_credential(settings.redis_username, settings.redis_password_file)
+            redis = RedisStore(
+                settings.redis_url,
+                username=login[0] if login else None,
+                password=login[1] if login else None,
+                ssl_ca_file=settings.redis_ca_file,
+            )
+            store = redis
+            if settings.redis_sidecar_credentials != "none":
+                redis_users = RedisUsers(
+                    redis,
+                    kube,
+                    mode=settings.redis_sidecar_credentials,
+                    grace_seconds=settings.redis_password_grace_seconds,
+                    operator_credential=login,
+                    ca_file=settings.redis_ca_file,
+                )
         return cls(
             settings,
             kube,
@@ -60,6 +79,7 @@ class OperatorServices:
             StatusReader(store, settings.heartbeat_stale_seconds),
             Admission(kube, settings),
             Validation(kube, settings),
+            redis_users,
         )
 
 
@@ -126,6 +146,11 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
         namespace, name = body.metadata.namespace or "", body.metadata.name or ""
         others = list(policies_by_namespace.get(namespace, []))
         outcome = await services.reconciler.reconcile(body, others, force=force)
+        if services.redis_users is not None and outcome.policy is not None:
+            # Before the status: a policy whose sidecars cannot log in to Redis is not Ready.
+            failed = await services.redis_users.ensure(body)
+            if failed is not None and outcome.ready.ready:
+                outcome = Outcome(failed, outcome.policy)
         injected = len(list(injected_pods.get((namespace, name), [])))
         report = await services.status_reader.report(body, outcome.policy, outcome.ready, injected)
         previous: Mapping[str, Any] = body.get("status") or {}
@@ -175,6 +200,8 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
     async def forget(namespace: str | None, name: str, **_: Any) -> None:
         # optional: no finalizer, deletion is never blocked; the ConfigMap goes by garbage collection.
         services.reconciler.forget((namespace or "", name))
+        if services.redis_users is not None:
+            await services.redis_users.delete((namespace or "", name))
 
     @kopf.on.mutate(
         "pods",

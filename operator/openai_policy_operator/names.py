@@ -39,6 +39,19 @@ DEFAULT_API_KEY_KEY = "api-key"
 # Scratch space for a read-only root filesystem (TMPDIR points here). Not /tmp: a mount path that is
 # a prefix of common host paths confuses tools that map pod paths to host paths (the local pod runner).
 TMP_DIR = "/var/run/openai-policy-tmp"
+# The policy's Redis credential (its ACL user and password), a Secret the operator writes into the
+# policy's namespace and the webhook mounts into the sidecar only, like the key.
+REDIS_CREDENTIAL_VOLUME = "openai-policy-redis"
+REDIS_CREDENTIAL_DIR = "/var/run/secrets/openai-policy-redis"
+REDIS_CREDENTIAL_KEY = "credential"  # two lines: username, password
+REDIS_CA_KEY = "ca.crt"  # the CA of a private rediss:// server, when the operator was given one
+REDIS_CREDENTIAL_FILE = f"{REDIS_CREDENTIAL_DIR}/{REDIS_CREDENTIAL_KEY}"
+REDIS_CREDENTIAL_SUFFIX = "-redis-credential"
+
+
+def redis_credential_secret(policy: str) -> str:
+    return f"{policy}{REDIS_CREDENTIAL_SUFFIX}"
+
 
 WEBHOOK_ID = "inject-sidecar"  # kopf handler id == the URL path the API server calls
 VALIDATING_WEBHOOK_ID = "validate-pods"

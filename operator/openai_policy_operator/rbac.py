@@ -1,7 +1,9 @@
 """The operator's RBAC: the least it needs, as data (the chart and the tests render the same rules).
 
-Deliberately absent: Secrets. The operator never reads an API key; the kubelet mounts the Secret
-into the sidecar container only. ``python -m openai_policy_operator.rbac`` prints the manifests.
+Deliberately absent: reading Secrets (no get, list or watch). The operator never reads an API key;
+the kubelet mounts the Secret into the sidecar container only. It may create and patch Secrets, to
+deliver each policy's Redis credential (``redis_users``): write-only, so that this right cannot
+be used to read a key. ``python -m openai_policy_operator.rbac`` prints the manifests.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def rules(
         {"apiGroups": [names.GROUP], "resources": [f"{names.PLURAL}/finalizers"], "verbs": ["update"]},
         # The rendered policy ConfigMaps (create, then patch on later generations).
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
+        # Each policy's Redis credential, written into its namespace, never read: create cannot be
+        # limited by name, and the names (<policy>-redis-credential) are not known in advance. A patch
+        # first tests our managed-by label, so a same-named Secret of someone else is never changed.
+        # No delete: the Secret is owned by its policy and goes with it (garbage collection).
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
         # Counting injected pods (kopf index) and reading namespace labels at admission.
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},

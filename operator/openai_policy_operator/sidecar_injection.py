@@ -102,6 +102,13 @@ def sidecar_container(
         mounts.append({"name": names.API_KEY_VOLUME, "mountPath": names.API_KEY_DIR, "readOnly": True})
     if settings.redis_url:
         args += ["--redis-url", settings.redis_url]
+    if settings.redis_url and settings.redis_credential:
+        # A file in the sidecar's own Secret volume: never an env var or an argument (both are in the
+        # pod spec, readable by anyone who can get the pod).
+        args += ["--redis-credential-file", names.REDIS_CREDENTIAL_FILE]
+        mounts.append(
+            {"name": names.REDIS_CREDENTIAL_VOLUME, "mountPath": names.REDIS_CREDENTIAL_DIR, "readOnly": True}
+        )
     if settings.log_level:
         args += ["--log-level", settings.log_level]
     probe_get = {"path": "/readyz", "port": settings.admin_port}
@@ -142,7 +149,9 @@ def sidecar_container(
     }
 
 
-def sidecar_volumes(target: InjectionTarget) -> list[dict[str, Any]]:
+def sidecar_volumes(
+    target: InjectionTarget, settings: InjectionSettings | None = None
+) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": names.POLICY_VOLUME, "configMap": {"name": names.configmap_name(target.policy_name)}},
         {"name": names.TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
@@ -155,6 +164,13 @@ def sidecar_volumes(target: InjectionTarget) -> list[dict[str, Any]]:
                     "secretName": target.secret_name,
                     "items": [{"key": target.secret_key, "path": target.secret_key}],
                 },
+            }
+        )
+    if settings is not None and settings.redis_url and settings.redis_credential:
+        volumes.append(
+            {
+                "name": names.REDIS_CREDENTIAL_VOLUME,
+                "secret": {"secretName": names.redis_credential_secret(target.policy_name)},
             }
         )
     return volumes
@@ -212,7 +228,7 @@ def injection_patch(
             }
         )
 
-    volumes = sidecar_volumes(target)
+    volumes = sidecar_volumes(target, settings)
     taken = {v.get("name") for v in spec.get("volumes") or []}
     volumes = [v for v in volumes if v["name"] not in taken]
     if spec.get("volumes"):

@@ -45,6 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="upstream API key file, re-read on change (else OPENAI_API_KEY)",
     )
+    parser.add_argument(
+        "--redis-credential-file",
+        type=Path,
+        default=None,
+        help="Redis user and password (two lines), re-read for every new connection; a ca.crt beside "
+        "it is the CA of a private rediss:// server",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -58,6 +65,7 @@ def config_from(args: argparse.Namespace) -> SidecarConfig:
         listen=args.listen,
         admin_listen=args.admin_listen,
         pod_name=os.environ.get("POD_NAME") or socket.gethostname(),
+        redis_credential_file=args.redis_credential_file,
     )
 
 

@@ -36,6 +36,8 @@ class SidecarConfig:
     api_key_file: Path | None = None
     api_key: str | None = None  # from OPENAI_API_KEY when there is no key file
     redis_url: str | None = None
+    # The policy's Redis user and password, from its Secret (mounted into this container only).
+    redis_credential_file: Path | None = None
     listen: str = "127.0.0.1:8780"
     admin_listen: str = "0.0.0.0:8781"
     pod_name: str = "sidecar"
@@ -66,8 +68,15 @@ def bind(address: str) -> socket.socket:
     return sock
 
 
-def make_store(redis_url: str | None) -> Store:
-    return RedisStore(redis_url) if redis_url else MemoryStore()
+def make_store(redis_url: str | None, credential_file: Path | None = None) -> Store:
+    if not redis_url:
+        return MemoryStore()
+    ca = credential_file.parent / "ca.crt" if credential_file is not None else None
+    return RedisStore(
+        redis_url,
+        credential_file=credential_file,
+        ssl_ca_file=str(ca) if ca is not None and ca.exists() else None,
+    )
 
 
 def proxy_app(proxy: Proxy) -> web.Application:
@@ -82,7 +91,7 @@ class Sidecar:
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.store = make_store(config.redis_url)
+        self.store = make_store(config.redis_url, config.redis_credential_file)
         self.source = PolicySource(
             config.policy_path,
             KeySource(config.api_key_file, config.api_key),

@@ -152,6 +152,37 @@ ATTACKS = [
     ),
 ]
 ATTACKS[8].pod["metadata"]["annotations"][names.POLICY_ANNOTATION] = "big"
+# Each policy's Redis credential (a Secret the operator writes) is guarded as its key is.
+ATTACKS += [
+    Attack(
+        "redis-credential-volume",
+        with_app(
+            pod(
+                "redis-cred",
+                volumes=[_volume("cred", {"secret": {"secretName": names.redis_credential_secret("small")}})],
+            ),
+            volumeMounts=[{"name": "cred", "mountPath": "/cred"}],
+        ),
+        "key-secret",
+        "key-secret",
+    ),
+    Attack(
+        "redis-credential-of-another-policy-in-env",
+        with_app(
+            pod("redis-env"),
+            env=[
+                {
+                    "name": "REDIS",
+                    "valueFrom": {
+                        "secretKeyRef": {"name": names.redis_credential_secret("big"), "key": "credential"}
+                    },
+                }
+            ],
+        ),
+        "key-secret",
+        "key-secret",
+    ),
+]
 
 
 def create(

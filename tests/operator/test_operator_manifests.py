@@ -73,10 +73,12 @@ def test_webhook_configuration_selects_labelled_namespaces_and_excludes_system_o
     assert selector["matchExpressions"][0]["values"] == ["kube-system", "openai-policy-system"]
 
 
-def test_rbac_never_grants_secrets():
+def test_rbac_never_lets_the_operator_read_secrets():
+    """Write-only on Secrets (the policies' Redis credentials): no get, list or watch, so no key."""
     for rule in rbac.rules("injector"):
-        assert "secrets" not in rule["resources"] and "*" not in rule["resources"]
-        assert "*" not in rule["verbs"]
+        assert "*" not in rule["resources"] and "*" not in rule["verbs"]
+        if "secrets" in rule["resources"]:
+            assert rule["resources"] == ["secrets"] and set(rule["verbs"]) == {"create", "patch"}
     assert not any(r["resources"] == ["mutatingwebhookconfigurations"] for r in rbac.rules(None))
 
 
