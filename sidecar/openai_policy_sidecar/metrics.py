@@ -149,6 +149,22 @@ class Metrics:
             registry=r,
         )
 
+        # -- listeners ------------------------------------------------------------------------
+        self.connections_open = Gauge(
+            "openai_policy_connections_open",
+            "Open client connections, by listener (proxy, admin).",
+            ["listener"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "openai_policy_connections_closed",
+            "Connections the sidecar closed itself, by listener and reason (header_timeout: no "
+            "whole request head in time; evicted: idle, closed to make room at the cap; refused: "
+            "at the cap with every connection busy).",
+            ["listener", "reason"],
+            registry=r,
+        )
+
     def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised: labels() takes a lock and builds a tuple each time."""
         key = (id(metric), labels)

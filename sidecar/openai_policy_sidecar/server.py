@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from openai_policy_store import MemoryStore, RedisStore, Store
 from . import access_log
 from .admin import admin_app
 from .durable import DurableState
+from .listeners import ADMIN_LIMITS, PROXY_LIMITS, GuardedRunner, ListenerLimits
 from .metrics import Metrics
 from .policy_source import KeySource, PolicySource
 from .proxy import Proxy
@@ -43,6 +45,9 @@ class SidecarConfig:
     pod_name: str = "sidecar"
     poll_interval: float = 1.0
     report_interval: float = 1.0
+    # Connection limits of the two listeners (see listeners.py); tests shorten the timeouts.
+    proxy_limits: ListenerLimits = PROXY_LIMITS
+    admin_limits: ListenerLimits = ADMIN_LIMITS
     # Set by the operator's injection (POD_NAMESPACE, OPENAI_POLICY_WORKLOAD): attribution only.
     namespace: str | None = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or None)
     workload: str | None = field(default_factory=lambda: os.environ.get("OPENAI_POLICY_WORKLOAD") or None)
@@ -159,19 +164,22 @@ class Sidecar:
         admin_sock = bind(self.config.admin_listen)
         self.proxy_address = proxy_sock.getsockname()[:2]
         self.admin_address = admin_sock.getsockname()[:2]
-        for app, sock in (
-            (proxy_app(self.proxy), proxy_sock),
-            (
-                admin_app(
-                    self.source, self.store, self.config.redis_url is not None, self.metrics, self.report_loop
-                ),
-                admin_sock,
-            ),
+        admin = admin_app(
+            self.source, self.store, self.config.redis_url is not None, self.metrics, self.report_loop
+        )
+        for name, app, sock, limits in (
+            ("proxy", proxy_app(self.proxy), proxy_sock, self.config.proxy_limits),
+            ("admin", admin, admin_sock, self.config.admin_limits),
         ):
             # access_log=None: our own access line replaces aiohttp's; it must never log headers.
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            runner = GuardedRunner(app, limits, name, self.metrics, access_log=None, handle_signals=False)
             await runner.setup()
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, backlog=limits.backlog).start()
+            server = runner.server
+            assert server is not None
+            self.metrics.connections_open.labels(listener=name).set_function(
+                functools.partial(lambda s: len(s.connections), server)
+            )
             self._runners.append(runner)
         self._tasks = [
             asyncio.create_task(self.source.run(), name="policy-watch"),

@@ -227,17 +227,18 @@ class HealthzProbe:
                 with urllib.request.urlopen(self.url, timeout=30) as response:
                     response.read()
             except OSError as error:
-                self.failures.append(repr(error))
+                self.failures.append(f"{error!r} after {time.monotonic() - started:.2f}s")
             self.latencies.append(time.monotonic() - started)
             self._stop.wait(0.02)
 
-    def __enter__(self) -> HealthzProbe:
+    async def __aenter__(self) -> HealthzProbe:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
+        # Joined off the loop: a probe in flight needs the (in-process) sidecar's loop to finish.
         self._stop.set()
-        self._thread.join(timeout=60)
+        await asyncio.to_thread(self._thread.join, 60)
 
     @property
     def worst(self) -> float:
@@ -253,7 +254,7 @@ async def test_a_catastrophic_extra_pattern_cannot_stall_the_event_loop(tmp_path
     async with running_sidecar(write_policy(tmp_path / "policy.yaml", spec)) as sidecar:
         client = async_client(sidecar.base_url, max_retries=0)
         hostile = [{"role": "user", "content": "a" * 25 + "!"}]
-        with HealthzProbe(sidecar.admin_url) as probe:
+        async with HealthzProbe(sidecar.admin_url) as probe:
             await asyncio.sleep(0.1)
             answers = await asyncio.gather(
                 *(client.chat.completions.create(model="gpt-4o", messages=hostile) for _ in range(2))

@@ -7,6 +7,7 @@ refused here with an OpenAI-shaped 400 naming the parameter, so later stages can
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -26,6 +27,10 @@ METERED_PATHS = {
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
 }
+
+# The body comes over loopback from the app: a body still arriving after this long is a client
+# stuck or trickling on purpose, holding a connection and a handler.
+BODY_TIMEOUT_SECONDS = 30.0
 
 USER_HEADER = "X-OpenAI-Policy-User"
 FEATURE_HEADER = "X-OpenAI-Policy-Feature"
@@ -58,18 +63,25 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     try:
-        if request.content_length is not None:
-            return await request.read()  # the common case: one read of a body of known size
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            if request.content_length is not None:
+                return await request.read()  # the common case: one read of a body of known size
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+            return b"".join(chunks)
     except (ConnectionError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
         raise ClientGone(str(error)) from None
+    except TimeoutError:
+        raise refusals.Refusal(
+            408,
+            "request_timeout",
+            f"The request body did not arrive within {BODY_TIMEOUT_SECONDS:g} seconds.",
+        ) from None
 
 
 def _is_int(value: object) -> bool:
