@@ -45,6 +45,31 @@ def write_policy(path: Path, spec: dict[str, Any], **metadata: Any) -> Path:
     return path
 
 
+def signed_policy_document(
+    signer: Any,
+    spec: dict[str, Any],
+    *,
+    uid: str = "uid-1",
+    created: str = "2026-01-01T00:00:00Z",
+    signed_at: int = 1,
+    **metadata: Any,
+) -> dict[str, Any]:
+    """What the operator writes: the policy document with its uid, creation time, and signature
+    (``signer`` is an ``openai_policy_store.signing.Signer``)."""
+    document = policy_document(spec, **metadata)
+    document["metadata"].update(uid=uid, creationTimestamp=created, signedAt=signed_at)
+    signed: dict[str, Any] = signer.sign(document)
+    return signed
+
+
+def write_document(path: Path, document: dict[str, Any]) -> Path:
+    """Write a whole document atomically (rename), as a ConfigMap volume update appears."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(document))
+    os.replace(tmp, path)
+    return path
+
+
 def upstream_spec(fake: Any, **spec: Any) -> dict[str, Any]:
     """A spec pointing at the fake upstream, merged with the given fields."""
     return {"upstream": {"baseURL": fake.base_url}, **spec}
@@ -58,6 +83,7 @@ async def running_sidecar(
     api_key_file: Path | None = None,
     redis_url: str | None = None,
     pod: str = "test-pod",
+    policy_keys: str | None = None,
 ) -> AsyncIterator[Sidecar]:
     """An in-process sidecar on free loopback ports, on the test's event loop."""
     sidecar = Sidecar(
@@ -71,6 +97,7 @@ async def running_sidecar(
             pod_name=pod,
             poll_interval=0.2,
             report_interval=0.2,
+            policy_keys=policy_keys,
         )
     )
     await sidecar.start()
@@ -102,6 +129,7 @@ class SidecarProcess:
         env_key: str | None = None,
         redis_url: str | None = None,
         pod: str = "pod-0",
+        policy_keys: str | None = None,
     ) -> None:
         self.port, self.admin_port = free_ports(2)
         self.log_path = log_path
@@ -120,6 +148,8 @@ class SidecarProcess:
             args += ["--api-key-file", str(api_key_file)]
         if redis_url:
             args += ["--redis-url", redis_url]
+        if policy_keys:
+            args += ["--policy-keys", policy_keys]
         env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
         env["POD_NAME"] = pod
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "sidecar"), str(REPO)])

@@ -11,9 +11,12 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import kopf
+
+from openai_policy_store.signing import Signer, SigningKeyError, parse_public_keys
 
 from . import names
 from .config import (
@@ -172,8 +175,36 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
     )
+    sign = p.add_argument_group("signing")
+    sign.add_argument(
+        "--signing-key-file",
+        type=Path,
+        default=env("OPENAI_POLICY_SIGNING_KEY_FILE"),
+        help="Ed25519 private key(s) (PEM, or base64 seeds one a line; the first signs): every policy "
+        "document is signed and injected sidecars apply only signed ones. Without it nothing is signed",
+    )
+    sign.add_argument(
+        "--policy-keys-file",
+        type=Path,
+        default=env("OPENAI_POLICY_POLICY_KEYS_FILE"),
+        help="the public keys given to sidecars (comma-separated base64 keys or certificates; during a "
+        "rotation the old and the new); default: those of --signing-key-file",
+    )
+
     p.add_argument("--verbose", "-v", action="store_true")
     return p
+
+
+def signing_from(args: argparse.Namespace) -> tuple[Signer | None, str | None]:
+    """The signer and the sidecars' --policy-keys; refuses keys the sidecars would not trust."""
+    if args.signing_key_file is None:
+        return None, None
+    signer = Signer.from_text(Path(args.signing_key_file).read_text())
+    if args.policy_keys_file is None:
+        return signer, signer.public_keys
+    policy_keys = Path(args.policy_keys_file).read_text().strip()
+    signer.check_trusted_by(parse_public_keys(policy_keys))
+    return signer, policy_keys
 
 
 def without_credentials(url: str | None) -> str | None:
@@ -188,6 +219,10 @@ def without_credentials(url: str | None) -> str | None:
 
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
     host, _, port = args.webhook_listen.rpartition(":")
+    try:
+        signer, policy_keys = signing_from(args)
+    except (OSError, SigningKeyError) as error:
+        raise SystemExit(f"openai-policy-operator: unusable signing keys: {error}") from None
     return OperatorSettings(
         namespaces=tuple(args.namespace),
         operator_namespace=args.operator_namespace,
@@ -198,6 +233,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         redis_ca_file=args.redis_ca_file,
         redis_sidecar_credentials=args.redis_sidecar_credentials,
         redis_password_grace_seconds=args.redis_password_grace_seconds,
+        signer=signer,
         status_interval=args.status_interval,
         heartbeat_stale_seconds=args.heartbeat_stale_seconds,
         injection=InjectionSettings(
@@ -214,6 +250,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             proxy_port=args.sidecar_proxy_port,
             admin_port=args.sidecar_admin_port,
             log_level=args.sidecar_log_level,
+            policy_keys=policy_keys,
         ),
         webhook=WebhookSettings(
             listen_host=host or "0.0.0.0",

@@ -62,6 +62,7 @@ CHART_TOKENS = {
     "proxy_port": "__SIDECAR_PROXY_PORT__",
     "admin_port": "__SIDECAR_ADMIN_PORT__",
     "redis_url": "__SIDECAR_REDIS_URL__",
+    "policy_keys": "__SIDECAR_POLICY_KEYS__",
     "excluded": "__EXCLUDED_NAMESPACES__",
     "labels": "__LABELS__",
 }
@@ -130,6 +131,9 @@ def _args_ok(guard: GuardSettings) -> str:
     ]
     if guard.redis_url is not None:
         pair.append(f"(c.args[i] == '--redis-url' && c.args[i + 1] == {q(guard.redis_url)})")
+    if guard.policy_keys is not None:
+        pair.append(f"(c.args[i] == '--policy-keys' && c.args[i + 1] == {q(guard.policy_keys)})")
+        parts.append("c.args.exists(a, a == '--policy-keys')")
     optional = list(range(len(fixed), MAX_SIDECAR_ARGS, 2))
     parts.append(f"{optional}.all(i, c.args.size() <= i || {' || '.join(pair)})")
     return " && ".join(parts)
@@ -167,6 +171,8 @@ def _sidecar_shape(guard: GuardSettings) -> str:
             f"has(c.env) && c.env.all(e, e.name in {cel_list(SIDECAR_ENV)}"
             " && (!has(e.valueFrom) || has(e.valueFrom.fieldRef)))",
             "c.env.exists(e, e.name == 'OPENAI_POLICY_NAME' && has(e.value) && e.value == variables.injectedAs)",
+            "c.env.all(e, e.name != 'POD_NAMESPACE' || (has(e.valueFrom) && has(e.valueFrom.fieldRef)"
+            " && e.valueFrom.fieldRef.fieldPath == 'metadata.namespace'))",
             f"c.env.all(e, e.name != 'TMPDIR' || (has(e.value) && e.value == {q(names.TMP_DIR)}))",
             f"(!has(c.volumeMounts) || c.volumeMounts.all(m, {mounts}))",
             "!has(c.volumeDevices)",
@@ -512,6 +518,7 @@ def chart_file() -> str:
         proxy_port=CHART_TOKENS["proxy_port"],
         admin_port=CHART_TOKENS["admin_port"],
         redis_url=CHART_TOKENS["redis_url"],
+        policy_keys=CHART_TOKENS["policy_keys"],
     )
     docs = manifests(CHART_TOKENS["prefix"], guard, CHART_TOKENS["excluded"], CHART_TOKENS["labels"])
     header = (
@@ -529,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--proxy-port", default=str(names.PROXY_PORT))
     p.add_argument("--admin-port", default=str(names.ADMIN_PORT))
     p.add_argument("--redis-url", default=None)
+    p.add_argument("--policy-keys", default=None, help="the --policy-keys the webhook writes")
     p.add_argument("--exclude-namespace", action="append", default=["kube-system"])
     args = p.parse_args(argv)
     if args.chart:
@@ -537,7 +545,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .admission_rules import image_repository
 
     guard = GuardSettings(
-        image_repository(args.sidecar_image), args.proxy_port, args.admin_port, args.redis_url
+        image_repository(args.sidecar_image),
+        args.proxy_port,
+        args.admin_port,
+        args.redis_url,
+        args.policy_keys,
     )
     yaml.safe_dump_all(
         manifests(args.prefix, guard, args.exclude_namespace), sys.stdout, sort_keys=False, width=1_000_000

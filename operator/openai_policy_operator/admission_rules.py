@@ -40,9 +40,9 @@ SIDECAR_MOUNTS = {
 SERVICE_ACCOUNT_MOUNT_PREFIX = "kube-api-access-"
 SERVICE_ACCOUNT_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 SIDECAR_ENV = ("POD_NAME", "POD_NAMESPACE", "OPENAI_POLICY_WORKLOAD", "OPENAI_POLICY_NAME", "TMPDIR")
-# The webhook passes at most the three fixed flags plus key file, Redis URL and log level.
-# Plus the Redis credential file.
-MAX_SIDECAR_ARGS = 14
+# The webhook passes at most the three fixed flags plus key file, Redis URL, log level, the Redis
+# credential file and the operator's policy verification keys.
+MAX_SIDECAR_ARGS = 16
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 # Rule ids: every message starts with "openai-policy <id>:" so a refusal says which rule spoke.
@@ -125,6 +125,9 @@ class GuardSettings:
     proxy_port: str
     admin_port: str
     redis_url: str | None  # the --redis-url the webhook writes (None: never one)
+    # The --policy-keys the webhook writes: pinned, or a tenant who hand-writes the sidecar could
+    # make it trust documents of their own signing. None: the operator signs nothing.
+    policy_keys: str | None = None
 
     @classmethod
     def from_operator(cls, settings: OperatorSettings) -> GuardSettings:
@@ -134,6 +137,7 @@ class GuardSettings:
             proxy_port=str(injection.proxy_port),
             admin_port=str(injection.admin_port),
             redis_url=injection.redis_url,
+            policy_keys=injection.policy_keys,
         )
 
     def fixed_args(self) -> list[str]:
@@ -201,11 +205,13 @@ def _args_ok(args: Sequence[str], guard: GuardSettings) -> bool:
             ok = value.isascii() and value.isalpha()
         elif flag == "--redis-credential-file":
             ok = value == names.REDIS_CREDENTIAL_FILE
+        elif flag == "--policy-keys":
+            ok = guard.policy_keys is not None and value == guard.policy_keys
         else:
             ok = False
         if not ok:
             return False
-    return True
+    return guard.policy_keys is None or "--policy-keys" in args[6::2]
 
 
 def sidecar_is_injection(pod: Mapping[str, Any], sidecar: Mapping[str, Any], guard: GuardSettings) -> bool:
@@ -225,6 +231,12 @@ def sidecar_is_injection(pod: Mapping[str, Any], sidecar: Mapping[str, Any], gua
             for e in env
         ),
         any(e.get("name") == "OPENAI_POLICY_NAME" and e.get("value") == injected_as for e in env),
+        # The sidecar only applies documents signed for its namespace: it must be the pod's own.
+        all(
+            e.get("name") != "POD_NAMESPACE"
+            or ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") == "metadata.namespace"
+            for e in env
+        ),
         all(e.get("name") != "TMPDIR" or e.get("value") == names.TMP_DIR for e in env),
         all(_sidecar_mount_ok(m) for m in sidecar.get("volumeMounts") or []),
         "volumeDevices" not in sidecar,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from openai_policy_store.signing import Signer
+
 # failurePolicy default, and why: Ignore. A down operator must never block pod creation in every
 # opted-in namespace (Deployments, Jobs and autoscaling would stop). A pod admitted during such an
 # outage starts without the sidecar and without the key (the Secret is only ever mounted into the
@@ -53,6 +55,9 @@ class InjectionSettings:
     # Mount the policy's Redis credential Secret into the sidecar (--redis-credential-file): set when
     # the operator delivers per-policy credentials (OperatorSettings.redis_sidecar_credentials).
     redis_credential: bool = False
+    # The operator's public keys (openai_policy_store.signing), passed as --policy-keys: the
+    # injected sidecar then applies only documents the operator signed. None: nothing is signed.
+    policy_keys: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ class OperatorSettings:
     # How long a rotated-out sidecar password stays valid: the kubelet refreshes a mounted Secret
     # within about a minute, so sidecars reconnect with the new one before the old one goes.
     redis_password_grace_seconds: float = 300.0
+    # Signs every policy document (ConfigMap and store); None: documents go out unsigned.
+    signer: Signer | None = None
     status_interval: float = 3.0
     heartbeat_stale_seconds: float = 30.0  # a pod that has not reported for this long is not "reporting"
     injection: InjectionSettings = field(default_factory=InjectionSettings)

@@ -75,7 +75,7 @@ class OperatorServices:
             settings,
             kube,
             store,
-            Reconciler(kube, store),
+            Reconciler(kube, store, signer=settings.signer),
             StatusReader(store, settings.heartbeat_stale_seconds),
             Admission(kube, settings),
             Validation(kube, settings),

@@ -9,6 +9,12 @@ Spend survives a delete/re-create: Redis keys are derived from the policy's name
 budget buckets and cannot be used to reset a monthly budget. Deleting a policy removes only what
 it owns in the cluster (the ConfigMap, via ownerReferences and the garbage collector); its
 counters expire with their window buckets.
+
+With a signer every document (ConfigMap and store) is signed and names the policy's uid and
+creation time, so that sidecars apply only what the operator wrote and tell a re-created policy
+from a replay of the old one. A document in the store is replaced unless it is this operator's
+signed document of the same incarnation at the same or a newer generation: a forged document with
+a higher generation cannot hold off genuine updates.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 from openai_policy_api import OpenAIPolicy, PolicyError, load_policy
 from openai_policy_store import Store
+from openai_policy_store.signing import DocumentRejected, Signer, parse_public_keys, verify_document
 
 from . import names
 from .kube import ApiException, Kube
@@ -64,9 +71,16 @@ class Outcome:
 class Reconciler:
     """Applies one policy's owned objects; remembers per policy what it already did."""
 
-    def __init__(self, kube: Kube, store: Store | None, resync_seconds: float = 60.0) -> None:
+    def __init__(
+        self, kube: Kube, store: Store | None, resync_seconds: float = 60.0, *, signer: Signer | None = None
+    ) -> None:
         self.kube = kube
         self.store = store  # None without Redis
+        self.signer = signer
+        self._trusted = parse_public_keys(signer.public_keys) if signer is not None else {}
+        # ref -> (uid, generation, signed document): re-applying the ConfigMap on resync writes the
+        # same bytes, so sidecars see no change.
+        self._signed: dict[tuple[str, str], tuple[str, int, dict[str, Any]]] = {}
         # ref -> (generation whose ConfigMap is applied, when). Re-applied every resync_seconds so that
         # a ConfigMap deleted or edited by hand is restored without watching every ConfigMap.
         self.resync_seconds = resync_seconds
@@ -74,6 +88,26 @@ class Reconciler:
 
     def forget(self, ref: tuple[str, str]) -> None:
         self._rendered.pop(ref, None)
+        self._signed.pop(ref, None)
+
+    def _document(self, body: Mapping[str, Any], policy: OpenAIPolicy, generation: int) -> dict[str, Any]:
+        document = policy_document(policy, generation)
+        if self.signer is None:
+            return document
+        meta = body["metadata"]
+        ref = (meta["namespace"], meta["name"])
+        uid = str(meta.get("uid") or "")
+        cached = self._signed.get(ref)
+        if cached is not None and cached[0] == uid and cached[1] == generation:
+            return cached[2]
+        document["metadata"].update(
+            uid=uid,
+            creationTimestamp=str(meta.get("creationTimestamp") or ""),
+            signedAt=int(time.time() * 1000),
+        )
+        signed = self.signer.sign(document)
+        self._signed[ref] = (uid, generation, signed)
+        return signed
 
     async def reconcile(
         self, body: Mapping[str, Any], others: Sequence[PolicySummary], *, force: bool = False
@@ -85,7 +119,7 @@ class Reconciler:
             policy = load_policy(policy_input(body))
         except PolicyError as error:
             return Outcome(ReadyState(False, "InvalidPolicy", str(error)))
-        document = policy_document(policy, generation)
+        document = self._document(body, policy, generation)
 
         rendered = self._rendered.get(ref)
         stale = (
@@ -133,10 +167,7 @@ class Reconciler:
         try:
             if not force:
                 current = await self.store.get_policy_document(ref)
-                if (
-                    current is not None
-                    and int((current.get("metadata") or {}).get("generation", 0)) >= generation
-                ):
+                if current is not None and self._holds(current, document, generation):
                     return None
             await self.store.publish_policy_document(ref, document)
         except Exception as error:  # noqa: BLE001 - StoreUnavailable or a connection error: report, retry next tick
@@ -149,3 +180,13 @@ class Reconciler:
                 f"policy until it is. Retrying",
             )
         return None
+
+    def _holds(self, current: Mapping[str, Any], document: Mapping[str, Any], generation: int) -> bool:
+        """Whether the stored document already stands for ``document`` (no need to publish)."""
+        if self.signer is None:
+            return int((current.get("metadata") or {}).get("generation", 0)) >= generation
+        try:
+            facts = verify_document(current, self._trusted)
+        except DocumentRejected:
+            return False  # forged, or signed with a key no longer trusted: overwrite it
+        return facts.uid == document["metadata"]["uid"] and facts.generation >= generation

@@ -111,6 +111,10 @@ def sidecar_container(
         )
     if settings.log_level:
         args += ["--log-level", settings.log_level]
+    if settings.policy_keys:
+        # In the container's own spec: fixed at creation (sidecar-shape, sidecar-unchanged), so no
+        # tenant can make a running sidecar trust another key.
+        args += ["--policy-keys", settings.policy_keys]
     probe_get = {"path": "/readyz", "port": settings.admin_port}
     return {
         "name": names.SIDECAR_NAME,

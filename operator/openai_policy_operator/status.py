@@ -146,6 +146,7 @@ class PodFigures:
     errors: list[str]
     last_report: float | None
     generations: dict[int, int]
+    untrusted: list[str] = field(default_factory=list)  # pods that refused an unsigned/forged document
 
 
 def pod_figures(
@@ -158,6 +159,7 @@ def pod_figures(
     """Which reporting pods run the current generation with their key loaded."""
     reporting = stale = key_missing = enforcing = 0
     errors: list[str] = []
+    untrusted: list[str] = []
     last: float | None = None
     generations: dict[int, int] = {}
     for pod, beat in sorted(heartbeats.items()):
@@ -175,9 +177,19 @@ def pod_figures(
         key_missing += not key_loaded
         if beat.get("lastError"):
             errors.append(f"{pod}: {beat['lastError']}")
+        if beat.get("untrustedDocument"):
+            untrusted.append(f"{pod}: {beat['untrustedDocument']}")
         enforcing += current and key_loaded
     return PodFigures(
-        max(injected, reporting), reporting, enforcing, stale, key_missing, errors, last, generations
+        max(injected, reporting),
+        reporting,
+        enforcing,
+        stale,
+        key_missing,
+        errors,
+        last,
+        generations,
+        untrusted,
     )
 
 
@@ -198,6 +210,15 @@ def _enforced(facts: PolicyFacts, pods: PodFigures) -> tuple[str, str, str]:
             "False",
             "KeyNotLoaded",
             f"{pods.key_missing} of {pods.reporting} pod(s) could not load the API key",
+        )
+    if pods.untrusted:
+        # Someone wrote a policy document the operator did not sign (into the ConfigMap or the store);
+        # the pods refused it and keep their last good policy, but the platform team must hear of it.
+        return (
+            "False",
+            "UntrustedPolicyDocument",
+            f"{len(pods.untrusted)} of {pods.reporting} pod(s) refused a policy document not signed by "
+            f"the operator and keep their last good policy: " + "; ".join(pods.untrusted[:3]),
         )
     if pods.stale_generation:
         return (

@@ -1,7 +1,7 @@
 """``openai-policy-sidecar``: run the OpenAI-compatible policy proxy.
 
     openai-policy-sidecar --policy FILE [--redis-url URL] [--listen 127.0.0.1:8780]
-                          [--admin-listen 0.0.0.0:8781] [--api-key-file FILE]
+                          [--admin-listen 0.0.0.0:8781] [--api-key-file FILE] [--policy-keys KEYS]
 
 The key comes from --api-key-file (re-read when it changes) or else OPENAI_API_KEY; the pod
 name from POD_NAME. Exit status 2: bad arguments, policy or tokenizer files.
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from openai_policy_api import PolicyError
+from openai_policy_store.signing import DocumentRejected, SigningKeyError
 
 from . import tokenizer_files
 from .access_log import configure_logging
@@ -46,6 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="upstream API key file, re-read on change (else OPENAI_API_KEY)",
     )
     parser.add_argument(
+        "--policy-keys",
+        default=None,
+        help="the operator's Ed25519 public keys (comma-separated base64): only documents they sign, "
+        "for this sidecar's policy, are applied, from the file and from the store",
+    )
+    parser.add_argument(
         "--redis-credential-file",
         type=Path,
         default=None,
@@ -66,6 +73,7 @@ def config_from(args: argparse.Namespace) -> SidecarConfig:
         admin_listen=args.admin_listen,
         pod_name=os.environ.get("POD_NAME") or socket.gethostname(),
         redis_credential_file=args.redis_credential_file,
+        policy_keys=args.policy_keys,
     )
 
 
@@ -104,9 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     except tokenizer_files.TokenizerFilesError as error:
         log.error("cannot count tokens offline: %s", error)
         return 2
-    sidecar = Sidecar(config_from(args))
+    try:
+        sidecar = Sidecar(config_from(args))
+    except SigningKeyError as error:
+        log.error("unusable --policy-keys: %s", error)
+        return 2
     try:
         sidecar.load()
+    except DocumentRejected as error:
+        log.error("policy %s refused (%s): %s", args.policy, error.reason, error)
+        return 2
     except PolicyError as error:
         log.error("invalid policy %s: %s", args.policy, error)
         return 2

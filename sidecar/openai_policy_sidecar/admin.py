@@ -39,6 +39,9 @@ async def readiness(
             "mode": snapshot.spec.mode,
             "suspended": bool(snapshot.spec.suspend),
             "lastError": source.error,
+            # Whether documents must be signed by the operator, and what the one in force says.
+            "signed": source.trust is not None,
+            **({"uid": source.facts.uid, "keyId": source.facts.key_id} if source.facts else {}),
         }
     detail["apiKey"] = {
         "loaded": bool(source.keys.key),

@@ -68,8 +68,12 @@ class DurableState:
         else:
             self.breakers.update_spec(spec.circuit_breaker)
         if self.cache is None or (self.shared_cache and snapshot.ref != self._cache_ref):
-            backend = StoreBackend(self.store, snapshot.ref) if self.shared_cache else MemoryLRUBackend()
-            self.cache = ResponseCache(backend)
+            backend = (
+                StoreBackend(self.store, snapshot.ref, lambda: self.keys.key)
+                if self.shared_cache
+                else MemoryLRUBackend()
+            )
+            self.cache = ResponseCache(backend, on_forged=self.metrics.cache_forged.inc)
             self._cache_ref = snapshot.ref
         self._snapshot = snapshot
 

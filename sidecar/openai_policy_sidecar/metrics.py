@@ -127,6 +127,11 @@ class Metrics:
         self.cache_hits = Counter(
             "openai_policy_cache_hits", "Requests answered from the response cache.", registry=r
         )
+        self.cache_forged = Counter(
+            "openai_policy_cache_forged",
+            "Shared cache entries refused (and missed) because their MAC does not verify.",
+            registry=r,
+        )
         self.cache_misses = Counter(
             "openai_policy_cache_misses", "Cacheable requests not found in the response cache.", registry=r
         )

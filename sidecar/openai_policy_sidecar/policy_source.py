@@ -1,10 +1,17 @@
 """Where the policy and the key come from, and how they change without a restart.
 
 Both files are polled (stat every ~1 s: mtime, inode and size, which also catches the atomic
-symlink swap Kubernetes does for ConfigMap and Secret volumes). With a shared store, documents
-the operator publishes there are applied when their ``metadata.generation`` is newer than the
-one in force. A bad update never replaces a good one: the last good policy (or key) stays, and
-the problem is reported in /readyz detail, one log line and the ``policy_reload_errors`` metric.
+symlink swap Kubernetes does for ConfigMap and Secret volumes). A bad update never replaces a
+good one: the last good policy (or key) stays, and the problem is reported in /readyz detail, one
+log line and the ``policy_reload_errors`` metric.
+
+With verification keys (an injected sidecar: :mod:`.document_trust`) every document, from the
+file or the store, must be signed by the operator for this policy; one that is not is refused
+(also counted in ``policy_documents_rejected``). A signed document replaces the one in force when
+it is a newer generation of the same policy or names a newer incarnation (another uid: the
+policy was deleted and re-created), whatever its generation. Without keys the file is applied as
+given and the store is never read for policies: an unsigned document there could come from
+anyone who reaches Redis.
 """
 
 from __future__ import annotations
@@ -13,17 +20,24 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from openai_policy_api import OpenAIPolicy, PolicyError, load_policy
 from openai_policy_store import Store
+from openai_policy_store.signing import DocumentRejected, SignedFacts
 
+from .document_trust import DocumentTrust, TrustMetrics, fingerprint, parse_text
 from .metrics import Metrics
 from .snapshot import PolicySnapshot, build_snapshot
 
 log = logging.getLogger("openai_policy_sidecar.policy_source")
+
+# A refused document is reported this long after it was last offered: the operator overwrites a
+# forged store document at its next resync, after which the report ages out.
+UNTRUSTED_REPORT_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -120,12 +134,19 @@ class PolicySource:
         *,
         watch_store: bool = False,
         poll_interval: float = 1.0,
+        trust: DocumentTrust | None = None,
     ) -> None:
         self.policy_path = policy_path
         self.keys = keys
         self.store = store
         self.metrics = metrics
-        self.watch_store = watch_store
+        self.trust = trust
+        # Unsigned documents in the store are never applied: without keys, do not even read them.
+        self.watch_store = watch_store and trust is not None
+        self.trust_metrics = TrustMetrics(metrics.registry)
+        self.facts: SignedFacts | None = None  # what the signed document in force says
+        self._refused: set[str] = set()  # fingerprints already counted and logged
+        self._untrusted: tuple[str, float] | None = None  # the last refusal, and when it was last seen
         self.poll_interval = poll_interval
         self.snapshot: PolicySnapshot | None = None
         self.error: str | None = None  # why the last policy update was refused (None: all good)
@@ -136,9 +157,21 @@ class PolicySource:
     # -- loading ------------------------------------------------------------------------------
 
     def load_initial(self) -> PolicySnapshot:
-        """Read the policy file and key at start-up; a bad policy here is fatal (PolicyError/OSError)."""
+        """Read the policy file and key at start-up; a bad policy here is fatal (PolicyError/OSError,
+        DocumentRejected when the file is not signed for this policy)."""
         self._stamp = stamp(self.policy_path)
-        policy = load_policy(self.policy_path.read_text())
+        text = self.policy_path.read_text()
+        if self.trust is not None:
+            try:
+                facts, document = self.trust.verify(parse_text(text))
+            except DocumentRejected as error:  # fatal at start-up: there is no good policy to keep
+                self.trust_metrics.rejected.labels(source="file", reason=error.reason).inc()
+                raise
+            policy = load_policy(document)
+            self.trust.expected_ref = self.trust.expected_ref or facts.ref
+            self.facts = facts
+        else:
+            policy = load_policy(text)
         self._install(policy, "file")
         self.keys.load()
         self._key_metric()
@@ -171,6 +204,38 @@ class PolicySource:
         self.metrics.reload_errors.labels(source=source).inc()
         log.error("policy update refused, keeping the last good policy: %s", message)
 
+    def _reject(self, source: str, document: Any, error: DocumentRejected) -> None:
+        """Count and report a document that is not the operator's, once per distinct document."""
+        mark = f"{source}:{fingerprint(document)}"
+        message = f"untrusted policy document from the {source} ({error.reason}): {error}"
+        self._untrusted = (message, time.monotonic())
+        if mark in self._refused:
+            return
+        if len(self._refused) > 1000:  # a flood of forgeries must not grow memory without bound
+            self._refused.clear()
+        self._refused.add(mark)
+        self.trust_metrics.rejected.labels(source=source, reason=error.reason).inc()
+        self._refuse(source, message)
+
+    @property
+    def untrusted_document(self) -> str | None:
+        """The last refused document while it is still being offered (for the heartbeat: status)."""
+        if self._untrusted is None or time.monotonic() - self._untrusted[1] > UNTRUSTED_REPORT_SECONDS:
+            return None
+        return self._untrusted[0]
+
+    def _verified(self, source: str, document: Any) -> tuple[SignedFacts, dict[str, Any]] | None:
+        """The facts and unsigned document when it verifies and supersedes the one in force."""
+        assert self.trust is not None
+        try:
+            facts, body = self.trust.verify(document)
+        except DocumentRejected as error:
+            self._reject(source, document, error)
+            return None
+        if self.facts is not None and not facts.supersedes(self.facts):
+            return None  # the same or an older document (e.g. the file lagging behind the store)
+        return facts, body
+
     def _key_metric(self) -> None:
         self.metrics.key_loaded.set(1 if self.keys.key else 0)
 
@@ -190,6 +255,9 @@ class PolicySource:
         self._key_metric()
 
     def _reload_file(self) -> None:
+        if self.trust is not None:
+            self._reload_signed_file()
+            return
         try:
             policy = load_policy(self.policy_path.read_text())
         except OSError as error:
@@ -208,8 +276,32 @@ class PolicySource:
         except Exception as error:  # e.g. a price override the table rejects
             self._refuse("file", f"{self.policy_path}: {error}")
 
+    def _reload_signed_file(self) -> None:
+        try:
+            document = parse_text(self.policy_path.read_text())
+        except OSError as error:
+            self._refuse("file", f"cannot read {self.policy_path}: {error.strerror or error}")
+            return
+        except DocumentRejected as error:
+            self._reject("file", None, error)
+            return
+        verified = self._verified("file", document)
+        if verified is not None:
+            self._apply_signed("file", *verified)
+
+    def _apply_signed(self, source: str, facts: SignedFacts, body: dict[str, Any]) -> None:
+        try:
+            self._install(load_policy(body), source)
+        except (PolicyError, Exception) as error:  # signed but unusable here, e.g. a price override
+            self._refuse(source, f"generation {facts.generation} from the {source}: {error}")
+            return
+        self.facts = facts
+
     async def poll_store(self) -> None:
         if not self.watch_store or self.snapshot is None:
+            return
+        if self.trust is not None:
+            await self._poll_signed_store()
             return
         try:
             document = await self.store.get_policy_document(self.snapshot.ref)
@@ -231,6 +323,19 @@ class PolicySource:
         except (PolicyError, Exception) as error:
             self._bad_store_generation = generation
             self._refuse("store", f"generation {generation} from the store: {error}")
+
+    async def _poll_signed_store(self) -> None:
+        assert self.snapshot is not None
+        try:
+            document = await self.store.get_policy_document(self.snapshot.ref)
+        except Exception as error:  # StoreUnavailable: /readyz reports the store separately
+            log.debug("policy document not readable from the store: %s", error)
+            return
+        if not document:
+            return
+        verified = self._verified("store", document)
+        if verified is not None:
+            self._apply_signed("store", *verified)
 
     async def flush_replaced(self) -> None:
         """Flush the usage counters of snapshots replaced by a reload (their ref may differ)."""

@@ -47,6 +47,7 @@ class ReportLoop:
             "generation": snapshot.generation,
             "keyLoaded": bool(self.source.keys.key),
             "lastError": self.source.error or self.source.keys.error or self.last_error,
+            "untrustedDocument": self.source.untrusted_document,
             "time": int(time.time()),
             "mode": snapshot.spec.mode,
             "suspended": bool(snapshot.spec.suspend),

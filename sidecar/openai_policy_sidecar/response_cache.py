@@ -23,12 +23,21 @@ Backends implement ``get(key) -> bytes | None`` and ``set(key, value, ttl_second
 :class:`MemoryLRUBackend` (bounded, one replica) and :class:`StoreBackend` (over the shared
 ``Store``'s ``cache_get``/``cache_set``, i.e. Redis across pods). :class:`ResponseCache` turns
 every backend error or slow answer into a miss: the cache may degrade, never fail a request.
+
+Integrity. Entries in the shared store are readable and writable by whatever reaches Redis, so
+:class:`StoreBackend` seals each one with an HMAC-SHA256 over the request digest and the entry, under a
+per-policy key derived from the policy's upstream API key (:func:`cache_mac_key`). Every pod of the
+policy mounts that key and nothing else does (app containers, other policies, the operator), so
+only a sidecar of the policy can write an entry its peers accept; an entry that does not verify
+is a miss, counted as forged, and its "savings" are never reported. Rotating the API key turns
+the old entries into misses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -328,18 +337,64 @@ class MemoryLRUBackend:
             self._bytes -= len(item[1])
 
 
-class StoreBackend:
-    """The shared store's cache (Redis across pods), scoped to one policy."""
+class ForgedEntry(Exception):
+    """A shared cache entry whose MAC does not verify (not written by a sidecar of this policy)."""
 
-    def __init__(self, store: _CacheStore, ref: tuple[str, str]) -> None:
+
+_MAC_MAGIC = b"oapm1"
+_MAC_BYTES = 32
+
+
+def cache_mac_key(api_key: str, ref: tuple[str, str]) -> bytes:
+    """The per-policy MAC key: HMAC-SHA256 of a label and the policy's ref under its API key."""
+    label = f"openai-policy response cache\0{ref[0]}/{ref[1]}".encode()
+    return hmac.new(api_key.encode(), label, hashlib.sha256).digest()
+
+
+class StoreBackend:
+    """The shared store's cache (Redis across pods), scoped to one policy and sealed with a MAC.
+
+    ``api_key`` is read at each call (the key may rotate); without a key nothing is read or written.
+    """
+
+    def __init__(
+        self, store: _CacheStore, ref: tuple[str, str], api_key: Callable[[], str | None] | None = None
+    ) -> None:
         self._store = store
         self._ref = ref
+        self._api_key = api_key or (lambda: None)
+        self._derived: tuple[str, bytes] | None = None
+
+    def _mac_key(self) -> bytes | None:
+        api_key = self._api_key()
+        if not api_key:
+            return None
+        if self._derived is None or self._derived[0] != api_key:
+            self._derived = (api_key, cache_mac_key(api_key, self._ref))
+        return self._derived[1]
+
+    def _mac(self, mac_key: bytes, key: str, value: bytes) -> bytes:
+        return hmac.new(mac_key, key.encode() + b"\0" + value, hashlib.sha256).digest()
 
     async def get(self, key: str) -> bytes | None:
-        return await self._store.cache_get(self._ref, key)
+        mac_key = self._mac_key()
+        if mac_key is None:
+            return None
+        sealed = await self._store.cache_get(self._ref, key)
+        if sealed is None:
+            return None
+        head = len(_MAC_MAGIC)
+        tag, value = sealed[head : head + _MAC_BYTES], sealed[head + _MAC_BYTES :]
+        if not sealed.startswith(_MAC_MAGIC) or not hmac.compare_digest(tag, self._mac(mac_key, key, value)):
+            raise ForgedEntry(f"cache entry {key[:12]} does not carry this policy's MAC")
+        return value
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
-        await self._store.cache_set(self._ref, key, value, ttl_seconds)
+        mac_key = self._mac_key()
+        if mac_key is None:
+            return
+        sealed = _MAC_MAGIC + self._mac(mac_key, key, value) + value
+        await self._store.cache_set(self._ref, key, sealed, ttl_seconds)
 
 
 # -- the cache -----------------------------------------------------------------------------------
@@ -355,8 +410,10 @@ class ResponseCache:
         timeout_seconds: float = 0.5,
         max_entry_bytes: int = 4 * 1024 * 1024,
         wall_clock: Callable[[], float] = time.time,
+        on_forged: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
+        self._on_forged = on_forged
         self._timeout = timeout_seconds
         self._max_entry_bytes = max_entry_bytes
         self._wall_clock = wall_clock
@@ -364,12 +421,20 @@ class ResponseCache:
         self.misses = 0
         self.errors = 0
         self.stores = 0
+        self.forged = 0
 
     async def lookup(self, key: str, *, stream: bool | None = None) -> CachedResponse | None:
         """The entry for ``key`` or None; ``stream`` (when given) must match the entry's form."""
         try:
             async with asyncio.timeout(self._timeout):
                 data = await self.backend.get(key)
+        except ForgedEntry as exc:
+            self.forged += 1
+            self.misses += 1
+            if self._on_forged is not None:
+                self._on_forged()
+            log.warning("response cache entry refused, treating as a miss: %s", exc)
+            return None
         except Exception as exc:  # noqa: BLE001 - a broken cache is a miss (seeds: Redis restarts)
             self.errors += 1
             self.misses += 1

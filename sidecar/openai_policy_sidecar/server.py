@@ -20,6 +20,7 @@ from openai_policy_store import MemoryStore, RedisStore, Store
 
 from . import access_log
 from .admin import admin_app
+from .document_trust import DocumentTrust
 from .durable import DurableState
 from .listeners import ADMIN_LIMITS, PROXY_LIMITS, GuardedRunner, ListenerLimits
 from .metrics import Metrics
@@ -51,6 +52,9 @@ class SidecarConfig:
     # Set by the operator's injection (POD_NAMESPACE, OPENAI_POLICY_WORKLOAD): attribution only.
     namespace: str | None = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or None)
     workload: str | None = field(default_factory=lambda: os.environ.get("OPENAI_POLICY_WORKLOAD") or None)
+    # The operator's public keys (--policy-keys): when set, only documents it signed are applied.
+    policy_keys: str | None = None
+    policy_name: str | None = field(default_factory=lambda: os.environ.get("OPENAI_POLICY_NAME") or None)
 
     def attribution(self) -> dict[str, str | None]:
         return {"workload": self.workload, "namespace": self.namespace}
@@ -71,6 +75,14 @@ def bind(address: str) -> socket.socket:
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
+
+
+def document_trust(config: SidecarConfig) -> DocumentTrust | None:
+    """The injection names the pod's namespace and policy; the documents must name the same."""
+    if not config.policy_keys:
+        return None
+    ref = (config.namespace, config.policy_name) if config.namespace and config.policy_name else None
+    return DocumentTrust(config.policy_keys, ref)
 
 
 def make_store(redis_url: str | None, credential_file: Path | None = None) -> Store:
@@ -104,6 +116,7 @@ class Sidecar:
             self.metrics,
             watch_store=config.redis_url is not None,
             poll_interval=config.poll_interval,
+            trust=document_trust(config),
         )
         self.upstream = Upstream()
         shared = config.redis_url is not None

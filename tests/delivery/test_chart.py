@@ -148,6 +148,21 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
+def operator_args(docs: list[dict[str, Any]], directory: Path) -> Any:
+    """The operator's parsed flags, its signing Secret's files written where the flags say they are."""
+    from openai_policy_operator.__main__ import parser
+
+    container = operator_container(docs)
+    args = parser().parse_args(container["args"])
+    secret = find(docs, "Secret", "opo-openai-policy-operator-signing")["data"]
+    assert args.signing_key_file.parent == args.policy_keys_file.parent
+    for name, flag in (("signing.key", "signing_key_file"), ("policy-keys", "policy_keys_file")):
+        path = directory / name
+        path.write_bytes(base64.b64decode(secret[name]))
+        setattr(args, flag, path)
+    return args
+
+
 # --------------------------------------------------------------------------------------------
 # lint and schemas
 
@@ -304,14 +319,17 @@ def test_no_role_grants_anything_on_secrets_or_wildcards(helm: Helm) -> None:
                     assert set(rule["verbs"]) & {"escalate", "bind", "impersonate"} == set(), rule
 
 
-def test_operator_understands_every_flag_the_chart_passes(helm: Helm) -> None:
-    from openai_policy_operator.__main__ import parser, settings_from
+def test_operator_understands_every_flag_the_chart_passes(helm: Helm, tmp_path: Path) -> None:
+    from openai_policy_operator.__main__ import settings_from
 
     for name, variant in VARIANTS.items():
-        container = operator_container(helm.template(variant))
+        docs = helm.template(variant)
+        container = operator_container(docs)
         assert "command" not in container  # the image's entrypoint is the operator
-        args = parser().parse_args(container["args"])  # exits (SystemExit) on an unknown flag
+        args = operator_args(docs, tmp_path)  # exits (SystemExit) on an unknown flag
         settings = settings_from(args)
+        # The chart's generated key signs, and the sidecars are given its certificate.
+        assert settings.signer is not None and settings.injection.policy_keys
         values = variant
         expected_excluded = {"kube-system", *values.get("webhook", {}).get("excludedNamespaces", [])}
         assert set(settings.webhook.excluded_namespaces) == expected_excluded, name
@@ -402,16 +420,16 @@ ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBindin
     ],
     ids=["default", "customised"],
 )
-def test_admission_policies_are_the_operators(helm: Helm, values: dict[str, Any]) -> None:
+def test_admission_policies_are_the_operators(helm: Helm, values: dict[str, Any], tmp_path: Path) -> None:
     """The chart's ValidatingAdmissionPolicies are what openai_policy_operator.admission_policy renders
     for the settings the chart gives the operator (files/admission-policy.yaml is generated from it)."""
     from openai_policy_operator import admission_policy
-    from openai_policy_operator.__main__ import parser, settings_from
+    from openai_policy_operator.__main__ import settings_from
     from openai_policy_operator.admission_rules import GuardSettings
 
     docs = helm.template(values)
     container = operator_container(docs)
-    args = parser().parse_args(container["args"])
+    args = operator_args(docs, tmp_path)
     args.redis_url = env_of(container)["OPENAI_POLICY_REDIS_URL"]  # the parser's default, from the env
     settings = settings_from(args)
     expected = admission_policy.manifests(
@@ -570,7 +588,9 @@ def test_default_tls_is_a_chart_generated_ca_that_signs_the_serving_certificate(
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca(helm: Helm) -> None:
     docs = helm.template(VARIANTS["cert-manager"])
-    assert not [d for d in docs if d["kind"] == "Secret"], "no chart-generated key with cert-manager"
+    secrets = [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"]
+    # No chart-generated TLS key with cert-manager; the policy-signing key is not a TLS key.
+    assert secrets == ["opo-openai-policy-operator-signing"], "no chart-generated TLS key with cert-manager"
     config = find(docs, "MutatingWebhookConfiguration")
     assert (
         config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
@@ -762,7 +782,7 @@ def test_install_upgrade_and_uninstall_in_the_control_plane(control_plane: Any, 
         assert _exists(control_plane, "crd", crd, None)
 
     # The generated CA and certificate survive an upgrade (looked up, not generated again).
-    secret_name = next(n for k, n, _ in objects if k == "Secret")
+    secret_name = next(n for k, n, _ in objects if k == "Secret" and n.endswith("-webhook-tls"))
     webhook_name = next(n for k, n, _ in objects if k.startswith("MutatingWebhookConfiguration"))
 
     def tls_state() -> tuple[str, str]:

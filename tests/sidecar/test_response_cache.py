@@ -237,7 +237,7 @@ async def test_backend_errors_and_slowness_are_misses_never_failures():
 async def test_store_backend_over_memory_store():
     from openai_policy_store import MemoryStore
 
-    cache = ResponseCache(StoreBackend(MemoryStore(), ("default", "p")))
+    cache = ResponseCache(StoreBackend(MemoryStore(), ("default", "p"), lambda: "sk-test"))
     entry = StreamRecorder()
     for event in EVENTS:
         entry.add(event)
@@ -251,7 +251,7 @@ async def test_store_backend_over_redis_degrades_when_redis_dies(redis):
 
     store = RedisStore(redis.url)
     try:
-        cache = ResponseCache(StoreBackend(store, ("default", "p")), timeout_seconds=2.0)
+        cache = ResponseCache(StoreBackend(store, ("default", "p"), lambda: "sk-test"), timeout_seconds=2.0)
         k = key()
         assert await cache.store(k, response_entry(200, b'{"id":"a"}'), 60)
         assert (await cache.lookup(k)).body == b'{"id":"a"}'

@@ -7,16 +7,17 @@ import asyncio
 import openai
 import pytest
 
-from openai_policy_api import load_policy
 from openai_policy_devkit.sidecar import (
     admin_get,
     async_client,
-    policy_document,
     running_sidecar,
+    signed_policy_document,
     upstream_spec,
+    write_document,
     write_policy,
 )
 from openai_policy_store import RedisStore
+from openai_policy_store.signing import Signer, generate_seed_line
 
 HELLO = [{"role": "user", "content": "hello"}]
 REF = ("default", "demo")
@@ -31,25 +32,30 @@ async def _until(predicate, timeout: float = 5.0) -> None:
 
 
 async def test_a_newer_generation_published_in_the_store_is_applied(tmp_path, fake_openai, redis):
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai))
+    signer = Signer.from_text(generate_seed_line())
+    policy = write_document(
+        tmp_path / "policy.yaml", signed_policy_document(signer, upstream_spec(fake_openai))
+    )
     publisher = RedisStore(redis.url)
     try:
-        async with running_sidecar(policy, redis_url=redis.url) as sidecar:
+        async with running_sidecar(policy, redis_url=redis.url, policy_keys=signer.public_keys) as sidecar:
             client = async_client(base_url=sidecar.base_url, api_key="x", max_retries=0)
             await client.chat.completions.create(model="gpt-4o", messages=HELLO)
 
             # The operator publishes generation 2 (the kill switch): applied without a restart.
-            document = load_policy(policy_document(upstream_spec(fake_openai, suspend=True), generation=2))
-            await publisher.publish_policy_document(REF, document.to_document())
+            document = signed_policy_document(signer, upstream_spec(fake_openai, suspend=True), generation=2)
+            await publisher.publish_policy_document(REF, document)
             await _until(lambda: sidecar.source.snapshot.generation == 2)
             assert sidecar.source.snapshot.source == "store"
             with pytest.raises(openai.PermissionDeniedError):
                 await client.chat.completions.create(model="gpt-4o", messages=HELLO)
 
             # An invalid generation 3 is refused; generation 2 stays, and /readyz says why.
-            bad = document.to_document()
-            bad["metadata"]["generation"] = 3
-            bad["spec"]["budget"] = {"limits": [{"window": "day", "usd": 0}]}
+            bad = signed_policy_document(
+                signer,
+                upstream_spec(fake_openai, budget={"limits": [{"window": "day", "usd": 0}]}),
+                generation=3,
+            )
             await publisher.publish_policy_document(REF, bad)
             await _until(lambda: sidecar.source.error is not None)
             assert sidecar.source.snapshot.generation == 2
@@ -58,7 +64,7 @@ async def test_a_newer_generation_published_in_the_store_is_applied(tmp_path, fa
             assert "spec.budget.limits[0].usd" in detail["policy"]["lastError"]
 
             # The mounted file lagging behind (generation 1 rewritten) does not roll back.
-            write_policy(policy, upstream_spec(fake_openai), generation=1)
+            write_document(policy, signed_policy_document(signer, upstream_spec(fake_openai)))
             await asyncio.sleep(0.6)
             assert sidecar.source.snapshot.generation == 2
     finally:

@@ -113,3 +113,38 @@ seccompProfile:
 {{- .Values.admission.validation -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "opo.signingSecret" -}}
+{{- .Values.signing.existingSecret | default (printf "%s-signing" (include "opo.fullname" .)) -}}
+{{- end -}}
+
+{{- /*
+The policy-signing material as JSON {"signing.key", "policy-keys"} (Secret data, base64). Generated
+once per render and memoised in .Values, because two templates need the same random key: the
+Secret, and the admission policies that pin the sidecars' --policy-keys. Kept across upgrades by
+lookup (as the webhook CA). Helm cannot compute an Ed25519 public key, so the sidecars are given
+a self-signed certificate for the generated key, which carries it.
+*/ -}}
+{{- define "opo.signing" -}}
+{{- if not (hasKey .Values "__opoSigning") -}}
+{{- $data := dict -}}
+{{- if .Values.signing.existingSecret -}}
+{{- $data = dict "policy-keys" (required "signing.policyKeys is required with signing.existingSecret" .Values.signing.policyKeys | b64enc) -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "opo.signingSecret" .) -}}
+{{- if and $existing $existing.data (hasKey $existing.data "signing.key") (hasKey $existing.data "policy-keys") -}}
+{{- $data = dict "signing.key" (index $existing.data "signing.key") "policy-keys" (index $existing.data "policy-keys") -}}
+{{- else -}}
+{{- $key := genPrivateKey "ed25519" -}}
+{{- $cert := genSelfSignedCertWithKey (printf "%s-policy-signing" (include "opo.fullname" .)) nil nil 36500 $key -}}
+{{- $data = dict "signing.key" ($key | b64enc) "policy-keys" ($cert.Cert | b64enc | b64enc) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .Values "__opoSigning" $data -}}
+{{- end -}}
+{{- toJson (get .Values "__opoSigning") -}}
+{{- end -}}
+
+{{- define "opo.policyKeys" -}}
+{{- index (include "opo.signing" . | fromJson) "policy-keys" | b64dec -}}
+{{- end -}}
