@@ -414,7 +414,7 @@ ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBindin
                 "image": {"repository": "registry.local:5000/platform/sidecar"},
                 "ports": {"proxy": 18780},
             },
-            "redis": {"url": "rediss://user:it's-secret@redis.example.internal:6380/0"},
+            "redis": {"url": "rediss://redis.example.internal:6380/0", "existingSecret": "my-redis"},
             "webhook": {"excludedNamespaces": ["ci"]},
         },
     ],
@@ -590,7 +590,10 @@ def test_cert_manager_issues_the_certificate_and_injects_the_ca(helm: Helm) -> N
     docs = helm.template(VARIANTS["cert-manager"])
     secrets = [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"]
     # No chart-generated TLS key with cert-manager; the policy-signing key is not a TLS key.
-    assert secrets == ["opo-openai-policy-operator-signing"], "no chart-generated TLS key with cert-manager"
+    assert secrets == [
+        "opo-openai-policy-operator-redis-auth",
+        "opo-openai-policy-operator-signing",
+    ], "no chart-generated TLS key with cert-manager"
     config = find(docs, "MutatingWebhookConfiguration")
     assert (
         config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
@@ -616,9 +619,9 @@ def test_cert_manager_issues_the_certificate_and_injects_the_ca(helm: Helm) -> N
 
 def test_bundled_redis_by_default_or_an_external_url(helm: Helm) -> None:
     default = helm.template()
-    redis = find(default, "Deployment", "opo-openai-policy-operator-redis")
-    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    redis = find(default, "StatefulSet", "opo-openai-policy-operator-redis")
+    script = redis["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert 'echo "maxmemory-policy noeviction"' in script
     find(default, "Service", "opo-openai-policy-operator-redis")
     external = helm.template(VARIANTS["external-redis"])
     assert [d["metadata"]["name"] for d in external if "redis" in d["metadata"]["name"]] == []
@@ -935,3 +938,154 @@ def test_user_roles_in_the_control_plane(control_plane: Any, namespace: str, hel
         control_plane.kubectl(
             "delete", "clusterrole", *[r["metadata"]["name"] for r in roles], "--ignore-not-found"
         )
+
+
+# -- Redis: authentication, the operator's ACL user, persistence ----------------------------------
+
+
+def _redis_script(docs: list[dict[str, Any]]) -> str:
+    redis = find(docs, "StatefulSet", "opo-openai-policy-operator-redis")
+    return str(redis["spec"]["template"]["spec"]["containers"][0]["args"][0])
+
+
+def test_bundled_redis_requires_a_password_and_keeps_an_aof_on_a_volume_by_default(helm: Helm) -> None:
+    docs = helm.template()
+    redis = find(docs, "StatefulSet", "opo-openai-policy-operator-redis")
+    script = _redis_script(docs)
+    assert "requirepass $(cat /run/secrets/redis-auth/password)" in script
+    assert 'echo "appendonly yes"' in script and 'echo "appendfsync everysec"' in script
+    claim = redis["spec"]["volumeClaimTemplates"][0]
+    assert claim["metadata"]["name"] == "data" and claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    secret = find(docs, "Secret", "opo-openai-policy-operator-redis-auth")["data"]
+    passwords = [base64.b64decode(secret[k]).decode() for k in ("password", "operator-password")]
+    assert all(len(p) >= 32 for p in passwords) and passwords[0] != passwords[1]
+    # No password in any pod spec: files from the Secret, read at start.
+    workloads = json.dumps([d for d in docs if d["kind"] in ("Deployment", "StatefulSet")])
+    assert not any(p in workloads for p in passwords)
+    args = operator_container(docs)["args"]
+    assert "--redis-username=oaip-operator" in args
+    assert "--redis-password-file=/etc/openai-policy-operator/redis/operator-password" in args
+    assert "--redis-sidecar-credentials=acl" in args
+
+
+def test_persistence_and_storage_class_are_values(helm: Helm) -> None:
+    docs = helm.template({"redis": {"persistence": {"size": "5Gi", "storageClass": "fast"}}})
+    claim = find(docs, "StatefulSet", "opo-openai-policy-operator-redis")["spec"]["volumeClaimTemplates"][0]
+    assert (
+        claim["spec"]["storageClassName"] == "fast"
+        and claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    )
+    memory = helm.template({"redis": {"persistence": {"enabled": False}}})
+    redis = find(memory, "StatefulSet", "opo-openai-policy-operator-redis")
+    assert "volumeClaimTemplates" not in redis["spec"]
+    assert 'echo "appendonly no"' in _redis_script(memory)
+
+
+def test_external_redis_logs_in_with_an_existing_secret_never_a_url_password(helm: Helm) -> None:
+    docs = helm.template({"redis": {"url": "rediss://redis.example:6380/0", "existingSecret": "mine"}})
+    assert not [d for d in docs if d["kind"] == "Secret" and "redis" in d["metadata"]["name"]]
+    deployment = find(docs, "Deployment", "opo-openai-policy-operator")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "redis-auth")
+    assert volume["secret"]["secretName"] == "mine"
+    assert volume["secret"]["items"] == [{"key": "operator-password", "path": "operator-password"}]
+    unauthenticated = helm.template({"redis": {"url": "redis://redis.example:6379/0"}})
+    assert "--redis-sidecar-credentials=none" in operator_container(unauthenticated)["args"]
+    result = helm.run(
+        "template", "opo", str(CHART), "--kube-version", SUPPORTED_VERSIONS[-1],
+        values={"redis": {"url": "redis://user:secret@redis.example:6379/0"}},
+    )  # fmt: skip
+    assert result.returncode != 0 and "/redis/url" in result.stderr
+
+
+def test_the_operator_user_of_the_chart_is_the_store_s(helm: Helm) -> None:
+    from openai_policy_store import acl
+
+    script = _redis_script(helm.template())
+    line = next(part for part in script.splitlines() if "user oaip-operator on" in part)
+    rules = line.split("operator-password) ", 1)[1].rstrip('"').split()
+    assert rules == acl.operator_rules()
+
+
+def test_the_chart_s_redis_configuration_in_a_real_redis_server(helm: Helm, tmp_path: Path) -> None:
+    """The rendered start script, run against Debian's redis-server: the default user needs the
+    password, the operator's user can manage sidecar users but not flush or reconfigure, the AOF is on."""
+    import subprocess
+
+    import redis as redis_py
+    from redis.exceptions import AuthenticationError, NoPermissionError
+
+    from openai_policy_devkit.managed_process import free_port
+    from openai_policy_store import acl
+
+    docs = helm.template()
+    secret = find(docs, "Secret", "opo-openai-policy-operator-redis-auth")["data"]
+    auth = tmp_path / "auth"
+    auth.mkdir()
+    for key in ("password", "operator-password"):
+        (auth / key).write_bytes(base64.b64decode(secret[key]))
+    port = free_port()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "data").mkdir()
+    script = (
+        _redis_script(docs)
+        .replace("/run/secrets/redis-auth", str(auth))
+        .replace("/run/redis", str(tmp_path / "config"))
+        .replace("dir /data", f"dir {tmp_path / 'data'}")
+        .replace("port 6379", f"port {port}")
+        .replace('exec redis-server "$conf"', 'echo "bind 127.0.0.1" >> "$conf"; exec redis-server "$conf"')
+    )
+    process = subprocess.Popen(["sh", "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        operator = redis_py.Redis(
+            port=port,
+            username="oaip-operator",
+            password=(auth / "operator-password").read_text(),
+            driver_info=None,
+        )
+        _wait_until(lambda: _answers(operator), 10, "the chart's redis-server")
+        with pytest.raises(AuthenticationError):
+            redis_py.Redis(port=port, driver_info=None).ping()
+        operator.execute_command(
+            "ACL", "SETUSER", acl.sidecar_user("team", "p"), *acl.sidecar_rules("team", "p"), "on", ">pw"
+        )
+        for forbidden in (
+            ("FLUSHALL",),
+            ("CONFIG", "SET", "requirepass", "x"),
+            ("KEYS", "*"),
+            ("CLIENT", "LIST"),
+        ):
+            with pytest.raises(NoPermissionError):
+                operator.execute_command(*forbidden)
+        admin = redis_py.Redis(port=port, password=(auth / "password").read_text(), driver_info=None)
+        assert admin.config_get("appendonly")["appendonly"] == "yes"
+        assert admin.config_get("appendfsync")["appendfsync"] == "everysec"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _answers(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def test_helm_upgrade_keeps_the_redis_passwords(control_plane: Any, namespace: str) -> None:
+    release = f"r{namespace[-12:]}".rstrip("-")
+    control_plane.helm("install", release, str(CHART), "--namespace", namespace)
+    try:
+        name = f"{release}-openai-policy-operator-redis-auth"
+
+        def data() -> dict[str, str]:
+            secret = control_plane.kubectl("get", "secret", name, "-n", namespace, "-o", "json").stdout
+            return dict(json.loads(secret)["data"])
+
+        before = data()
+        assert set(before) == {"password", "operator-password"}
+        control_plane.helm(
+            "upgrade", release, str(CHART), "--namespace", namespace, "--set", "redis.maxMemory=300mb"
+        )
+        assert data() == before, "helm upgrade changed the Redis passwords"
+    finally:
+        control_plane.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s")
