@@ -130,6 +130,7 @@ class SidecarProcess:
         redis_url: str | None = None,
         pod: str = "pod-0",
         policy_keys: str | None = None,
+        redis_credential_file: Path | None = None,
     ) -> None:
         self.port, self.admin_port = free_ports(2)
         self.log_path = log_path
@@ -150,6 +151,8 @@ class SidecarProcess:
             args += ["--redis-url", redis_url]
         if policy_keys:
             args += ["--policy-keys", policy_keys]
+        if redis_credential_file is not None:
+            args += ["--redis-credential-file", str(redis_credential_file)]
         env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
         env["POD_NAME"] = pod
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "sidecar"), str(REPO)])

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from openai_policy_api import OpenAIPolicy
 from openai_policy_store import BucketSpend, BudgetLedger, Store
+from openai_policy_store.money import usd_to_micros
+from openai_policy_store.protocol import BucketLimit
+from openai_policy_store.windows import key_ttl_seconds, utc_now
 
 from .status import PolicyFacts, ReadyState, StatusReport, build_status, comparable
 
@@ -24,6 +28,43 @@ def facts_from_body(body: Mapping[str, Any]) -> PolicyFacts:
         mode=str(spec.get("mode", "enforce")),
         alert_at_percent=int((spec.get("budget") or {}).get("alertAtPercent", 80)),
     )
+
+
+def _shown_micros(previous: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+    """(window, bucket) -> the settled spend the status last showed."""
+    shown: dict[tuple[str, str], int] = {}
+    for entry in previous.get("spend") or []:
+        try:
+            shown[(str(entry["window"]), str(entry["bucket"]))] = usd_to_micros(entry["usd"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return shown
+
+
+async def restore_spend(
+    store: Store, ref: tuple[str, str], windows: list[BucketSpend], previous: Mapping[str, Any]
+) -> list[BucketSpend]:
+    """Spend's second home: a store holding less than the status last showed for the same bucket
+    lost it (a wipe, a restart without persistence). Put it back (max, never lower) and show it: the
+    spend in the status never goes backwards."""
+    shown = _shown_micros(previous)
+    out = []
+    for window in windows:
+        before = shown.get((window.window, window.bucket), 0)
+        if window.spent_micros < before:
+            bucket = BucketLimit(
+                window.window, window.bucket, None, key_ttl_seconds(window.window, utc_now())
+            )
+            added = await store.budget_restore(ref, bucket, before)
+            logger.warning(
+                "%s/%s: the state store held %d micro-dollars less %s spend than the status showed; restored",
+                *ref,
+                added,
+                window.window,
+            )
+            window = replace(window, spent_micros=before)
+        out.append(window)
+    return out
 
 
 class StatusReader:
@@ -54,7 +95,7 @@ class StatusReader:
                 heartbeats = await self.store.read_heartbeats(ref)
                 if policy is not None:
                     ledger = BudgetLedger(self.store, ref, policy.spec.budget)
-                    windows = await ledger.usage()
+                    windows = await restore_spend(self.store, ref, await ledger.usage(), previous)
             except Exception as error:  # noqa: BLE001 - the store is down: say so, keep the last figures
                 logger.warning("reading usage of %s/%s failed: %s", *ref, error)
                 stale = build_status(

@@ -28,7 +28,8 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -136,6 +137,11 @@ class BudgetLedger:
         ] = {}
         self._bucket_cache: dict[bool, tuple[int, tuple[BucketLimit, ...]]] = {}
         self.last_fraction_used = 0.0
+        # (window, bucket) -> the highest settled spend this ledger has seen the store hold (every
+        # settle and read returns it). Sent with each reservation as the bucket's floor: a store that
+        # lost its counters (wiped, restarted empty) gets them back at the next reservation of any
+        # pod, before any budget is handed out again.
+        self._floors: dict[tuple[str, str], int] = {}
 
     def _buckets(self, now: datetime | None, local: bool = False) -> tuple[BucketLimit, ...]:
         """The current buckets; for the real clock, computed at most once per second (hot path)."""
@@ -151,8 +157,30 @@ class BudgetLedger:
         return buckets
 
     def buckets(self, now: datetime | None = None, *, local: bool = False) -> tuple[BucketLimit, ...]:
-        """The current buckets with this ledger's limits (``local``: the local-share limits)."""
-        return self._buckets(now, local)
+        """The current buckets with this ledger's limits (``local``: the local-share limits) and,
+        for the shared store, the floors this ledger has seen."""
+        return self._buckets(now, local) if local else self._with_floors(self._buckets(now))
+
+    def _with_floors(self, buckets: tuple[BucketLimit, ...]) -> tuple[BucketLimit, ...]:
+        if not self._floors:
+            return buckets
+        return tuple(
+            replace(b, floor_micros=floor)
+            if (floor := self._floors.get((b.window, b.bucket), 0)) > b.floor_micros
+            else b
+            for b in buckets
+        )
+
+    def _note(self, window: str, bucket: str, spent_micros: int) -> None:
+        key = (window, bucket)
+        if spent_micros > self._floors.get(key, 0):
+            if len(self._floors) > 32:  # old buckets: only the current ones are ever sent
+                self._floors.clear()
+            self._floors[key] = spent_micros
+
+    def floors(self) -> dict[tuple[str, str], int]:
+        """(window, bucket) -> the highest settled spend seen (for tests and diagnostics)."""
+        return dict(self._floors)
 
     @property
     def has_limits(self) -> bool:
@@ -177,7 +205,7 @@ class BudgetLedger:
         """
         if amount_micros < 0:
             raise ValueError("a reservation cannot be negative")
-        buckets = self._buckets(now)
+        buckets = self._with_floors(self._buckets(now))
         reservation_id = _ids.next()
         try:
             outcome = await self.store.budget_reserve(
@@ -197,6 +225,10 @@ class BudgetLedger:
                 await self._push_unsynced()
         if not outcome.ok:
             assert outcome.window is not None
+            if not local:
+                for b in buckets:
+                    if b.window == outcome.window:
+                        self._note(b.window, b.bucket, outcome.spent_micros)
             self.last_fraction_used = max(self.last_fraction_used, 1.0)
             raise BudgetExceeded(
                 outcome.window, outcome.limit_micros, outcome.spent_micros, outcome.reserved_micros
@@ -220,10 +252,16 @@ class BudgetLedger:
             self._remember("", reservation.buckets, actual)
             return
         try:
-            await self.store.budget_settle(self.ref, reservation.buckets, reservation.id, actual)
+            spent = await self.store.budget_settle(self.ref, reservation.buckets, reservation.id, actual)
         except StoreUnavailable as error:
             log.warning("budget settle deferred, store unavailable: %s", error)
             self._remember(reservation.id, reservation.buckets, actual)
+            return
+        self._note_all(reservation.buckets, spent)
+
+    def _note_all(self, buckets: Sequence[BucketLimit], spent: Sequence[int]) -> None:
+        for b, value in zip(buckets, spent, strict=False):
+            self._note(b.window, b.bucket, int(value))
 
     async def release(self, reservation: Reservation) -> None:
         """Give the held money back (the call failed before costing anything). Never raises."""
@@ -261,10 +299,11 @@ class BudgetLedger:
         for key in list(islice(self._unsynced, batch)):
             buckets, actual = self._unsynced[key]
             try:
-                await self.store.budget_settle(self.ref, buckets, key[0], actual)
+                spent = await self.store.budget_settle(self.ref, buckets, key[0], actual)
             except StoreUnavailable:
                 return
             del self._unsynced[key]
+            self._note_all(buckets, spent)
 
     @property
     def unsynced_count(self) -> int:
@@ -282,6 +321,9 @@ class BudgetLedger:
             if not self._may_fall_back():
                 raise
             usage = await self._fallback.budget_read(self.ref, self._buckets(now, local=True))
+        else:
+            for u in usage:
+                self._note(u.window, u.bucket, u.spent_micros)
         self.last_fraction_used = _fraction(usage)
         return usage
 

@@ -50,10 +50,13 @@ local function sweep(now, windows, slot)
 end
 """
 
-# reserve(): ARGV[1..4] = amount, id, hold_ms, n, then per window i: ARGV[1+4i..4+4i] = name,
-# bucket, limit (-1: none), ttl_seconds. Returns {1, 0, 0, 0} or {0, refused window i, spent, reserved}.
+# reserve(fbase): ARGV[1..4] = amount, id, hold_ms, n, then per window i: ARGV[1+4i..4+4i] = name,
+# bucket, limit (-1: none), ttl_seconds; ARGV[fbase + i] = the window's floor (settled spend the
+# caller saw; absent or 0: none). A spend key below its floor lost spend (a wipe): it is raised to
+# the floor (never lowered) before the limit is checked.
+# Returns {1, 0, 0, 0} or {0, refused window i, spent, reserved}.
 _RESERVE_FN = """
-local function reserve()
+local function reserve(fbase)
   local amount, id, hold, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local now = now_ms()
   local windows, slot = {}, {}
@@ -62,6 +65,15 @@ local function reserve()
     slot[ARGV[1 + 4 * i]] = i
   end
   sweep(now, windows, slot)
+  for i = 1, n do
+    local floor = ARGV[fbase + i]
+    if floor and floor ~= '' and floor ~= '0' then
+      local held = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
+      if held < tonumber(floor) then
+        redis.call('SET', KEYS[1 + 2 * i], floor, 'EX', tonumber(ARGV[4 + 4 * i]))
+      end
+    end
+  end
   local want = tonumber(amount)
   for i = 1, n do
     local limit = tonumber(ARGV[3 + 4 * i])
@@ -89,9 +101,10 @@ local function reserve()
 end
 """
 
-RESERVE = _SWEEP + _RESERVE_FN + "return reserve()\n"
+RESERVE = _SWEEP + _RESERVE_FN + "return reserve(4 + 4 * tonumber(ARGV[4]))\n"
 
-# ARGV: id ('' for none), actual, n, then per window: name, bucket, ttl_seconds
+# ARGV: id ('' for none), actual, n, then per window: name, bucket, ttl_seconds.
+# Returns {found, spent_1, ..., spent_n}: the settled spend after this settle (the caller's floors).
 SETTLE = (
     _SWEEP
     + """
@@ -109,13 +122,16 @@ if id ~= '' then
     redis.call('ZREM', KEYS[2], id)
   end
 end
-if tonumber(actual) > 0 then
-  for i = 1, n do
-    redis.call('INCRBY', KEYS[1 + 2 * i], actual)
+local out = {found}
+for i = 1, n do
+  if tonumber(actual) > 0 then
+    out[i + 1] = redis.call('INCRBY', KEYS[1 + 2 * i], actual)
     redis.call('EXPIRE', KEYS[1 + 2 * i], tonumber(ARGV[3 + 3 * i]))
+  else
+    out[i + 1] = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
   end
 end
-return found
+return out
 """
 )
 
@@ -199,7 +215,7 @@ RATE = _CONSUME_FN + "return consume(0, 1, #KEYS, rate_now(ARGV[1]))\n"
 # Rate limits and budget reservation in one round trip (one atomic script).
 # KEYS: the budget keys as for RESERVE (2 + 2n), then one rate bucket per limit (m).
 # ARGV: RESERVE's (4 + 4n), then now ('' for the server's clock), m, per bucket: capacity, cost,
-# drain, then '1' to reserve even when the rate limits refuse (dry run) or '0'.
+# drain, then '1' to reserve even when the rate limits refuse (dry run) or '0', then the floors (n).
 # Returns {rate allowed, rate refused index, budget state (-1: not attempted, 1: reserved,
 # 0: refused), refused window index, spent, reserved, level_1, ..., level_m}.
 RATE_AND_RESERVE = (
@@ -213,7 +229,7 @@ local m = tonumber(ARGV[rbase + 2])
 local rate = consume(2 + 2 * n, rbase + 2, m, rate_now(ARGV[rbase + 1]))
 local out = {rate[1], rate[2], -1, 0, 0, 0}
 if rate[1] == 1 or ARGV[rbase + 3 + 3 * m] == '1' then
-  local held = reserve()
+  local held = reserve(rbase + 3 + 3 * m)
   out[3], out[4], out[5], out[6] = held[1], held[2], held[3], held[4]
 end
 for i = 3, #rate do out[#out + 1] = rate[i] end

@@ -150,6 +150,10 @@ class MemoryStore:
     ) -> ReserveOutcome:
         self._sweep(ref, buckets)
         names = [self._names.budget(ref, b.window, b.bucket) for b in buckets]
+        for b, (spend_key, _) in zip(buckets, names, strict=True):
+            held = self._get(spend_key)
+            if held < b.floor_micros:  # lost spend: put back what the caller last saw
+                self._incr(spend_key, b.floor_micros - held, b.ttl_seconds)
         for b, (spend_key, reserved_key) in zip(buckets, names, strict=True):
             if b.limit_micros is None:
                 continue
@@ -184,10 +188,12 @@ class MemoryStore:
 
     async def budget_settle(
         self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
-    ) -> None:
+    ) -> list[int]:
         self._drop(ref, buckets, reservation_id)
-        for b in buckets:
+        return [
             self._incr(self._names.budget(ref, b.window, b.bucket)[0], actual_micros, b.ttl_seconds)
+            for b in buckets
+        ]
 
     async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
         self._drop(ref, buckets, reservation_id)

@@ -31,6 +31,10 @@ class BucketLimit:
     bucket: str
     limit_micros: int | None
     ttl_seconds: int
+    # The settled spend this bucket is known to hold at least (what a sidecar last saw). A store
+    # holding less has lost it (a wipe, a restart without persistence): a reservation first puts it
+    # back, so that a wiped store cannot hand out the budget a second time.
+    floor_micros: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ class Store(Protocol):
 
     async def budget_settle(
         self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
-    ) -> None:
+    ) -> list[int]:
         """Drop the reservation (if still recorded) from reserved and add ``actual`` to spent."""
         ...
 

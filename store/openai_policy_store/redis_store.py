@@ -250,6 +250,10 @@ class RedisStore:
         return args
 
     @staticmethod
+    def _floors(buckets: Sequence[BucketLimit]) -> list[str | int]:
+        return [int(b.floor_micros) for b in buckets]
+
+    @staticmethod
     def _reserve_outcome(
         buckets: Sequence[BucketLimit], ok: int, index: int, spent: int, reserved: int
     ) -> ReserveOutcome:
@@ -269,6 +273,7 @@ class RedisStore:
         hold_seconds: float,
     ) -> ReserveOutcome:
         args = self._reserve_args(buckets, amount_micros, reservation_id, hold_seconds)
+        args += self._floors(buckets)
         keys = self._budget_keys(ref, buckets)
         ok, index, spent, reserved = await self._run(
             "budget reserve", lambda: self._reserve(keys=keys, args=args)
@@ -292,6 +297,7 @@ class RedisStore:
         args += ["" if now_ms is None else int(now_ms), len(counters)]
         args += self._rate_args(counters)
         args.append("1" if reserve_when_rate_refused else "0")
+        args += self._floors(buckets)
         out = await self._run(
             "rate limit and budget reserve", lambda: self._rate_and_reserve(keys=keys, args=args)
         )
@@ -303,17 +309,18 @@ class RedisStore:
 
     async def _settle_or_release(
         self, what: str, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
-    ) -> None:
+    ) -> list[int]:
         args: list[str | int] = [reservation_id, int(actual_micros), len(buckets)]
         for b in buckets:
             args += [b.window, b.bucket, int(b.ttl_seconds)]
         keys = self._budget_keys(ref, buckets)
-        await self._run(what, lambda: self._settle(keys=keys, args=args))
+        out = await self._run(what, lambda: self._settle(keys=keys, args=args))
+        return [int(v) for v in out[1:]]
 
     async def budget_settle(
         self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
-    ) -> None:
-        await self._settle_or_release("budget settle", ref, buckets, reservation_id, actual_micros)
+    ) -> list[int]:
+        return await self._settle_or_release("budget settle", ref, buckets, reservation_id, actual_micros)
 
     async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
         await self._settle_or_release("budget release", ref, buckets, reservation_id, 0)

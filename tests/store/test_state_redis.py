@@ -137,7 +137,8 @@ async def test_recovers_after_a_restart(redis, store):
     redis.restart()  # scripts and data are gone; the store reloads its scripts
     reservation = await ledger.reserve(7)
     await ledger.settle(reservation, 7)
-    assert (await store.read_spend(REF))["hour"].spent_micros == 7
+    # The 5 settled before the restart come back with the next reservation (the ledger's floor).
+    assert (await store.read_spend(REF))["hour"].spent_micros == 12
 
 
 async def test_policy_updates_survive_a_restart(redis, store):
