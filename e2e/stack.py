@@ -63,9 +63,13 @@ class LocalStack:
         namespace: str | None = None,
         status_interval: int = 1,
         log: Callable[[str], None] = lambda message: None,
+        redis_operator_password: str | None = None,
     ) -> None:
         self.cp = control_plane
         self.redis_url = redis_url
+        # With a password: the chart's external-Redis mode with redis.existingSecret, the operator
+        # logging in as its ACL user and every policy's sidecars as their own.
+        self.redis_operator_password = redis_operator_password
         self.workdir = workdir
         suffix = secrets.token_hex(3)
         # Unique names: the chart's cluster-scoped objects must not collide with another install.
@@ -119,6 +123,15 @@ class LocalStack:
 
     def install(self) -> None:
         self.log(f"helm install {self.release} {CHART.relative_to(ROOT)} --namespace {self.namespace}")
+        auth: list[str] = []
+        if self.redis_operator_password is not None:
+            secret = f"{self.release}-redis-credentials"
+            self.cp.kubectl("create", "namespace", self.namespace)
+            self.cp.kubectl(
+                "create", "secret", "generic", secret, "-n", self.namespace,
+                "--from-file", f"operator-password={self._password_file()}",
+            )  # fmt: skip
+            auth = ["--set", f"redis.existingSecret={secret}"]
         self.cp.helm(
             "install",
             self.release,
@@ -135,9 +148,17 @@ class LocalStack:
             f"redis.url={self.redis_url}",
             "--set",
             f"operator.statusIntervalSeconds={self.status_interval}",
+            *auth,
         )
         self.installed = True
         self.api_client = k8s_config.new_client_from_config(config_file=str(self.cp.kubeconfig))
+
+    def _password_file(self) -> Path:
+        path = self.workdir / "redis-operator-password"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.redis_operator_password or "")
+        path.chmod(0o600)
+        return path
 
     def operator_pod(self, timeout: float = 60.0) -> dict[str, Any]:
         """One of the operator Pods the controller-manager created from the chart's Deployment."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,7 @@ from e2e.stack import LocalStack
 from e2e.upstream import Upstream
 from e2e.workload import Workload, client_records, deploy, label_for_injection, stored_pod
 from openai_policy_devkit.managed_process import pid_alive
+from openai_policy_store import acl
 
 FLAVOUR = os.environ.get("OPENAI_POLICY_E2E_CLUSTER", "local")
 PLACEHOLDER_KEY = "sk-openai-policy-placeholder"  # openai_policy_operator.names.PLACEHOLDER_API_KEY
@@ -63,9 +65,17 @@ def environment(request: pytest.FixtureRequest, tmp_path) -> Iterator[Environmen
         raise pytest.UsageError(f"OPENAI_POLICY_E2E_CLUSTER={FLAVOUR!r}: expected local or kind")
     # Only the local flavour needs (and starts) these.
     control_plane = request.getfixturevalue("control_plane")
-    redis = request.getfixturevalue("redis")
+    # Redis as the chart deploys it: a password, and an ACL user for the operator, which then gives
+    # each policy's sidecars a user of their own.
+    redis = request.getfixturevalue("secured_redis")
+    operator_password = secrets.token_urlsafe(24)
+    redis.client().execute_command(
+        "ACL", "SETUSER", acl.OPERATOR_USER, *acl.operator_rules(), "on", f">{operator_password}"
+    )
     fake = request.getfixturevalue("fake_openai")
-    stack = LocalStack(control_plane, redis.url, tmp_path / "stack")
+    stack = LocalStack(
+        control_plane, redis.url, tmp_path / "stack", redis_operator_password=operator_password
+    )
     try:
         stack.start()
         env = LocalEnvironment(control_plane, stack, fake, tmp_path)
