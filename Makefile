@@ -10,7 +10,7 @@ CACHE ?= $(or $(OPENAI_POLICY_CACHE),$(HOME)/.cache/openai-policy-operator)
 TIKTOKEN_DIR := $(CACHE)/tiktoken
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup venv redis control-plane tiktoken lint crds clean bench bench-quick bench-operator wrk
+.PHONY: test demo setup venv redis control-plane tiktoken lint crds clean bench bench-quick bench-operator wrk fuzz
 
 # The same script builds the images' environments (Dockerfile.*), so CI tests what ships.
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/install-python-deps.sh
@@ -42,6 +42,16 @@ lint: venv
 test: setup lint
 	KUBEBUILDER_ASSETS="$$(scripts/setup-control-plane.sh)" TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" \
 	  $(PY) -m pytest $(PYTEST_ARGS)
+
+# The long run of the sidecar's schema-driven fuzz suite (make test runs a pass of at most 20 seconds):
+# every failure is collected, and the figures are written to FUZZ_REPORT.
+FUZZ_EXAMPLES ?= 2500
+FUZZ_SECONDS ?= 600
+FUZZ_REPORT ?= $(CACHE)/fuzz-report.json
+
+fuzz: venv tiktoken
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_KEEP_GOING=1 FUZZ_REPORT=$(FUZZ_REPORT) \
+	  TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" $(PY) -m pytest tests/fuzz -q -s -p no:cacheprovider $(PYTEST_ARGS)
 
 DEMO_ARGS ?=
 
