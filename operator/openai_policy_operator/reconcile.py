@@ -127,22 +127,25 @@ class Reconciler:
             or rendered[0] != generation
             or time.monotonic() - rendered[1] > self.resync_seconds
         )
+        configmap_failed: ReadyState | None = None
         if force or stale:
             try:
                 await self.kube.apply_configmap(render_configmap(body, document))
+                self._rendered[ref] = (generation, time.monotonic())
             except ApiException as error:
-                return Outcome(
-                    ReadyState(
-                        False,
-                        "ConfigMapFailed",
-                        f"could not write ConfigMap {names.configmap_name(ref[1])}: "
-                        f"{error.status} {error.reason}",
-                    ),
-                    policy,
+                # e.g. 422 right after a delete and re-create: the old ConfigMap still names the old
+                # policy as its controller until the garbage collector removes it. Publishing still
+                # happens, so running sidecars get the new policy (its suspend included) through the
+                # store meanwhile; the ConfigMap follows on a later tick.
+                configmap_failed = ReadyState(
+                    False,
+                    "ConfigMapFailed",
+                    f"could not write ConfigMap {names.configmap_name(ref[1])}: {error.status} {error.reason}",
                 )
-            self._rendered[ref] = (generation, time.monotonic())
 
         published = await self._publish(ref, document, generation, force=force)
+        if configmap_failed is not None:
+            return Outcome(configmap_failed, policy)
         if published is not None:
             return Outcome(published, policy)
         conflict = conflict_state(body, others)

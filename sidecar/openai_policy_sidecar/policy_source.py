@@ -147,6 +147,8 @@ class PolicySource:
         self.facts: SignedFacts | None = None  # what the signed document in force says
         self._refused: set[str] = set()  # fingerprints already counted and logged
         self._untrusted: tuple[str, float] | None = None  # the last refusal, and when it was last seen
+        self._store_seen: dict[str, Any] | None = None  # the store's document at the last poll
+        self._store_refused = False
         self.poll_interval = poll_interval
         self.snapshot: PolicySnapshot | None = None
         self.error: str | None = None  # why the last policy update was refused (None: all good)
@@ -333,9 +335,23 @@ class PolicySource:
             return
         if not document:
             return
-        verified = self._verified("store", document)
-        if verified is not None:
-            self._apply_signed("store", *verified)
+        if document == self._store_seen:
+            # Unchanged since the last poll: no second verification (about 0.25 ms each), but a
+            # refused document stays reported while it is still there.
+            if self._store_refused and self._untrusted is not None:
+                self._untrusted = (self._untrusted[0], time.monotonic())
+            return
+        self._store_seen = document
+        assert self.trust is not None
+        try:
+            facts, body = self.trust.verify(document)
+        except DocumentRejected as error:
+            self._store_refused = True
+            self._reject("store", document, error)
+            return
+        self._store_refused = False
+        if self.facts is None or facts.supersedes(self.facts):
+            self._apply_signed("store", facts, body)
 
     async def flush_replaced(self) -> None:
         """Flush the usage counters of snapshots replaced by a reload (their ref may differ)."""
