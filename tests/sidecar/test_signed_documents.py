@@ -74,7 +74,7 @@ def rejected(sidecar: Any, source: str, reason: str) -> float:
     return value or 0.0
 
 
-async def until(predicate: Any, timeout: float = 5.0) -> None:
+async def until(predicate: Any, timeout: float = 10.0) -> None:
     for _ in range(int(timeout / 0.05)):
         if predicate():
             return
