@@ -269,3 +269,41 @@ async def test_a_catastrophic_extra_pattern_cannot_stall_the_event_loop(tmp_path
                 model="gpt-4o", messages=[{"role": "user", "content": "aaaa"}]
             )
         assert raised.value.code == "prompt_injection_detected"  # the pattern still works
+
+
+# Adversarial inputs for the built-in PII patterns: long runs of what each pattern's repeated
+# parts accept, with the ending that makes a backtracking engine retry (none matches in full).
+PII_ADVERSARIES = {
+    "digits": lambda n: "1" * n,
+    "digits-spaced": lambda n: "1 " * (n // 2),
+    "plus-digits": lambda n: "+" + "1" * n,
+    "plus-groups": lambda n: "+1" + " (1)" * (n // 4),
+    "email-local": lambda n: "a" * n + "@",
+    "email-domain": lambda n: "a@" + "a." * (n // 2),
+    "dotted": lambda n: "1." * (n // 2),
+    "colons": lambda n: "1:" * (n // 2),
+    "api-key": lambda n: "sk-" + "a-" * (n // 2),
+    "parentheses": lambda n: "(" * n,
+    "phone-like": lambda n: "(212) 555-" * (n // 10),
+}
+
+
+def fastest(function: Any, argument: str, tries: int = 3) -> float:
+    best = float("inf")
+    for _ in range(tries):
+        started = time.perf_counter()
+        function(argument)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@pytest.mark.parametrize("family", sorted(PII_ADVERSARIES))
+def test_builtin_pii_patterns_take_time_linear_in_the_text(family):
+    # The PII patterns are fixed and use lookaround (which RE2 cannot run), so they stay on
+    # Python's engine; this guards them against backtracking. A ratio, not a duration: eight
+    # times the text may take at most ~20 times as long (linear is 8, quadratic 64).
+    from openai_policy_sidecar.guardrails import find_pii
+
+    make = PII_ADVERSARIES[family]
+    small, large = fastest(find_pii, make(4_000)), fastest(find_pii, make(32_000))
+    assert large < max(small, 1e-4) * 20, f"{family}: {small * 1000:.1f} ms -> {large * 1000:.1f} ms"
