@@ -147,7 +147,10 @@ async def test_an_edited_policy_file_is_refused_counted_and_reported(
             signer, upstream_spec(fake_openai, budget={"limits": [{"window": "day", "usd": 0.000001}]})
         ),
     )
-    async with running_sidecar(policy, redis_url=redis.url, policy_keys=signer.public_keys) as sidecar:
+    async with (
+        asyncio.timeout(30),
+        running_sidecar(policy, redis_url=redis.url, policy_keys=signer.public_keys) as sidecar,
+    ):
         # A namespace editor rewrites the ConfigMap: a huge generation, no budget, another upstream.
         edited = policy_document({**forged_spec("http://127.0.0.1:9/v1")}, generation=10**9)
         write_document(policy, edited)
