@@ -1071,7 +1071,9 @@ def _answers(client: Any) -> bool:
         return False
 
 
-def test_helm_upgrade_keeps_the_redis_passwords(control_plane: Any, namespace: str) -> None:
+def test_helm_upgrade_keeps_the_redis_passwords_and_the_signing_key(
+    control_plane: Any, namespace: str
+) -> None:
     release = f"r{namespace[-12:]}".rstrip("-")
     control_plane.helm("install", release, str(CHART), "--namespace", namespace)
     try:
@@ -1081,11 +1083,37 @@ def test_helm_upgrade_keeps_the_redis_passwords(control_plane: Any, namespace: s
             secret = control_plane.kubectl("get", "secret", name, "-n", namespace, "-o", "json").stdout
             return dict(json.loads(secret)["data"])
 
+        def signing() -> dict[str, str]:
+            secret = control_plane.kubectl(
+                "get", "secret", f"{release}-openai-policy-operator-signing", "-n", namespace, "-o", "json"
+            ).stdout
+            return dict(json.loads(secret)["data"])
+
+        def pinned_policy_keys() -> list[str]:
+            # The value the admission policy requires after `--policy-keys` (sidecar-shape).
+            policies = json.loads(
+                control_plane.kubectl(
+                    "get",
+                    "validatingadmissionpolicies",
+                    "-l",
+                    f"app.kubernetes.io/instance={release}",
+                    "-o",
+                    "json",
+                ).stdout
+            )["items"]
+            return re.findall(r"c\.args\[i \+ 1\] == '([^']*)'\)\)", json.dumps(policies))
+
         before = data()
         assert set(before) == {"password", "operator-password"}
+        signing_before = signing()
+        assert set(signing_before) == {"signing.key", "policy-keys"}
+        keys_before = base64.b64decode(signing_before["policy-keys"]).decode()
+        assert pinned_policy_keys() == [keys_before], "the admission policy does not pin the chart's key"
         control_plane.helm(
             "upgrade", release, str(CHART), "--namespace", namespace, "--set", "redis.maxMemory=300mb"
         )
         assert data() == before, "helm upgrade changed the Redis passwords"
+        assert signing() == signing_before, "helm upgrade changed the policy-signing key"
+        assert pinned_policy_keys() == [keys_before], "helm upgrade changed the pinned --policy-keys"
     finally:
         control_plane.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s")
