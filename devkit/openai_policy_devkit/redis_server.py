@@ -32,7 +32,9 @@ class RedisServer:
         password: str | None = None,
         appendonly: bool = False,
         cluster: bool = False,
+        replica_of: RedisServer | None = None,
     ) -> None:
+        self.replica_of = replica_of  # a replica of that (unauthenticated) server, for failover tests
         self.cluster = cluster  # a Redis Cluster node (the cluster is formed by redis-cli)
         self.bus_port: int | None = None
         self.password = password
@@ -76,6 +78,8 @@ class RedisServer:
         ]  # fmt: skip
         if self.password is not None:
             argv += ["--requirepass", self.password]
+        if self.replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         if self.cluster:
             self.bus_port = self.bus_port or free_port()  # default port+10000 may not exist
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.workdir / "nodes.conf")]
@@ -149,10 +153,22 @@ class RedisSentinel:
     """One redis-server in Sentinel mode watching ``master`` under the name ``mymaster``.
 
     ``.url`` is the ``redis+sentinel://`` URL a RedisStore takes. One Sentinel with quorum 1 is
-    enough to show a client following the master it names; it is not a failover test.
+    enough to show a client following the master it names. ``down_after_ms`` and
+    ``failover_timeout_ms`` set Sentinel's ``down-after-milliseconds`` and ``failover-timeout``
+    (Sentinel's defaults, 30 s and 180 s, unless given) for failover tests.
     """
 
-    def __init__(self, master: RedisServer, *, name: str = "mymaster", start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        master: RedisServer,
+        *,
+        name: str = "mymaster",
+        start_timeout: float = 10.0,
+        down_after_ms: int | None = None,
+        failover_timeout_ms: int | None = None,
+    ) -> None:
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
         self.master = master
         self.name = name
         self.port = free_port()
@@ -174,6 +190,10 @@ class RedisSentinel:
         ]
         if self.master.password is not None:
             lines.append(f"sentinel auth-pass {self.name} {self.master.password}")
+        if self.down_after_ms is not None:
+            lines.append(f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}")
+        if self.failover_timeout_ms is not None:
+            lines.append(f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}")
         config = self.workdir / "sentinel.conf"
         config.write_text("\n".join(lines) + "\n")
         argv = [self.master.binary, str(config), "--sentinel", "--daemonize", "no", "--logfile", ""]
