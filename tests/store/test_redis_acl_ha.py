@@ -10,7 +10,7 @@ import pytest
 from openai_policy_api import BudgetSpec
 from openai_policy_devkit.managed_process import free_port
 from openai_policy_devkit.redis_server import RedisSentinel, RedisServer
-from openai_policy_store import BudgetLedger, RedisStore, acl, keyspace
+from openai_policy_store import BudgetExceeded, BudgetLedger, RedisStore, StoreUnavailable, acl, keyspace
 
 A = ("team-a", "chatbot")
 
@@ -87,3 +87,46 @@ async def test_a_cluster_url_works_and_each_policy_stays_in_one_slot(cluster):
     finally:
         await store.close()
     assert keyspace.policy_tag(*A) in keyspace.spend_key(*A, "hour", "x")
+
+
+async def test_store_down_bound_for_n_pods():
+    """docs/security.md: with the store down, N pods spend at most N x localSharePercent of each
+    limit on top of what Redis held (here: a limit already spent), and failClosed spends nothing."""
+    pods = 3
+    limit = 1_000_000  # $1 an hour
+    with RedisServer(appendonly=True) as server:
+        shares = []
+        for mode in ("localShare", "failClosed"):
+            spec = BudgetSpec.model_validate(
+                {
+                    "limits": [{"window": "hour", "usd": 1}],
+                    "onStoreUnavailable": mode,
+                    "localSharePercent": 10,
+                }
+            )
+            stores = [RedisStore(server.url) for _ in range(pods)]
+            ledgers = [BudgetLedger(store, (mode.lower(), "chatbot"), spec) for store in stores]
+            try:
+                await ledgers[0].settle(await ledgers[0].reserve(limit), limit)  # the limit is spent
+                server.stop()
+                spent = 0
+                for ledger in ledgers:
+                    while True:
+                        try:
+                            reservation = await ledger.reserve(30_000)
+                        except (BudgetExceeded, StoreUnavailable):
+                            break
+                        await ledger.settle(reservation, 30_000)
+                        spent += 30_000
+                shares.append(spent)
+                server.start()  # from its AOF: what Redis held is still there
+                for ledger in ledgers:
+                    await ledger.push_unsynced()
+                usage = (await ledgers[0].usage())[0]
+                assert usage.spent_micros == limit + spent
+            finally:
+                for store in stores:
+                    await store.close()
+        local_share, fail_closed = shares
+        assert 0 < local_share <= pods * limit * 10 // 100
+        assert fail_closed == 0
