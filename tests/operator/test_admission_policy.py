@@ -46,7 +46,7 @@ TEST_LABEL = "openaipolicy.dev/test-admission"
 @pytest.fixture(scope="module")
 def guarded(control_plane, crd, op_redis, tmp_path_factory) -> Iterator[dict[str, Any]]:
     """An operator, the two ValidatingAdmissionPolicies, and a namespace with policies small and big."""
-    suffix = secrets.token_hex(3)
+    suffix = f"t{secrets.token_hex(3)}"  # a label value: never a number to YAML (e.g. 699e64)
     with running_operator(control_plane, op_redis.url, tmp_path_factory.mktemp("operator")) as info:
         namespace = control_plane.create_namespace("admission", labels={TEST_LABEL: suffix})
         docs = admission_policy.manifests(
