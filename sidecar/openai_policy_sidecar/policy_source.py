@@ -305,11 +305,7 @@ class PolicySource:
         if self.trust is not None:
             await self._poll_signed_store()
             return
-        try:
-            document = await self.store.get_policy_document(self.snapshot.ref)
-        except Exception as error:  # StoreUnavailable: /readyz reports the store separately
-            log.debug("policy document not readable from the store: %s", error)
-            return
+        document = await self._read_store_document()
         if not document:
             return
         generation = _generation_of(document)
@@ -326,13 +322,16 @@ class PolicySource:
             self._bad_store_generation = generation
             self._refuse("store", f"generation {generation} from the store: {error}")
 
-    async def _poll_signed_store(self) -> None:
+    async def _read_store_document(self) -> dict[str, Any] | None:
         assert self.snapshot is not None
         try:
-            document = await self.store.get_policy_document(self.snapshot.ref)
+            return await self.store.get_policy_document(self.snapshot.ref)
         except Exception as error:  # StoreUnavailable: /readyz reports the store separately
             log.debug("policy document not readable from the store: %s", error)
-            return
+            return None
+
+    async def _poll_signed_store(self) -> None:
+        document = await self._read_store_document()
         if not document:
             return
         if document == self._store_seen:
