@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,23 @@ async def running_sidecar(
         yield sidecar
     finally:
         await sidecar.stop()
+
+
+def rejected(sidecar: Sidecar, source: str, reason: str) -> float:
+    """How many policy documents from ``source`` the sidecar refused for ``reason``."""
+    value = sidecar.metrics.registry.get_sample_value(
+        "openai_policy_policy_documents_rejected_total", {"source": source, "reason": reason}
+    )
+    return value or 0.0
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` on the test's loop (an in-process sidecar keeps running meanwhile)."""
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("condition not met")
 
 
 def total_requests(sidecar: Sidecar) -> float:

@@ -26,8 +26,10 @@ from openai_policy_devkit.sidecar import (
     admin_get,
     async_client,
     policy_document,
+    rejected,
     running_sidecar,
     signed_policy_document,
+    until,
     upstream_spec,
     write_document,
 )
@@ -65,21 +67,6 @@ async def attacker_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         yield f"http://127.0.0.1:{port}/v1", seen
     finally:
         await runner.cleanup()
-
-
-def rejected(sidecar: Any, source: str, reason: str) -> float:
-    value = sidecar.metrics.registry.get_sample_value(
-        "openai_policy_policy_documents_rejected_total", {"source": source, "reason": reason}
-    )
-    return value or 0.0
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("condition not met")
 
 
 def forged_spec(evil_url: str) -> dict[str, Any]:

@@ -13,8 +13,10 @@ from typing import Any
 
 from openai_policy_devkit.sidecar import (
     async_client,
+    rejected,
     running_sidecar,
     signed_policy_document,
+    until,
     upstream_spec,
     write_document,
 )
@@ -24,21 +26,6 @@ from openai_policy_store.signing import Signer, generate_seed_line
 HELLO = [{"role": "user", "content": "hello"}]
 REF = ("default", "demo")
 WORKERS = 8
-
-
-def rejected(sidecar: Any, source: str, reason: str) -> float:
-    value = sidecar.metrics.registry.get_sample_value(
-        "openai_policy_policy_documents_rejected_total", {"source": source, "reason": reason}
-    )
-    return value or 0.0
-
-
-async def until(predicate: Any, timeout: float = 15.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("condition not met")
 
 
 def spec(fake: Any, max_output: int) -> dict[str, Any]:
@@ -82,7 +69,7 @@ async def test_signing_key_rotation_under_traffic(tmp_path, fake_openai, redis):
                 await store.publish_policy_document(
                     REF, signed_policy_document(during, spec(fake_openai, 20), generation=2, signed_at=2)
                 )
-                await until(lambda: sidecar.source.snapshot.generation == 2)
+                await until(lambda: sidecar.source.snapshot.generation == 2, timeout=15.0)
                 assert sidecar.source.snapshot.source == "store"
                 assert sidecar.source.snapshot.spec.requests.max_output_tokens == 20
                 applied_at = len(fake_openai.requests)
@@ -105,10 +92,10 @@ async def test_signing_key_rotation_under_traffic(tmp_path, fake_openai, redis):
         )
         async with running_sidecar(policy, redis_url=redis.url, policy_keys=after.public_keys) as sidecar:
             client = async_client(base_url=sidecar.base_url, api_key="x", max_retries=0)
-            await until(lambda: sidecar.source.snapshot.generation == 2)
+            await until(lambda: sidecar.source.snapshot.generation == 2, timeout=15.0)
             stale = signed_policy_document(before, spec(fake_openai, 999), generation=9, signed_at=9)
             await store.publish_policy_document(REF, stale)
-            await until(lambda: rejected(sidecar, "store", "unknown_key") == 1)
+            await until(lambda: rejected(sidecar, "store", "unknown_key") == 1, timeout=15.0)
             await asyncio.sleep(0.5)  # several polls
             assert sidecar.source.snapshot.generation == 2
             assert sidecar.source.snapshot.spec.requests.max_output_tokens == 20
