@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -267,6 +269,20 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
     )
 
 
+def peering_identity(environ: dict[str, str] | None = None) -> str:
+    """This replica's name in kopf's peering: the Pod's name (the chart's POD_NAME, downward API).
+
+    kopf's own default asks getpass.getuser(), which raises KeyError for a uid with no passwd
+    entry (the images run as 65532 and have none), so the operator crashed at start-up on a real
+    node. Outside a Pod: the host name, pid and a random suffix, still no user lookup.
+    """
+    env = os.environ if environ is None else environ
+    pod = env.get("POD_NAME", "").strip()
+    if pod:
+        return pod
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -283,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         namespaces=settings.namespaces,
         standalone=True if args.standalone else None,
         liveness_endpoint=args.liveness,
+        identity=peering_identity(),  # type: ignore[arg-type]  # kopf types it as a NewType of str
     )
 
 
