@@ -361,6 +361,15 @@ class RequestsSpec(SpecModel):
         "max_output_tokens are capped at this value, and set to it when absent, so that "
         "every call has a bounded cost.",
     )
+    max_tool_calls: int = Field(
+        default=4,
+        ge=0,
+        le=1_000,
+        description="Calls to fee-charging built-in tools (web_search, file_search, code_interpreter) "
+        "one Responses request may make. max_tool_calls is capped at this value, and set to it when "
+        "absent, so that each call's fees are bounded and reserved before it is made; 0 refuses "
+        "requests that offer such tools.",
+    )
     max_input_tokens: int | None = Field(
         default=None,
         ge=1,
@@ -644,6 +653,9 @@ class SafetySpec(SpecModel):
     moderation: ModerationSpec = Field(default_factory=ModerationSpec, description=doc(ModerationSpec))
 
 
+SERVICE_TIERS = ("default", "flex", "priority", "scale")
+
+
 class PriceOverride(SpecModel):
     """The price of one model, in US dollars per million tokens."""
 
@@ -655,6 +667,44 @@ class PriceOverride(SpecModel):
         description="USD per million cached input tokens. Omit to charge cached tokens at the input price.",
     )
     output_per_million: float = Field(ge=0, le=100_000, description="USD per million output tokens.")
+    cache_write_per_million: float | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="USD per million input tokens written to the prompt cache. Omit to charge them at the "
+        "input price.",
+    )
+    image_input_per_million: float | None = Field(
+        default=None, ge=0, le=100_000, description="USD per million image input tokens."
+    )
+    audio_input_per_million: float | None = Field(
+        default=None, ge=0, le=100_000, description="USD per million audio input tokens."
+    )
+    audio_output_per_million: float | None = Field(
+        default=None, ge=0, le=100_000, description="USD per million audio output tokens."
+    )
+    context_window_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="The model's context window in tokens: what a request that pulls in server-side "
+        "content (previous_response_id, conversation, files) is reserved at.",
+    )
+    service_tier_multipliers: dict[str, float] = Field(
+        default_factory=dict,
+        description="Price of each service tier the model is offered at, as a multiple of these prices "
+        "(e.g. priority: 2, flex: 0.5). A tier not listed is billed at these prices.",
+    )
+
+    @field_validator("service_tier_multipliers")
+    @classmethod
+    def _multipliers(cls, tiers: dict[str, float]) -> dict[str, float]:
+        for tier, factor in tiers.items():
+            if tier not in SERVICE_TIERS:
+                raise ValueError(f"{tier!r} is not a service tier; use one of {', '.join(SERVICE_TIERS)}")
+            if not 0 <= factor <= 100:
+                raise ValueError(f"{tier}: a multiplier must be between 0 and 100, not {factor}")
+        return tiers
 
 
 class PricingSpec(SpecModel):
@@ -670,6 +720,29 @@ class PricingSpec(SpecModel):
         description="Prices by model id. An exact id (gpt-4o-2024-08-06) or a base id (gpt-4o, also used "
         "for its dated versions).",
     )
+    tool_calls: dict[str, float] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="USD per call of a Responses built-in tool (web_search, web_search_preview, "
+        "file_search, code_interpreter per container), replacing the bundled fee.",
+    )
+    auto_service_tier: Literal["default", "flex", "priority", "scale", "highest"] = Field(
+        default="highest",
+        description="The tier a request that asks for service_tier auto (or none) is reserved at. "
+        "`highest` (default) reserves at the dearest tier the model is offered at, since the "
+        "project's settings may make auto mean priority; name the tier your project uses for auto "
+        "to reserve exactly. Settlement always uses the tier the response reports.",
+    )
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _fees(cls, fees: dict[str, float]) -> dict[str, float]:
+        for tool, fee in fees.items():
+            if not re.match(r"^[a-z][a-z0-9_]{0,63}$", tool):
+                raise ValueError(f"tool {tool!r} must be a built-in tool type such as web_search")
+            if not 0 <= fee <= 1_000:
+                raise ValueError(f"{tool}: a fee must be between 0 and 1000 USD per call, not {fee}")
+        return fees
 
     @field_validator("models")
     @classmethod

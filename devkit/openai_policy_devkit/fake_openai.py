@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from openai_policy_devkit import fake_openai_billing as billing
 from openai_policy_devkit import fake_openai_payloads as payloads
 from openai_policy_devkit import fake_openai_requests as requests_
 from openai_policy_devkit import fake_openai_tokens as tokens
@@ -151,6 +152,8 @@ class FakeOpenAI:
         self.moderation_triggers = tuple(moderation_triggers)
         self.requests: list[RecordedRequest] = []
         self.usage_log: list[dict[str, Any]] = []
+        self.billing = billing.Billing()  # what each answered call really costs
+        self.auto_service_tier = "default"  # the tier the project serves service_tier auto at
         self._faults = FaultBook()
         self._rate = _RateWindow()
         self._runner: web.AppRunner | None = None
@@ -187,6 +190,11 @@ class FakeOpenAI:
         self.requests.clear()
         self.usage_log.clear()
         self._faults.clear()
+        self.billing.clear()
+
+    def billed_micros(self) -> int:
+        """What every call answered so far really cost, in micro-dollars (fake_openai_billing)."""
+        return self.billing.total_micros()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -311,6 +319,12 @@ class FakeOpenAI:
                 )
                 if "echo_key_header" in call.faults:
                     _FAULT_HEADERS.set(((str(call.faults["echo_key_header"].name), call.key),))
+                if "latency" in call.faults and not call.streaming:
+                    # OpenAI bills work a client stopped waiting for: do it, then be late.
+                    latency = call.faults.pop("latency")
+                    answer = await self._apply_faults(call) or await endpoint(call)
+                    await asyncio.sleep(float(latency.seconds))
+                    return answer
                 early = await self._apply_faults(call)
                 if early is not None:
                     return early
@@ -442,7 +456,11 @@ class FakeOpenAI:
         cached = int(faults["cached_tokens"].tokens) if "cached_tokens" in faults else self.cached_tokens
         text = str(faults["reply"].text) if "reply" in faults else self.reply_text
         pieces, count, truncated = tokens.reply_tokens(text, str(body["model"]), limit)
-        return payloads.Generation(
+        prices = self.billing.prices
+        tier = billing.served_tier(prices, str(body["model"]), body.get("service_tier"), self.auto_service_tier)
+        calls = billing.tool_calls_made(body) if endpoint == "responses" else []
+        container = f"cntr_{secrets.token_hex(12)}"
+        gen = payloads.Generation(
             model=model,
             pieces=pieces,
             completion_tokens=count * choices,
@@ -450,7 +468,11 @@ class FakeOpenAI:
             prompt_tokens=prompt,
             cached_tokens=max(min(cached, prompt), 0),
             choices=choices,
+            service_tier=tier if endpoint != "completions" else "default",
+            tool_items=tuple(payloads.tool_call_item(t, i, container) for i, t in enumerate(calls)),
         )
+        self.billing.charge(endpoint, str(body["model"]), billing.generation_usage(gen, calls))
+        return gen
 
     # --- endpoints ----------------------------------------------------------------------------
 
@@ -509,6 +531,7 @@ class FakeOpenAI:
     async def _embeddings(self, call: _Call) -> web.StreamResponse:
         inputs, encoding_format, dimensions = requests_.embeddings_params(call.body)
         prompt = tokens.prompt_tokens("embeddings", call.body)
+        self.billing.charge("embeddings", str(call.body["model"]), billing.Usage(prompt))
         result = payloads.embeddings(self._model_for(call), inputs, encoding_format, dimensions, prompt)
         self._log_usage(result["usage"])
         result["usage"] = call.usage(result["usage"])

@@ -66,6 +66,8 @@ class Generation:
     prompt_tokens: int
     cached_tokens: int
     choices: int = 1  # the request's `n`: identical choices, each billed (completion_tokens covers all)
+    service_tier: str = "default"  # the tier the call was served (and billed) at
+    tool_items: tuple[dict[str, Any], ...] = ()  # Responses built-in tool calls, before the message
 
     @property
     def text(self) -> str:
@@ -150,7 +152,7 @@ def chat_completion(ident: str, created: int, gen: Generation) -> dict[str, Any]
             for index in range(gen.choices)
         ],
         "usage": chat_usage(gen),
-        "service_tier": "default",
+        "service_tier": gen.service_tier,
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
 
@@ -166,7 +168,7 @@ def chat_chunks(
             "object": "chat.completion.chunk",
             "created": created,
             "model": gen.model,
-            "service_tier": "default",
+            "service_tier": gen.service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": choices,
         }
@@ -256,7 +258,7 @@ def response_object(
         "parallel_tool_calls": True,
         "previous_response_id": request.get("previous_response_id"),
         "reasoning": {"effort": None, "summary": None},
-        "service_tier": "default",
+        "service_tier": gen.service_tier,
         "temperature": request.get("temperature", 1.0),
         "text": {"format": {"type": "text"}, "verbosity": "medium"},
         "tool_choice": "auto",
@@ -280,7 +282,8 @@ def response_final(
 ) -> dict[str, Any]:
     status = "incomplete" if gen.truncated else "completed"
     message = output_message(item_id, gen.text, "incomplete" if gen.truncated else "completed")
-    return response_object(ident, created_at, request, gen, status, [message], completed_at)
+    output = [*gen.tool_items, message]
+    return response_object(ident, created_at, request, gen, status, output, completed_at)
 
 
 def response_events(
@@ -289,13 +292,14 @@ def response_events(
     """The Responses API stream for a one-message text reply, with sequence numbers, in OpenAI's order."""
     counter = iter(range(1 << 30))
     started = response_object(ident, created_at, request, gen, "in_progress", [], None)
-    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    index = len(gen.tool_items)  # built-in tool calls come first; the final response lists them
+    where = {"item_id": item_id, "output_index": index, "content_index": 0}
     yield {"type": "response.created", "sequence_number": next(counter), "response": started}
     yield {"type": "response.in_progress", "sequence_number": next(counter), "response": started}
     yield {
         "type": "response.output_item.added",
         "sequence_number": next(counter),
-        "output_index": 0,
+        "output_index": index,
         "item": output_message(item_id, "", "in_progress"),
     }
     yield {
@@ -329,11 +333,39 @@ def response_events(
     yield {
         "type": "response.output_item.done",
         "sequence_number": next(counter),
-        "output_index": 0,
-        "item": final["output"][0],
+        "output_index": index,
+        "item": final["output"][index],
     }
     kind = "response.incomplete" if gen.truncated else "response.completed"
     yield {"type": kind, "sequence_number": next(counter), "response": final}
+
+
+def tool_call_item(tool: str, number: int, container_id: str) -> dict[str, Any]:
+    """One completed built-in tool call output item (web_search, file_search, code_interpreter)."""
+    ident = f"{number:04x}{hashlib.blake2b(container_id.encode(), digest_size=8).hexdigest()}"
+    if tool in ("web_search", "web_search_preview"):
+        return {
+            "id": f"ws_{ident}",
+            "type": "web_search_call",
+            "status": "completed",
+            "action": {"type": "search", "query": "fake search"},
+        }
+    if tool == "file_search":
+        return {
+            "id": f"fs_{ident}",
+            "type": "file_search_call",
+            "status": "completed",
+            "queries": ["fake search"],
+            "results": None,
+        }
+    return {
+        "id": f"ci_{ident}",
+        "type": "code_interpreter_call",
+        "status": "completed",
+        "container_id": container_id,
+        "code": "print(1)",
+        "outputs": None,
+    }
 
 
 # --- embeddings ---------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ raising would lose the request's bookkeeping.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 log = logging.getLogger("openai_policy_sidecar.reported_usage")
@@ -17,9 +18,22 @@ log = logging.getLogger("openai_policy_sidecar.reported_usage")
 
 @dataclass(frozen=True)
 class Usage:
+    """What one call consumed. Token kinds are parts of ``input_tokens`` / ``output_tokens`` as
+    OpenAI reports them; the rest is billed beside tokens (tool calls, images, characters,
+    audio duration) at the tier the response names."""
+
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    cache_write_tokens: int = 0
+    image_input_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    service_tier: str | None = None
+    tool_calls: tuple[tuple[str, int], ...] = ()  # (tool, calls) of Responses built-in tools
+    images: tuple[tuple[str, int], ...] = ()  # ("quality:size", images) of per-image models
+    characters: int = 0  # speech billed per input character
+    audio_milliseconds: int = 0  # audio billed per minute of input
 
 
 class _Malformed(ValueError):
@@ -32,20 +46,26 @@ def _count(value: object, field: str) -> int:
     return value
 
 
-def _details_cached(details: object, field: str) -> int:
+def _detail(details: object, field: str, name: str) -> int:
     if details is None:
         return 0
     if not isinstance(details, dict):
         raise _Malformed(field)
-    cached = details.get("cached_tokens")
-    return 0 if cached is None else _count(cached, f"{field}.cached_tokens")
+    value = details.get(name)
+    return 0 if value is None else _count(value, f"{field}.{name}")
 
 
 def _parse(usage: dict[str, Any]) -> Usage:
+    if usage.get("type") == "duration":  # transcriptions billed by the minute of audio
+        seconds = usage.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < 1e7:
+            raise _Malformed("seconds")
+        return Usage(audio_milliseconds=math.ceil(seconds * 1000))
     if "input_tokens" in usage or "output_tokens" in usage:
         input_tokens = _count(usage.get("input_tokens"), "input_tokens")
         output_tokens = _count(usage.get("output_tokens"), "output_tokens")
-        cached = _details_cached(usage.get("input_tokens_details"), "input_tokens_details")
+        in_details = usage.get("input_tokens_details", usage.get("input_token_details"))
+        details_field = "input_tokens_details"
     else:
         input_tokens = _count(usage.get("prompt_tokens"), "prompt_tokens")
         if "completion_tokens" in usage:
@@ -54,10 +74,27 @@ def _parse(usage: dict[str, Any]) -> Usage:
             output_tokens = 0  # embeddings report only prompt and total tokens
         else:
             raise _Malformed("completion_tokens")
-        cached = _details_cached(usage.get("prompt_tokens_details"), "prompt_tokens_details")
-    if cached > input_tokens:
+        in_details = usage.get("prompt_tokens_details")
+        details_field = "prompt_tokens_details"
+    out_details = usage.get("output_tokens_details", usage.get("completion_tokens_details"))
+    cached = _detail(in_details, details_field, "cached_tokens")
+    written = _detail(in_details, details_field, "cache_write_tokens")
+    image = _detail(in_details, details_field, "image_tokens")
+    audio = _detail(in_details, details_field, "audio_tokens")
+    audio_out = _detail(out_details, "output_tokens_details", "audio_tokens")
+    if cached + written > input_tokens or image + audio > input_tokens:
         raise _Malformed("cached_tokens")
-    return Usage(input_tokens, cached, output_tokens)
+    if audio_out > output_tokens:
+        raise _Malformed("output_tokens_details.audio_tokens")
+    return Usage(
+        input_tokens,
+        cached,
+        output_tokens,
+        cache_write_tokens=written,
+        image_input_tokens=image,
+        audio_input_tokens=audio,
+        audio_output_tokens=audio_out,
+    )
 
 
 def parse_usage(usage: Any) -> Usage | None:
@@ -77,9 +114,53 @@ def parse_usage(usage: Any) -> Usage | None:
         return None
 
 
-def from_response(body: Any) -> tuple[Usage | None, str | None]:
-    """(usage, model) of a non-streamed reply body."""
+# Output items of the Responses API that are billed per call, beside tokens, by tool name. A
+# code interpreter is billed per container, so its calls count once per container id.
+TOOL_CALL_ITEMS = {
+    "web_search_call": "web_search",
+    "file_search_call": "file_search",
+    "code_interpreter_call": "code_interpreter",
+}
+
+
+def tool_calls(output: object, web_search_tool: str = "web_search") -> tuple[tuple[str, int], ...]:
+    """(tool, calls) from a Responses ``output`` list; ``web_search_tool`` names the fee a
+    ``web_search_call`` is billed at (the request's tool: web_search or web_search_preview)."""
+    if not isinstance(output, list):
+        return ()
+    counts: dict[str, int] = {}
+    containers: set[str] = set()
+    for item in output:
+        if not isinstance(item, dict):
+            continue
+        tool = TOOL_CALL_ITEMS.get(str(item.get("type")))
+        if tool is None:
+            continue
+        if tool == "code_interpreter":
+            container = item.get("container_id")
+            key = container if isinstance(container, str) else f"item:{len(containers)}"
+            if key in containers:
+                continue
+            containers.add(key)
+        if tool == "web_search":
+            tool = web_search_tool
+        counts[tool] = counts.get(tool, 0) + 1
+    return tuple(sorted(counts.items()))
+
+
+def with_response_facts(usage: Usage, body: dict[str, Any], web_search_tool: str = "web_search") -> Usage:
+    """``usage`` with what the rest of a response body bills: its service tier and tool calls."""
+    tier = body.get("service_tier")
+    calls = tool_calls(body.get("output"), web_search_tool)
+    return replace(usage, service_tier=tier if isinstance(tier, str) else None, tool_calls=calls)
+
+
+def from_response(body: Any, web_search_tool: str = "web_search") -> tuple[Usage | None, str | None]:
+    """(usage, model) of a non-streamed reply body (a Responses object or a chat completion)."""
     if not isinstance(body, dict):
         return None, None
     model = body.get("model")
-    return parse_usage(body.get("usage")), model if isinstance(model, str) else None
+    usage = parse_usage(body.get("usage"))
+    if usage is not None:
+        usage = with_response_facts(usage, body, web_search_tool)
+    return usage, model if isinstance(model, str) else None

@@ -21,9 +21,33 @@ def test_bundled_table_is_dated_and_sourced(table):
     assert date.fromisoformat(raw["asOf"]) == date.fromisoformat(table.as_of)
     assert table.source
     for model, entry in raw["models"].items():
-        # prices are decimal strings so that no binary float ever enters a price
-        assert all(isinstance(value, str) for value in entry.values()), model
-        assert set(entry) <= {"input", "cachedInput", "output"}, model
+        # prices are decimal strings so that no binary float ever enters a price; counts are ints
+        for key, value in entry.items():
+            if key in _COUNT_COLUMNS:
+                assert isinstance(value, int) and value >= 0, (model, key)
+            elif key in _NESTED_COLUMNS:
+                assert isinstance(value, dict), (model, key)
+            else:
+                assert isinstance(value, str), (model, key)
+        assert set(entry) <= _COLUMNS, model
+        assert isinstance(entry["contextWindow"], int), model
+    assert all(isinstance(fee, str) for fee in raw["toolCalls"].values())
+
+
+_COUNT_COLUMNS = {"contextWindow", "maxImageInputTokens", "maxAudioOutputTokensPerCharacter"}
+_NESTED_COLUMNS = {"tiers", "longContext", "perImage", "imageOutputTokens"}
+_COLUMNS = _COUNT_COLUMNS | _NESTED_COLUMNS | {
+    "input",
+    "cachedInput",
+    "output",
+    "cacheWrite",
+    "imageInput",
+    "cachedImageInput",
+    "audioInput",
+    "audioOutput",
+    "perMillionCharacters",
+    "perMinute",
+}
 
 
 @pytest.mark.parametrize(
@@ -55,7 +79,13 @@ def test_current_models_are_priced(table, model):
 
 
 def test_known_prices(table):
-    assert table.price("gpt-4o") == ModelPrice("gpt-4o", Decimal("2.5"), Decimal("10"), Decimal("1.25"))
+    gpt4o = table.price("gpt-4o")
+    assert (gpt4o.input_per_million, gpt4o.output_per_million, gpt4o.cached_input_per_million) == (
+        Decimal("2.5"),
+        Decimal("10"),
+        Decimal("1.25"),
+    )
+    assert table.context_window("gpt-4o") == 128_000
     mini = table.price("gpt-4o-mini")
     assert (mini.input_per_million, mini.cached_input_per_million, mini.output_per_million) == (
         Decimal("0.15"),
