@@ -106,6 +106,13 @@ class UsageStatus(StatusModel):
         default=0, ge=0, description="Upstream calls the sidecars retried (429, 5xx, connection errors)."
     )
     errors: int = Field(default=0, ge=0, description="Upstream errors returned to callers.")
+    over_reserved: int = Field(
+        default=0,
+        ge=0,
+        description="Calls that cost more than the sidecar reserved for them (settled in full). Should "
+        "stay 0: any other value is a bug in the price table or the estimate; the sidecar's log says "
+        "which model.",
+    )
     model_drift: int = Field(
         default=0, ge=0, description="Responses whose model differed from the pinned one."
     )

@@ -114,6 +114,7 @@ def usage_status(counts: UsageCounts) -> UsageStatus:
         retries=counts.retries,
         errors=counts.errors,
         model_drift=counts.model_drift,
+        over_reserved=counts.over_reserved,
         blocked=sum(counts.refused.values()),
         blocked_by_reason=dict(sorted(counts.refused.items())),
         would_block=sum(counts.dry_run_refused.values()),

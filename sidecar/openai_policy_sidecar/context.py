@@ -65,6 +65,10 @@ class BudgetHold:
     reserved_micros: int = 0
     settled: bool = False
     cost_micros: int | None = None  # the real cost (the worst case when usage went missing)
+    tier: str | None = "default"  # the service tier reserved at (None: auto, the dearest)
+    web_search_tool: str = "web_search"  # the fee a web_search_call item is billed at
+    maybe_billed: int = 0  # attempts that failed after their body was sent: billed at worst case
+    over_reserved: bool = False  # settled above the hold: a bug in the table or the estimate
 
 
 class Finding(TypedDict):

@@ -148,13 +148,26 @@ class Proxy:
         choice = model_choice.choose(ctx, spec, snapshot.ledger.last_fraction_used, requested)
         body["model"] = choice.sent
         output_tokens = clamp.clamp(ctx, endpoint, body, spec.requests.max_output_tokens)
+        tools = clamp.clamp_tools(ctx, endpoint, body, spec.requests.max_tool_calls, snapshot.prices)
         priced = model_choice.require_price(ctx, snapshot.prices, choice.sent)
         input_tokens = input_limit.count_input(
             ctx, endpoint, body, choice.sent, len(parsed.raw), spec.requests.max_input_tokens
         )
         await safety.check_request(ctx, spec.safety, self.durable.moderation, endpoint, body)
         worst = (
-            snapshot.prices.worst_case_micros(choice.sent, input_tokens, output_tokens) if priced else None
+            rate_and_budget.worst_case(
+                ctx,
+                snapshot.prices,
+                spec.pricing.auto_service_tier,
+                endpoint,
+                body,
+                choice.sent,
+                input_tokens,
+                output_tokens,
+                tools,
+            )
+            if priced
+            else None
         )
         await rate_and_budget.check_and_reserve(
             ctx, snapshot.limiter, snapshot.ledger, input_tokens + output_tokens, worst, self.metrics

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .buffer_budget import Held
-from .reported_usage import Usage, parse_usage
+from .reported_usage import Usage, parse_usage, with_response_facts
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n")
 _TERMINAL_RESPONSE_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
@@ -95,7 +95,7 @@ class StreamMeter:
             return event
         usage = parse_usage(obj.get("usage"))
         if usage is not None:
-            self.usage = usage
+            self.usage = with_response_facts(usage, obj)  # the tier the chunk names
         if not self.strip_usage:
             return event
         if obj.get("usage") is not None and not obj.get("choices"):
@@ -120,7 +120,7 @@ class StreamMeter:
             self.completed = True
             usage = parse_usage(response.get("usage"))
             if usage is not None:
-                self.usage = usage
+                self.usage = with_response_facts(usage, response)  # tier and built-in tool calls
 
 
 class StreamEventTooLarge(Exception):

@@ -29,6 +29,7 @@ class UsageCounts:
     retries: int = 0
     errors: int = 0
     model_drift: int = 0
+    over_reserved: int = 0  # calls settled above their reservation (a bug in prices or estimates)
     refused: Counter[str] = field(default_factory=Counter)  # by error code
     dry_run_refused: Counter[str] = field(default_factory=Counter)  # what dryRun would have refused
 

@@ -5,9 +5,14 @@ The clamp bounds both cost and the budget reservation, which is taken for the wo
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Any
 
+from .. import refusals
 from ..context import RequestContext
+from ..pricing import PriceTable
+from ..reported_usage import Usage
 
 # The field each endpoint reads; chat accepts both, max_completion_tokens being the current one.
 _FIELDS = {
@@ -48,3 +53,59 @@ def clamp(ctx: RequestContext, endpoint: str, body: dict[str, Any], limit: int) 
     max_out = clamp_output(endpoint, body, limit)
     ctx.request.max_output_tokens = max_out
     return max_out * choices(endpoint, body)
+
+
+# Built-in tools of the Responses API that bill nothing beyond tokens.
+FREE_TOOLS = frozenset(
+    {"function", "custom", "mcp", "computer_use_preview", "computer_use", "local_shell", "shell", "apply_patch"}
+)
+_TOOL_VERSION = re.compile(r"_\d{4}_\d{2}_\d{2}$")  # web_search_preview_2025_03_11
+
+
+def tool_type(tool: object) -> str:
+    """A tool's type without its version suffix ("" when it has none)."""
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    return _TOOL_VERSION.sub("", kind) if isinstance(kind, str) else ""
+
+
+def clamp_tools(
+    ctx: RequestContext, endpoint: str, body: dict[str, Any], cap: int, prices: PriceTable
+) -> Usage | None:
+    """Cap the built-in tool calls a Responses request may make and return what the worst case
+    adds for them: ``max_tool_calls`` calls, each at the dearest fee among the tools offered.
+
+    ``max_tool_calls`` bounds every built-in tool call of the response, so the fees are bounded
+    and reserved before the call. A tool with a fee the table does not know (image_generation,
+    a type OpenAI adds tomorrow) is refused: its spend could not be metered."""
+    tools = body.get("tools")
+    if endpoint != "responses" or not isinstance(tools, list):
+        return None
+    fees: dict[str, Decimal] = {}
+    for tool in tools:
+        kind = tool_type(tool)
+        if kind in FREE_TOOLS:
+            continue
+        fee = prices.tool_fee(kind)
+        if fee is None:
+            raise refusals.invalid_request(
+                f"The tool {kind or '(no type)'!r} is billed in a way this policy cannot meter; only "
+                f"{', '.join(sorted(FREE_TOOLS | set(prices.tools())))} are allowed.",
+                param="tools",
+                code="tool_not_metered",
+            )
+        fees[kind] = fee
+    if not fees:
+        return None
+    if cap == 0:
+        raise refusals.invalid_request(
+            "Built-in tools with a fee per call are not allowed by this policy (spec.requests.maxToolCalls is 0).",
+            param="tools",
+            code="tool_not_allowed",
+        )
+    asked = body.get("max_tool_calls")
+    calls = min(asked, cap) if isinstance(asked, int) and not isinstance(asked, bool) and asked >= 0 else cap
+    body["max_tool_calls"] = calls
+    if "web_search_preview" in fees and "web_search" not in fees:
+        ctx.budget.web_search_tool = "web_search_preview"
+    dearest = max(fees, key=lambda kind: fees[kind])
+    return Usage(tool_calls=((dearest, calls),)) if calls else None

@@ -95,6 +95,8 @@ async def call_upstream(
         ctx.upstream.seconds = time.perf_counter() - started
         if isinstance(outcome.error, CircuitOpen):
             raise outcome.error
+        if outcome.error is not None and may_have_reached_upstream(outcome.error):
+            ctx.budget.maybe_billed += 1
         raise upstream_failure(
             ctx, started, outcome.error or RuntimeError("no reply"), limits.timeout_seconds
         )
@@ -109,9 +111,22 @@ async def call_upstream(
 
 def on_retry(ctx: RequestContext, metrics: Metrics, event: RetryEvent) -> None:
     reason = str(event.status) if event.status is not None else type(event.error).__name__
+    if event.error is not None and may_have_reached_upstream(event.error):
+        ctx.budget.maybe_billed += 1  # OpenAI may have done (and billed) the work of that attempt
     ctx.upstream.retry_reasons.append(reason)
     metrics.child(metrics.retries, reason).inc()
     log.info("retrying upstream call (attempt %d failed: %s) in %.3fs", event.attempt, reason, event.delay)
+
+
+def may_have_reached_upstream(error: BaseException) -> bool:
+    """Whether an attempt that failed this way may have delivered its body (and been billed).
+
+    Only a connection that was never made is certain to have cost nothing: a timeout or a
+    connection dropped after connecting may come after OpenAI received the request and did the
+    work, so settlement charges such an attempt its worst case rather than zero."""
+    if isinstance(error, CircuitOpen | aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return False
+    return isinstance(error, TimeoutError | aiohttp.ClientError | ConnectionError)
 
 
 def circuit_refusal(ctx: RequestContext, error: CircuitOpen) -> refusals.Refusal:

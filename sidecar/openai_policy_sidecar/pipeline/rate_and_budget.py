@@ -11,6 +11,8 @@ released by ``settle.finish_budget``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from openai_policy_store import (
     BudgetExceeded,
     BudgetLedger,
@@ -27,6 +29,8 @@ from openai_policy_store.windows import current_buckets
 from .. import refusals
 from ..context import RequestContext
 from ..metrics import Metrics
+from ..pricing import PriceTable, normal_tier
+from ..reported_usage import Usage
 
 
 async def check_rate(
@@ -125,3 +129,41 @@ async def _rate_only(
     except StoreUnavailable:  # the limiter falls back to local counters unless it fails closed
         metrics.child(metrics.store_errors, "rate_limit").inc()
         return refusals.store_unavailable(), {}
+
+
+# Endpoints whose requests choose a service tier (the others are always served at default).
+_TIERED = frozenset({"chat.completions", "responses"})
+
+
+def reserve_tier(endpoint: str, body: dict[str, Any], auto_tier: str) -> str | None:
+    """The tier a request is reserved at: the one it asks for; for auto (or none) the policy's
+    ``pricing.autoServiceTier``, whose default ``highest`` is None here (the dearest tier the
+    model is offered at: the project's settings may make auto mean priority)."""
+    if endpoint not in _TIERED:
+        return "default"
+    requested = normal_tier(body.get("service_tier"))
+    if requested is None:
+        return None if auto_tier == "highest" else auto_tier
+    return requested
+
+
+def worst_case(
+    ctx: RequestContext,
+    prices: PriceTable,
+    auto_tier: str,
+    endpoint: str,
+    body: dict[str, Any],
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    extra: Usage | None = None,
+) -> int:
+    """The hold for a metered request: its worst case at the tier it may be served at, with
+    whatever else it may bill (``extra``: built-in tool calls, images, audio)."""
+    tier = reserve_tier(endpoint, body, auto_tier)
+    ctx.budget.tier = tier
+    worst = prices.worst_case_micros(model, input_tokens, output_tokens, tier=tier, extra=extra)
+    if tier not in (None, "default"):
+        # A tier the model is not offered at (or has no capacity for) may be served at default.
+        worst = max(worst, prices.worst_case_micros(model, input_tokens, output_tokens, extra=extra))
+    return worst

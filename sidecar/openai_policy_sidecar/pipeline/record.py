@@ -47,6 +47,8 @@ def usage_counters(ctx: RequestContext) -> UsageCounts:
         counts.errors = 1
     if ctx.model.drift:
         counts.model_drift = 1
+    if ctx.budget.over_reserved:
+        counts.over_reserved = 1
     if ctx.cache.state == "hit":
         counts.cache_hits = 1
         counts.saved_micros = ctx.cache.saved_micros

@@ -148,6 +148,8 @@ async def _buffered_reply(
         )
     except (TimeoutError, aiohttp.ClientError) as error:
         call.failed()
+        if metered and 200 <= response.status < 300:
+            ctx.budget.maybe_billed += 1  # answered, so done and billed: its usage is lost with the body
         raise upstream_failure(ctx, call.started, error, call.timeout_seconds) from None
     except (ResponseTooLarge, BufferBudgetExceeded) as too_large:
         response.close()  # stop reading: the rest of the body never enters the sidecar

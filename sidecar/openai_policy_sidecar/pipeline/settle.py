@@ -8,12 +8,19 @@ attempt that failed (429, 5xx, connection error) is billed nothing by OpenAI, so
 is zero. This is exactly "each attempt reserved and settled at its real usage", without a store
 round trip per retry, and it keeps the hard budget: a retry can never spend money that was not
 held.
+
+Settlement never releases money that may have been spent: an attempt that timed out or lost its
+connection after its body was sent (``forward.may_have_reached_upstream``) may have been billed
+in full, so it is charged its worst case; only a call refused before anything was sent is
+released. A settle above the hold (the reservation was too low: a bug in the price table or the
+estimate) is still settled in full, and counted and logged (``status.usage.overReserved``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from openai_policy_store import StoreUnavailable
 
@@ -38,10 +45,16 @@ def meter_usage(ctx: RequestContext, prices: PriceTable, usage: Usage | None, mo
     ctx.upstream.usage = usage
     if worst is None:
         return  # unpriced model forwarded in dry-run mode
-    try:
-        ctx.budget.cost_micros = prices.cost_micros(
-            ctx.model.sent or "", usage.input_tokens, usage.cached_tokens, usage.output_tokens
+    hold = ctx.budget
+    if hold.web_search_tool != "web_search" and usage.tool_calls:
+        usage = replace(
+            usage,
+            tool_calls=tuple(
+                (hold.web_search_tool if tool == "web_search" else tool, n) for tool, n in usage.tool_calls
+            ),
         )
+    try:
+        ctx.budget.cost_micros = prices.usage_cost_micros(ctx.model.sent or "", usage, tier=hold.tier)
     except (ValueError, UnknownModelPrice):
         # Never an exception on the way out (the hold must still be settled): charge the worst case.
         log.warning("could not price the reported usage; charging the worst case")
@@ -58,15 +71,45 @@ def meter_body(ctx: RequestContext, prices: PriceTable, payload: bytes) -> None:
     meter_usage(ctx, prices, usage, model)
 
 
+def final_cost(ctx: RequestContext) -> int | None:
+    """What the call is settled at: its metered cost plus the worst case of every attempt that
+    may have been billed without an answer; None when nothing can have been billed."""
+    hold = ctx.budget
+    if not hold.maybe_billed:
+        return hold.cost_micros
+    return (hold.cost_micros or 0) + hold.maybe_billed * (hold.worst_micros or 0)
+
+
+def check_over_reservation(ctx: RequestContext, cost: int) -> None:
+    """A settle above its hold means the reservation was too low: say so, loudly, once."""
+    hold = ctx.budget
+    if hold.reservation is None or hold.reservation.id.startswith("dryrun-") or not hold.reserved_micros:
+        return
+    if cost > hold.reserved_micros:
+        hold.over_reserved = True
+        log.error(
+            "request %s (model %s) settled at %d micro-dollars, above its reservation of %d: "
+            "the price table or the estimate is wrong",
+            ctx.request_id,
+            ctx.model.sent,
+            cost,
+            hold.reserved_micros,
+        )
+
+
 async def finish_budget(ctx: RequestContext, metrics: Metrics) -> None:
     """Settle the hold to the real cost, or release it when the upstream billed nothing."""
     hold = ctx.budget
     if hold.reservation is None or hold.settled or hold.ledger is None:
         return
     hold.settled = True
+    cost = final_cost(ctx)
+    if cost is not None and cost != hold.cost_micros:
+        hold.cost_micros = cost  # what record counts as spent too
     try:
-        if hold.cost_micros is not None:
-            await hold.ledger.settle(hold.reservation, hold.cost_micros)
+        if cost is not None:
+            check_over_reservation(ctx, cost)
+            await hold.ledger.settle(hold.reservation, cost)
         else:
             await hold.ledger.release(hold.reservation)
     except StoreUnavailable:
