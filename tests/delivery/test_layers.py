@@ -27,6 +27,7 @@ PACKAGE_FOLDERS = {
     "sidecar": "openai_policy_sidecar",
     "operator": "openai_policy_operator",
     "devkit": "openai_policy_devkit",
+    "plugin": "openai_policy_kubectl",
 }
 
 
