@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import subprocess
 import time
@@ -23,11 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "openai-policy-operator"
-NAMESPACE = "opo-system"
-# Kubernetes minor versions the chart supports (Chart.yaml kubeVersion >= 1.29: native sidecars).
-SUPPORTED_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0")
+from tests.delivery.chart_render import CHART, NAMESPACE, ROOT, SUPPORTED_VERSIONS, Helm, find
+
 # Kinds that are not built into Kubernetes: their schemas come from their own CRDs.
 CUSTOM_API_GROUPS = {"monitoring.coreos.com/v1", "cert-manager.io/v1", "kopf.dev/v1"}
 
@@ -72,66 +68,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-class Helm:
-    """The helm binary of the control-plane assets, with its state in a temporary directory."""
-
-    def __init__(self, binary: Path, home: Path) -> None:
-        self.binary = binary
-        self.env = {
-            **os.environ,
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_DATA_HOME": str(home / "data"),
-        }
-        self._cache: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-
-    def run(self, *args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
-        extra = ["--values", "-"] if values is not None else []
-        return subprocess.run(
-            [str(self.binary), *args, *extra],
-            input=yaml.safe_dump(values) if values is not None else None,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=120,
-        )
-
-    def template(
-        self,
-        values: dict[str, Any] | None = None,
-        *,
-        version: str = SUPPORTED_VERSIONS[-1],
-        release: str = "opo",
-        namespace: str = NAMESPACE,
-        crds: bool = False,
-    ) -> list[dict[str, Any]]:
-        key = (json.dumps(values, sort_keys=True), version, f"{release}/{namespace}/{crds}")
-        if key not in self._cache:
-            args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", version]
-            if crds:
-                args.append("--include-crds")
-            result = self.run(*args, values=values or {})
-            assert result.returncode == 0, result.stderr
-            self._cache[key] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-        return self._cache[key]
-
-
-@pytest.fixture(scope="session")
-def helm(kubebuilder_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    binary = kubebuilder_assets / "helm"
-    if not os.access(binary, os.X_OK):
-        pytest.fail(f"{binary} is missing: run scripts/setup-control-plane.sh")
-    return Helm(binary, tmp_path_factory.mktemp("helm-home"))
-
-
-def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    matches = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(matches) == 1, (
-        f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in matches]}"
-    )
-    return matches[0]
 
 
 def kinds(docs: list[dict[str, Any]]) -> list[str]:
