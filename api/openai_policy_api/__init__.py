@@ -19,6 +19,13 @@ from .document import (
     load_spec,
     spec_document,
 )
+from .endpoints import (
+    DEFAULT_SURFACES,
+    METERED_SURFACES,
+    SERVER_INPUTS,
+    UNMETERED_SURFACES,
+    EndpointsSpec,
+)
 from .matching import is_wildcard, model_allowed
 from .problems import PolicyError, Problem
 from .selector import LabelSelector, LabelSelectorRequirement
@@ -63,6 +70,11 @@ from .status import (
 )
 
 __all__ = [
+    "DEFAULT_SURFACES",
+    "METERED_SURFACES",
+    "SERVER_INPUTS",
+    "UNMETERED_SURFACES",
+    "EndpointsSpec",
     "API_VERSION",
     "CONDITION_TYPES",
     "DEFAULT_BASE_URL",

@@ -15,6 +15,7 @@ from typing import Literal, get_args
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .base import CEL_RULES, SpecModel, cel, doc, raise_problems
+from .endpoints import EndpointsSpec
 from .fields import (
     DNS_SUBDOMAIN,
     GUARDRAIL_PATTERN_MAX_LENGTH,
@@ -796,6 +797,7 @@ class PolicySpec(SpecModel):
     api_key: ApiKeySpec | None = Field(default=None, description=doc(ApiKeySpec))
     upstream: UpstreamSpec = Field(default_factory=UpstreamSpec, description=doc(UpstreamSpec))
     models: ModelsSpec = Field(default_factory=ModelsSpec, description=doc(ModelsSpec))
+    endpoints: EndpointsSpec = Field(default_factory=EndpointsSpec, description=doc(EndpointsSpec))
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description=doc(BudgetSpec))
     rate_limits: RateLimitSpec = Field(default_factory=RateLimitSpec, description=doc(RateLimitSpec))
     requests: RequestsSpec = Field(default_factory=RequestsSpec, description=doc(RequestsSpec))

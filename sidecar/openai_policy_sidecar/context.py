@@ -35,6 +35,7 @@ class RequestFacts:
     method: str = ""
     path: str = ""
     endpoint: str | None = None  # metered endpoint name; None for pass-through paths
+    surface: str | None = None  # endpoint_gate: the API surface (spec.endpoints names); None: unknown
     stream: bool = False
     user: str | None = None
     feature: str | None = None

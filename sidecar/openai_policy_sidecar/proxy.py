@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .pipeline import (
     cache,
     clamp,
+    endpoint_gate,
     forward,
     input_limit,
     model_choice,
@@ -118,6 +119,9 @@ class Proxy:
         spec = snapshot.spec
         parsed = await parse_request(ctx, request, spec.requests.max_body_bytes)
         suspend.stop_if_suspended(spec)
+        endpoint_gate.check(ctx, spec.endpoints, parsed)
+        if endpoint_gate.spends_unmetered(parsed):
+            await endpoint_gate.stop_if_exhausted(ctx, snapshot.ledger, self.metrics)
         key = forward.require_key(self.source.keys)
         if parsed.metered:
             body = await self._enforce_metered(ctx, snapshot, parsed)

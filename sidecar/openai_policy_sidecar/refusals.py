@@ -172,6 +172,20 @@ def invalid_request(
     return Refusal(400, code or "invalid_request", message, param=param)
 
 
+def endpoint_not_allowed(message: str) -> Refusal:
+    # 403 like OpenAI's own "no access" answers: the SDKs raise PermissionDeniedError and never
+    # retry it (nor x-should-retry: false): only a policy change helps.
+    return Refusal(403, "endpoint_not_allowed", message, type=PERMISSION)
+
+
+def invalid_path(reason: str) -> Refusal:
+    return Refusal(
+        400,
+        "invalid_path",
+        f"The request path is ambiguous ({reason}); send the plain path, e.g. /v1/chat/completions.",
+    )
+
+
 def not_found(path: str) -> Refusal:
     return Refusal(404, "unknown_url", f"Unknown request URL: {path}. The sidecar only proxies /v1/* paths.")
 

@@ -193,7 +193,8 @@ async def test_invented_model_names_do_not_grow_the_metrics(tmp_path, fake_opena
                 await client.moderations.create(model=f"invented-{i}", input="hi")
 
         await asyncio.gather(*(invent(i) for i in range(5000)))
-        # Unknown paths are pass-through too: each is one more request, never one more label.
+        # Unknown paths are refused (spec.endpoints) before any model is read: one more request
+        # each, all under the empty model label, never one more label.
         async with aiohttp.ClientSession() as session:
             for i in range(50):
                 async with session.post(f"{sidecar.url}/v1/made-up-{i}", json={"model": f"x{i}"}) as r:
@@ -203,7 +204,7 @@ async def test_invented_model_names_do_not_grow_the_metrics(tmp_path, fake_opena
         assert status == 200
         assert len(text) - before < 2_000, f"/metrics grew from {before} to {len(text)} bytes"
         models = set(requests_by(sidecar, "model"))
-        assert models == {"gpt-4o-2024-08-06", "omni-moderation-latest", "other"}, models
+        assert models == {"gpt-4o-2024-08-06", "omni-moderation-latest", "other", ""}, models
         assert sum(requests_by(sidecar, "model").values()) == 5052
 
 

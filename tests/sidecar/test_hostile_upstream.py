@@ -218,7 +218,8 @@ def test_ten_concurrent_oversized_replies_keep_a_sidecar_process_under_its_memor
 def test_an_unmetered_download_of_any_size_streams_through_in_bounded_memory(tmp_path, fake_openai):
     """A file's content has no usage to read: it is relayed as it arrives, whole, however large,
     without the sidecar holding it (the metered cap does not apply)."""
-    path = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai))
+    endpoints = {"allow": ["models", "files"], "readStoredObjects": True}  # a download reads a stored file
+    path = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai, endpoints=endpoints))
     key_file = tmp_path / "key"
     key_file.write_text(TEST_KEY)
     size = 200 * 1024 * 1024

@@ -19,14 +19,7 @@ from aiohttp import web
 
 from .. import refusals
 from ..context import RequestContext
-
-# Path → endpoint name used by tokens.count_input_tokens and the price/usage logic.
-METERED_PATHS = {
-    "/v1/chat/completions": "chat.completions",
-    "/v1/responses": "responses",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-}
+from ..surfaces import AmbiguousPath, Route, classify, normalise_path
 
 # The body comes over loopback from the app: a body still arriving after this long is a client
 # stuck or trickling on purpose, holding a connection and a handler.
@@ -48,6 +41,7 @@ class ParsedRequest:
     stream: bool
     user: str | None
     feature: str | None
+    route: Route | None = None  # the surfaces table's entry; None: a path it does not know
 
     @property
     def metered(self) -> bool:
@@ -131,6 +125,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 _TYPE_NAMES = {str: "a string", list: "an array", bool: "a boolean", dict: "an object", int: "an integer"}
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# The endpoints the pipeline meters (their names come from surfaces.py). A route the table calls
+# metered whose endpoint is not here is refused by endpoint_gate: never forwarded unmetered.
+METERED_ENDPOINTS: frozenset[str] = frozenset(_REQUIRED)
 
 
 def validate_body(endpoint: str, body: object) -> dict[str, Any]:
@@ -140,6 +137,8 @@ def validate_body(endpoint: str, body: object) -> dict[str, Any]:
             f"The request body must be a JSON object, but got {_json_type(body)}.", code="invalid_json"
         )
     for name in _REQUIRED[endpoint]:
+        if name == "model" and endpoint == "responses" and isinstance(body.get("prompt"), dict):
+            continue  # a stored prompt may carry its model: model_choice.prompt_model decides
         if name not in body or body[name] is None:
             raise refusals.invalid_request(
                 f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
@@ -148,6 +147,8 @@ def validate_body(endpoint: str, body: object) -> dict[str, Any]:
         value = body.get(name)
         if value is None:
             continue
+        if name == "prompt" and endpoint == "responses":
+            types = (dict,)  # Responses: a reference to a stored prompt, not text
         ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
         if not ok:
             raise _type_error(name, " or ".join(_TYPE_NAMES[t] for t in types), value)
@@ -163,7 +164,7 @@ def validate_body(endpoint: str, body: object) -> dict[str, Any]:
                 param=name,
                 code="integer_below_min_value",
             )
-    if not body["model"]:
+    if "model" in body and not body["model"]:
         raise refusals.invalid_request("Invalid 'model': empty string.", param="model", code="invalid_value")
     return body
 
@@ -345,7 +346,8 @@ def pick_user(body: Mapping[str, Any] | None, headers: Mapping[str, str]) -> str
 
 def parse(method: str, path: str, query: str, headers: Mapping[str, str], raw: bytes) -> ParsedRequest:
     """Validate a request already read into memory; raises ``refusals.Refusal`` with a 400 when malformed."""
-    endpoint = METERED_PATHS.get(path.rstrip("/")) if method == "POST" else None
+    route = classify(method, path)
+    endpoint = route.endpoint if route is not None and route.endpoint in METERED_ENDPOINTS else None
     body: dict[str, Any] | None = None
     content_type = headers.get("Content-Type", "")
     if endpoint is not None:
@@ -372,6 +374,7 @@ def parse(method: str, path: str, query: str, headers: Mapping[str, str], raw: b
         stream=bool(body.get("stream")) if body and endpoint else False,
         user=pick_user(body, headers),
         feature=headers.get(FEATURE_HEADER) or None,
+        route=route,
     )
 
 
@@ -381,12 +384,27 @@ def encode_body(body: dict[str, Any]) -> bytes:
 
 
 async def parse_request(ctx: RequestContext, request: web.Request, max_body_bytes: int) -> ParsedRequest:
-    """Read and validate one request; record what it asks for in ``ctx.request``."""
-    if not (request.path == "/v1" or request.path.startswith("/v1/")):
-        raise refusals.not_found(request.path)
+    """Read and validate one request; record what it asks for in ``ctx.request``.
+
+    Every later decision, and the upstream call, uses the normalised path (surfaces.normalise_path).
+    """
+    path = request_path(request)
+    ctx.request.path = path
+    if not (path == "/v1" or path.startswith("/v1/")):
+        raise refusals.not_found(path)
     raw = await read_body(request, max_body_bytes)
-    parsed = parse(request.method, request.path, request.query_string, request.headers, raw)
+    parsed = parse(request.method, path, request.query_string, request.headers, raw)
     facts = ctx.request
     facts.endpoint, facts.stream = parsed.endpoint, parsed.stream
     facts.user, facts.feature, facts.model = parsed.user, parsed.feature, parsed.model
     return parsed
+
+
+def request_path(request: web.Request) -> str:
+    """The normalised path of a request, from the target as received (aiohttp's ``path`` is
+    already decoded, so an encoded ``/`` could not be told from a real one)."""
+    raw = getattr(request, "raw_path", None) or request.path  # test doubles carry only ``path``
+    try:
+        return normalise_path(raw.partition("?")[0])
+    except AmbiguousPath as ambiguous:
+        raise refusals.invalid_path(str(ambiguous)) from None
