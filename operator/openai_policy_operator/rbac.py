@@ -105,7 +105,8 @@ def view_rules() -> list[dict[str, Any]]:
 
 def edit_rules() -> list[dict[str, Any]]:
     """Writing policies, for the platform team only: never aggregated to ``edit``, since a team that
-    can edit the policy governing its own pods can raise its own budget."""
+    can edit the policy governing its own pods can raise its own budget. Creating Events lets
+    ``kubectl oaip suspend/resume`` record who pulled the switch and why."""
     return [
         {
             "apiGroups": [names.GROUP],
@@ -117,6 +118,7 @@ def edit_rules() -> list[dict[str, Any]]:
             "resources": [f"{names.PLURAL}/status"],
             "verbs": ["get", "list", "watch"],
         },
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import openai
 import pytest
 
 from openai_policy_devkit.sidecar import SidecarProcess, upstream_spec, write_policy
-from openai_policy_operator import names
+from openai_policy_operator import names, rbac
 from tests.operator.cluster import (
     apply_policy,
     create_pod,
@@ -80,7 +81,11 @@ def test_suspend_and_resume_record_the_reason_the_user_and_an_event(control_plan
     assert annotations["openaipolicy.dev/suspend-reason"] == "runaway retry loop"
     assert annotations["openaipolicy.dev/suspended-by"] == "kubernetes-admin"  # the admin certificate's CN
     shown = plugin(control_plane, "status", "team", "-n", namespace).stdout
-    assert "Suspended: yes" in shown and "Suspended by kubernetes-admin at" in shown and "runaway retry loop" in shown
+    assert (
+        "Suspended: yes" in shown
+        and "Suspended by kubernetes-admin at" in shown
+        and "runaway retry loop" in shown
+    )
     suspended = [e for e in events(control_plane, namespace) if e["reason"] == "Suspended"]
     assert suspended and "runaway retry loop" in suspended[0]["message"]
     assert suspended[0]["involvedObject"]["uid"] == policy["metadata"]["uid"]
@@ -98,29 +103,51 @@ def test_suspend_and_resume_record_the_reason_the_user_and_an_event(control_plan
     assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
 
 
-def test_suspend_needs_the_callers_own_rbac(control_plane, operator):
-    """The plugin writes with the caller's credentials: a viewer cannot pull the switch."""
+def _account_with(control_plane, namespace: str, name: str, rules: list[dict]) -> Path:
+    """A ServiceAccount holding exactly ``rules`` in ``namespace``; returns its kubeconfig."""
+    control_plane.kubectl("create", "serviceaccount", name, "-n", namespace)
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name},
+        "rules": rules,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+    for doc in (role, binding):
+        control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
+    return control_plane.service_account_kubeconfig(namespace, name)
+
+
+def test_the_plugin_acts_with_the_callers_own_rbac(control_plane, operator):
+    """The chart's view role reads but cannot pull the switch; its edit role can, Event included."""
     namespace = control_plane.create_namespace("plugin-rbac")
     apply_policy(control_plane, namespace, "team", {"budget": BUDGET})
-    control_plane.kubectl("create", "serviceaccount", "viewer", "-n", namespace)
-    control_plane.kubectl(
-        "create", "role", "read-policies", "--verb=get,list", f"--resource={names.PLURAL}", "-n", namespace
-    )
-    control_plane.kubectl(
-        "create",
-        "rolebinding",
-        "read-policies",
-        "--role=read-policies",
-        f"--serviceaccount={namespace}:viewer",
-        "-n",
-        namespace,
-    )
-    viewer = control_plane.service_account_kubeconfig(namespace, "viewer")
+    viewer = _account_with(control_plane, namespace, "viewer", rbac.view_rules())
+    editor = _account_with(control_plane, namespace, "platform", rbac.edit_rules())
 
     assert plugin(control_plane, "status", "team", "-n", namespace, kubeconfig=viewer).returncode == 0
     refused = plugin(control_plane, "suspend", "team", "-n", namespace, "--reason", "x", kubeconfig=viewer)
     assert refused.returncode == 1 and "forbidden" in refused.stderr.lower()
     assert not get_policy(control_plane, namespace, "team")["spec"].get("suspend")
+
+    done = plugin(
+        control_plane, "suspend", "team", "-n", namespace, "--reason", "incident 42", kubeconfig=editor
+    )
+    assert done.returncode == 0 and "warning" not in done.stdout, done.stdout + done.stderr
+    policy = get_policy(control_plane, namespace, "team")
+    assert policy["spec"]["suspend"] is True
+    assert policy["metadata"]["annotations"]["openaipolicy.dev/suspended-by"] == (
+        f"system:serviceaccount:{namespace}:platform"
+    )
+    assert any(
+        e["reason"] == "Suspended" and "incident 42" in e["message"] for e in events(control_plane, namespace)
+    )
 
 
 def test_why_answers_with_the_webhooks_rules(control_plane, operator):
