@@ -33,12 +33,14 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from openai_policy_devkit import fake_openai_billing as billing
+from openai_policy_devkit import fake_openai_media as media
 from openai_policy_devkit import fake_openai_payloads as payloads
 from openai_policy_devkit import fake_openai_requests as requests_
 from openai_policy_devkit import fake_openai_tokens as tokens
 from openai_policy_devkit.fake_openai_admin import admin_routes
 from openai_policy_devkit.fake_openai_faults import Fault, FaultBook, make_fault
 from openai_policy_devkit.fake_openai_requests import RequestError
+from openai_policy_devkit.fake_openai_stored import StoredObjects, stored_routes
 
 DEFAULT_REPLY = "Hello! This is a deterministic reply from the fake OpenAI upstream."
 DEFAULT_MODERATION_TRIGGERS = ("kill",)
@@ -153,6 +155,7 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         self.usage_log: list[dict[str, Any]] = []
         self.billing = billing.Billing()  # what each answered call really costs
+        self.stored = StoredObjects()  # files, conversations, stored responses, prompts, batches
         self.auto_service_tier = "default"  # the tier the project serves service_tier auto at
         self._faults = FaultBook()
         self._rate = _RateWindow()
@@ -191,6 +194,7 @@ class FakeOpenAI:
         self.usage_log.clear()
         self._faults.clear()
         self.billing.clear()
+        self.stored.clear()
 
     def billed_micros(self) -> int:
         """What every call answered so far really cost, in micro-dollars (fake_openai_billing)."""
@@ -208,6 +212,21 @@ class FakeOpenAI:
         app.router.add_post("/v1/moderations", api(self._moderations))
         app.router.add_get("/v1/models", api(self._models))
         app.router.add_get("/v1/models/{model_id:.+}", api(self._model))
+        app.router.add_post(
+            "/v1/images/generations", api(lambda c: media.images(self, c, "images.generations"))
+        )
+        app.router.add_post("/v1/images/edits", api(lambda c: media.images(self, c, "images.edits")))
+        app.router.add_post(
+            "/v1/images/variations", api(lambda c: media.images(self, c, "images.variations"))
+        )
+        app.router.add_post("/v1/audio/speech", api(lambda c: media.speech(self, c)))
+        app.router.add_post(
+            "/v1/audio/transcriptions", api(lambda c: media.transcription(self, c, "audio.transcriptions"))
+        )
+        app.router.add_post(
+            "/v1/audio/translations", api(lambda c: media.transcription(self, c, "audio.translations"))
+        )
+        app.router.add_routes(stored_routes(self))
         app.router.add_routes(admin_routes(self))
         app.router.add_route("*", "/{tail:.*}", api(self._unknown))
         return app
@@ -313,7 +332,8 @@ class FakeOpenAI:
                 )
             try:
                 self._authenticate(request.headers)
-                body = requests_.parse_body(raw) if request.method == "POST" else {}
+                form = request.content_type.startswith(("multipart/", "application/x-www-form-urlencoded"))
+                body = requests_.parse_body(raw) if request.method == "POST" and not form else {}
                 call = _Call(
                     request, body, self._faults.take(request.path, body.get("stream") is True), started
                 )
@@ -452,12 +472,14 @@ class FakeOpenAI:
     ) -> payloads.Generation:
         body, faults = call.body, call.faults
         model = self._model_for(call)
-        prompt = tokens.prompt_tokens(endpoint, body)
+        prompt = tokens.prompt_tokens(endpoint, body) + self.stored.hidden_tokens(endpoint, body)
         cached = int(faults["cached_tokens"].tokens) if "cached_tokens" in faults else self.cached_tokens
         text = str(faults["reply"].text) if "reply" in faults else self.reply_text
         pieces, count, truncated = tokens.reply_tokens(text, str(body["model"]), limit)
         prices = self.billing.prices
-        tier = billing.served_tier(prices, str(body["model"]), body.get("service_tier"), self.auto_service_tier)
+        tier = billing.served_tier(
+            prices, str(body["model"]), body.get("service_tier"), self.auto_service_tier
+        )
         calls = billing.tool_calls_made(body) if endpoint == "responses" else []
         container = f"cntr_{secrets.token_hex(12)}"
         gen = payloads.Generation(
@@ -502,11 +524,13 @@ class FakeOpenAI:
         return await self._stream(call, frames(), gen.prompt_tokens)
 
     async def _responses(self, call: _Call) -> web.StreamResponse:
+        self.stored.prepare(call.body)
         gen = self._generate(call, "responses", requests_.responses_params(call.body))
         ident, item_id = f"resp_{secrets.token_hex(24)}", f"msg_{secrets.token_hex(24)}"
         created = int(time.time())
         if not call.streaming:
             result = payloads.response_final(ident, item_id, created, int(time.time()), call.body, gen)
+            self.stored.keep(call.body, result)
             self._log_usage(result["usage"])
             result["usage"] = call.usage(result["usage"])
             return self._json(result, call.started, request_tokens=gen.prompt_tokens)
@@ -515,6 +539,7 @@ class FakeOpenAI:
         def frames() -> Iterator[bytes]:
             for event in events:
                 if event["type"] in ("response.completed", "response.incomplete"):
+                    self.stored.keep(call.body, event["response"])
                     self._log_usage(event["response"]["usage"])
                     event["response"]["usage"] = call.usage(event["response"]["usage"])
                 yield b"event: " + event["type"].encode() + b"\ndata: " + _dumps(event).encode() + b"\n\n"

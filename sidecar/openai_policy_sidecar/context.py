@@ -36,6 +36,7 @@ class RequestFacts:
     path: str = ""
     endpoint: str | None = None  # metered endpoint name; None for pass-through paths
     surface: str | None = None  # endpoint_gate: the API surface (spec.endpoints names); None: unknown
+    route: str | None = None  # endpoint_gate: the surfaces table's route, e.g. "POST /v1/files"
     stream: bool = False
     user: str | None = None
     feature: str | None = None
@@ -70,6 +71,7 @@ class BudgetHold:
     web_search_tool: str = "web_search"  # the fee a web_search_call item is billed at
     maybe_billed: int = 0  # attempts that failed after their body was sent: billed at worst case
     over_reserved: bool = False  # settled above the hold: a bug in the table or the estimate
+    expected: Usage | None = None  # media: what the call bills when its answer reports no usage
 
 
 class Finding(TypedDict):
@@ -116,6 +118,18 @@ class CacheFacts:
 
 
 @dataclass
+class ServerInputFacts:
+    """server_context: content the request pulls in from OpenAI's side, and how it was reserved."""
+
+    kinds: list[str] = field(default_factory=list)  # spec.endpoints names: storedResponses, files...
+    reserved_tokens: int = 0  # input tokens reserved on top of what the request itself shows
+    exact: bool = False  # reserved from remembered sizes rather than the context window
+    conversation: str | None = None  # the conversation the reply extends (its size is remembered)
+    stored: bool = True  # the reply is stored by OpenAI (``store`` not false): remember its size
+    empty_conversation: bool = False  # POST /v1/conversations without items: its size is 0
+
+
+@dataclass
 class RequestContext:
     dry_run: bool
     request_id: str = field(default_factory=new_request_id)
@@ -128,6 +142,7 @@ class RequestContext:
     upstream: UpstreamFacts = field(default_factory=UpstreamFacts)
     cache: CacheFacts = field(default_factory=CacheFacts)
     findings: list[Finding] = field(default_factory=list)
+    server_input: ServerInputFacts = field(default_factory=ServerInputFacts)
 
     @property
     def retries(self) -> int:

@@ -19,9 +19,12 @@ import time
 import aiohttp
 from aiohttp import web
 
-from . import refusals
+from openai_policy_store.response_sizes import ContextSizes
+
+from . import media, refusals
 from .context import RequestContext
 from .durable import DurableState
+from .genai_telemetry import GenAITelemetry
 from .metrics import Metrics
 from .pipeline import (
     cache,
@@ -35,6 +38,7 @@ from .pipeline import (
     record,
     reply,
     safety,
+    server_context,
     settle,
     stream_relay,
     suspend,
@@ -57,6 +61,7 @@ class Proxy:
         *,
         durable: DurableState | None = None,
         attribution: dict[str, str | None] | None = None,
+        telemetry: GenAITelemetry | None = None,
     ) -> None:
         self.source = source
         self.upstream = upstream
@@ -65,6 +70,7 @@ class Proxy:
             source.store, metrics, upstream, source.keys, shared_cache=False
         )
         self.attribution = attribution or {}  # workload and namespace, for the access line
+        self.telemetry = telemetry  # the optional OTLP GenAI metrics
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         snapshot = self.source.snapshot
@@ -107,8 +113,12 @@ class Proxy:
                     ctx.outcome.decision = "client_disconnected"
             ctx.responded = time.perf_counter()
             await settle.finish_budget(ctx, self.metrics)
+            sizes = ContextSizes(self.source.store, snapshot.ref)
+            await server_context.remember(ctx, sizes, ctx.request.route, response)
             await cache.store_after_reply(ctx, self.durable.cache, snapshot.spec.cache.ttl_seconds)
             record.record(ctx, snapshot, self.metrics, self.attribution)
+            if self.telemetry is not None:
+                self.telemetry.record(ctx)
         finally:
             self.metrics.in_flight.dec()  # after the bookkeeping: in flight = not yet settled
         return response
@@ -120,6 +130,7 @@ class Proxy:
         parsed = await parse_request(ctx, request, spec.requests.max_body_bytes)
         suspend.stop_if_suspended(spec)
         endpoint_gate.check(ctx, spec.endpoints, parsed)
+        server_context.note_conversation(ctx, ctx.request.route, parsed.body)
         if endpoint_gate.spends_unmetered(parsed):
             await endpoint_gate.stop_if_exhausted(ctx, snapshot.ledger, self.metrics)
         key = forward.require_key(self.source.keys)
@@ -147,15 +158,21 @@ class Proxy:
     ) -> bytes:
         """The policy's stages on a metered request; returns the body to send upstream."""
         spec = snapshot.spec
-        body, endpoint, requested = parsed.body, parsed.endpoint, parsed.model
-        assert body is not None and endpoint is not None and requested is not None
+        body, endpoint = parsed.body, parsed.endpoint
+        assert body is not None and endpoint is not None
+        requested = parsed.model or server_context.prompt_model(spec.endpoints, body)
         choice = model_choice.choose(ctx, spec, snapshot.ledger.last_fraction_used, requested)
         body["model"] = choice.sent
         output_tokens = clamp.clamp(ctx, endpoint, body, spec.requests.max_output_tokens)
         tools = clamp.clamp_tools(ctx, endpoint, body, spec.requests.max_tool_calls, snapshot.prices)
+        tools = tools or media.demand(ctx, endpoint, body, parsed.form, choice.sent, snapshot.prices)
         priced = model_choice.require_price(ctx, snapshot.prices, choice.sent)
         input_tokens = input_limit.count_input(
             ctx, endpoint, body, choice.sent, len(parsed.raw), spec.requests.max_input_tokens
+        )
+        sizes = ContextSizes(self.source.store, snapshot.ref)
+        input_tokens = await server_context.reserve_input(
+            ctx, spec.endpoints, snapshot.prices, sizes, endpoint, body, choice.sent, input_tokens
         )
         await safety.check_request(ctx, spec.safety, self.durable.moderation, endpoint, body)
         worst = (
@@ -181,7 +198,7 @@ class Proxy:
             stream_relay.ask_for_usage(ctx, endpoint, body)
         if spec.logging.prompts:
             ctx.request.prompt = body.get("messages", body.get("input", body.get("prompt")))
-        return encode_body(body)
+        return encode_body(body) if parsed.form is None else parsed.form.encode_fields(body)
 
     async def _call_upstream(
         self,

@@ -35,7 +35,27 @@ from openai_policy_api import ModelsSpec
 
 from . import tokenizer_files
 
-ENDPOINTS = ("chat.completions", "responses", "completions", "embeddings")
+ENDPOINTS = (
+    "chat.completions",
+    "responses",
+    "completions",
+    "embeddings",
+    "images.generations",
+    "images.edits",
+    "images.variations",
+    "audio.speech",
+    "audio.transcriptions",
+    "audio.translations",
+)
+# The text field an image or audio request carries (its other inputs are files: media.py).
+_MEDIA_TEXT = {
+    "images.generations": "prompt",
+    "images.edits": "prompt",
+    "images.variations": "",
+    "audio.speech": "input",
+    "audio.transcriptions": "prompt",
+    "audio.translations": "prompt",
+}
 
 O200K = "o200k_base"
 CL100K = "cl100k_base"
@@ -220,6 +240,9 @@ def count_input_tokens(endpoint: str, body: Mapping[str, Any], model: str) -> in
         return counter.prompt(body.get("prompt"), "prompt") + counter.text(body.get("suffix"))
     if endpoint == "embeddings":
         return counter.prompt(body.get("input"), "input")
+    if endpoint in _MEDIA_TEXT:
+        text = body.get(_MEDIA_TEXT[endpoint]) if _MEDIA_TEXT[endpoint] else None
+        return counter.text(text) + counter.text(body.get("instructions"))
     raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {', '.join(ENDPOINTS)}")
 
 

@@ -154,6 +154,7 @@ def test_to_document_is_camel_case_with_defaults_filled() -> None:
     spec = doc["spec"]
     assert spec["requests"] == {
         "maxOutputTokens": 500,
+        "maxToolCalls": 4,
         "timeoutSeconds": 10,
         "streamIdleTimeoutSeconds": 30,
         "maxBodyBytes": 1048576,

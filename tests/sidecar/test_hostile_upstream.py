@@ -59,8 +59,8 @@ async def day_spend(sidecar: Sidecar) -> tuple[int, int]:
 def worst_case(sidecar: Sidecar, fake) -> int:  # noqa: ANN001
     sent = fake.requests[-1].json
     return sidecar.source.snapshot.prices.worst_case_micros(
-        MODEL, count_input_tokens("chat.completions", sent, MODEL), MAX_OUT
-    )
+        MODEL, count_input_tokens("chat.completions", sent, MODEL), MAX_OUT, tier=None
+    )  # no service_tier asked: reserved (and, without usage, charged) at the dearest tier
 
 
 def masked(key: str) -> re.Pattern[str]:

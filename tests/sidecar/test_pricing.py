@@ -36,18 +36,22 @@ def test_bundled_table_is_dated_and_sourced(table):
 
 _COUNT_COLUMNS = {"contextWindow", "maxImageInputTokens", "maxAudioOutputTokensPerCharacter"}
 _NESTED_COLUMNS = {"tiers", "longContext", "perImage", "imageOutputTokens"}
-_COLUMNS = _COUNT_COLUMNS | _NESTED_COLUMNS | {
-    "input",
-    "cachedInput",
-    "output",
-    "cacheWrite",
-    "imageInput",
-    "cachedImageInput",
-    "audioInput",
-    "audioOutput",
-    "perMillionCharacters",
-    "perMinute",
-}
+_COLUMNS = (
+    _COUNT_COLUMNS
+    | _NESTED_COLUMNS
+    | {
+        "input",
+        "cachedInput",
+        "output",
+        "cacheWrite",
+        "imageInput",
+        "cachedImageInput",
+        "audioInput",
+        "audioOutput",
+        "perMillionCharacters",
+        "perMinute",
+    }
+)
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,9 @@ async def test_a_stalled_stream_is_cut_by_the_idle_timeout_and_settled(tmp_path,
         input_tokens = count_input_tokens("chat.completions", fake_openai.requests[-1].json, "gpt-4o")
         snapshot = sidecar.source.snapshot
         assert day.reserved_micros == 0
-        assert day.spent_micros == snapshot.prices.worst_case_micros("gpt-4o", input_tokens, 100)
+        assert day.spent_micros == snapshot.prices.worst_case_micros(
+            "gpt-4o", input_tokens, 100, tier=None
+        )  # no service_tier asked: reserved (and, without usage, charged) at the dearest tier
         usage = await settled_usage(sidecar, 1)
         assert usage["errors"] == 1 and usage["cost_micros"] == day.spent_micros
 

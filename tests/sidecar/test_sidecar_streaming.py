@@ -142,7 +142,9 @@ async def test_a_cut_stream_is_charged_the_worst_case(tmp_path, fake_openai):
         # No usage came back, so the reservation (worst case) became the spend: never unmetered.
         assert day.reserved_micros == 0 and day.spent_micros > 0
         input_tokens = count_input_tokens("chat.completions", fake_openai.requests[-1].json, "gpt-4o")
-        assert day.spent_micros == snapshot.prices.worst_case_micros("gpt-4o", input_tokens, 100)
+        assert day.spent_micros == snapshot.prices.worst_case_micros(
+            "gpt-4o", input_tokens, 100, tier=None
+        )  # no service_tier asked: reserved (and, without usage, charged) at the dearest tier
 
 
 async def test_a_refused_stream_raises_before_any_event(tmp_path, fake_openai):

@@ -292,7 +292,7 @@ def test_wrong_value_types_inside_messages_do_not_crash():
 
 def test_unknown_endpoint_is_a_programming_error():
     with pytest.raises(ValueError):
-        count_input_tokens("audio.speech", {}, "gpt-4o")
+        count_input_tokens("realtime", {}, "gpt-4o")
 
 
 def test_missing_encoding_file_is_refused_not_downloaded(tmp_path, monkeypatch):
@@ -379,3 +379,15 @@ def test_prepare_refuses_a_missing_file_even_when_the_policy_does_not_need_it(tm
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     with pytest.raises(TokenizerFilesError):
         tokens.prepare(ModelsSpec.model_validate({"allow": ["gpt-4o"]}))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        ("images.generations", {"prompt": "a cat in a hat"}),
+        ("audio.speech", {"input": "a cat in a hat"}),
+        ("audio.transcriptions", {"prompt": "a cat in a hat"}),
+    ],
+)
+def test_media_endpoints_count_their_text(endpoint, body):
+    assert count_input_tokens(endpoint, body, "gpt-image-1") == count_text_tokens("a cat in a hat", "gpt-4o")

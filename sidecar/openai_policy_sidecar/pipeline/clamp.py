@@ -57,7 +57,16 @@ def clamp(ctx: RequestContext, endpoint: str, body: dict[str, Any], limit: int) 
 
 # Built-in tools of the Responses API that bill nothing beyond tokens.
 FREE_TOOLS = frozenset(
-    {"function", "custom", "mcp", "computer_use_preview", "computer_use", "local_shell", "shell", "apply_patch"}
+    {
+        "function",
+        "custom",
+        "mcp",
+        "computer_use_preview",
+        "computer_use",
+        "local_shell",
+        "shell",
+        "apply_patch",
+    }
 )
 _TOOL_VERSION = re.compile(r"_\d{4}_\d{2}_\d{2}$")  # web_search_preview_2025_03_11
 

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .. import refusals
+from .. import form_body, refusals
 from ..context import RequestContext
 from ..surfaces import AmbiguousPath, Route, classify, normalise_path
 
@@ -42,6 +42,7 @@ class ParsedRequest:
     user: str | None
     feature: str | None
     route: Route | None = None  # the surfaces table's entry; None: a path it does not know
+    form: form_body.FormBody | None = None  # an upload's form fields (metered form endpoints)
 
     @property
     def metered(self) -> bool:
@@ -110,7 +111,19 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "responses": ("model",),
     "completions": ("model", "prompt"),
     "embeddings": ("model", "input"),
+    # Images and audio: metered per surface (media.py). The model is required through the
+    # sidecar, so that the allow-list and the price always apply to the model that will run.
+    "images.generations": ("model", "prompt"),
+    "images.edits": ("model", "prompt"),
+    "images.variations": ("model",),
+    "audio.speech": ("model", "input", "voice"),
+    "audio.transcriptions": ("model",),
+    "audio.translations": ("model",),
 }
+# Upload endpoints: their body is a form (form_body.py), read like a JSON one.
+FORM_ENDPOINTS = frozenset(
+    {"images.edits", "images.variations", "audio.transcriptions", "audio.translations"}
+)
 _TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "messages": (list,),
@@ -350,7 +363,11 @@ def parse(method: str, path: str, query: str, headers: Mapping[str, str], raw: b
     endpoint = route.endpoint if route is not None and route.endpoint in METERED_ENDPOINTS else None
     body: dict[str, Any] | None = None
     content_type = headers.get("Content-Type", "")
-    if endpoint is not None:
+    form = None
+    if endpoint in FORM_ENDPOINTS and form_body.is_form(content_type):
+        form = form_body.parse_form(raw, content_type)
+        body = validate_body(endpoint, form.as_body())
+    elif endpoint is not None:
         body = validate_body(endpoint, decode_json(raw))
     elif raw and "json" in content_type:
         # Pass-through paths: look at the model when the body is a JSON object. What is not JSON
@@ -375,6 +392,7 @@ def parse(method: str, path: str, query: str, headers: Mapping[str, str], raw: b
         user=pick_user(body, headers),
         feature=headers.get(FEATURE_HEADER) or None,
         route=route,
+        form=form,
     )
 
 

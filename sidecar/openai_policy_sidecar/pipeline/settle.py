@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from openai_policy_store import StoreUnavailable
 
+from .. import media
 from ..context import RequestContext
 from ..metrics import Metrics
 from ..pricing import PriceTable, UnknownModelPrice
@@ -64,6 +65,10 @@ def meter_usage(ctx: RequestContext, prices: PriceTable, usage: Usage | None, mo
 
 def meter_body(ctx: RequestContext, prices: PriceTable, payload: bytes) -> None:
     """``meter_usage`` for a plain (non-streamed) reply body."""
+    if ctx.request.endpoint in media.MEDIA_ENDPOINTS:
+        # Images and audio name no model in their answer; speech's answer is audio bytes.
+        meter_usage(ctx, prices, media.settled_usage(ctx, payload), ctx.model.sent)
+        return
     try:
         usage, model = from_response(json.loads(payload))
     except ValueError:
