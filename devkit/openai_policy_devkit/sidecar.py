@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,7 @@ class SidecarProcess:
         pod: str = "pod-0",
         policy_keys: str | None = None,
         redis_credential_file: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port, self.admin_port = free_ports(2)
         self.log_path = log_path
@@ -171,6 +172,7 @@ class SidecarProcess:
             args += ["--policy-keys", policy_keys]
         if redis_credential_file is not None:
             args += ["--redis-credential-file", str(redis_credential_file)]
+        args += list(extra_args)
         env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
         env["POD_NAME"] = pod
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "sidecar"), str(REPO)])

@@ -25,6 +25,7 @@ from openai_policy_store.signing import DocumentRejected, SigningKeyError
 
 from . import tokenizer_files
 from .access_log import configure_logging
+from .genai_telemetry import TelemetryUnavailable
 from .server import Sidecar, SidecarConfig
 
 log = logging.getLogger("openai_policy_sidecar")
@@ -59,6 +60,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Redis user and password (two lines), re-read for every new connection; a ca.crt beside "
         "it is the CA of a private rediss:// server",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=os.environ.get("OPENAI_POLICY_OTLP_ENDPOINT") or None,
+        help="export OpenTelemetry's GenAI client metrics to this OTLP/HTTP endpoint, e.g. "
+        "http://otel-collector:4318 (needs the [otel] extra; default: off)",
+    )
+    parser.add_argument(
+        "--otlp-interval", type=float, default=30.0, help="seconds between OTLP exports (default: 30)"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -74,6 +84,8 @@ def config_from(args: argparse.Namespace) -> SidecarConfig:
         pod_name=os.environ.get("POD_NAME") or socket.gethostname(),
         redis_credential_file=args.redis_credential_file,
         policy_keys=args.policy_keys,
+        otlp_endpoint=args.otlp_endpoint,
+        otlp_interval=args.otlp_interval,
     )
 
 
@@ -116,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         sidecar = Sidecar(config_from(args))
     except SigningKeyError as error:
         log.error("unusable --policy-keys: %s", error)
+        return 2
+    except TelemetryUnavailable as error:
+        log.error("%s", error)
         return 2
     try:
         sidecar.load()

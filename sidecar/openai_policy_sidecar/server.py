@@ -22,6 +22,7 @@ from . import access_log
 from .admin import admin_app
 from .document_trust import DocumentTrust
 from .durable import DurableState
+from .genai_telemetry import GenAITelemetry
 from .listeners import ADMIN_LIMITS, PROXY_LIMITS, GuardedRunner, ListenerLimits
 from .metrics import Metrics
 from .policy_source import KeySource, PolicySource
@@ -55,9 +56,21 @@ class SidecarConfig:
     # The operator's public keys (--policy-keys): when set, only documents it signed are applied.
     policy_keys: str | None = None
     policy_name: str | None = field(default_factory=lambda: os.environ.get("OPENAI_POLICY_NAME") or None)
+    # OTLP/HTTP endpoint for the GenAI metrics (genai_telemetry.py); None: off, nothing imported.
+    otlp_endpoint: str | None = None
+    otlp_interval: float = 30.0
 
     def attribution(self) -> dict[str, str | None]:
         return {"workload": self.workload, "namespace": self.namespace}
+
+    def resource(self) -> dict[str, str]:
+        """OpenTelemetry resource attributes of this sidecar (its pod, namespace and policy)."""
+        found = {
+            "k8s.pod.name": self.pod_name,
+            "k8s.namespace.name": self.namespace,
+            "openai_policy.policy": self.policy_name,
+        }
+        return {key: value for key, value in found.items() if value}
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -126,12 +139,18 @@ class Sidecar:
             self.store, self.metrics, self.upstream, self.source.keys, shared_cache=shared
         )
         attribution = config.attribution()
+        self.telemetry = (
+            GenAITelemetry(config.otlp_endpoint, config.otlp_interval, config.resource())
+            if config.otlp_endpoint
+            else None
+        )
         self.proxy = Proxy(
             self.source,
             self.upstream,
             self.metrics,
             durable=self.durable,
             attribution=attribution,
+            telemetry=self.telemetry,
         )
         self.report_loop = ReportLoop(
             self.source,
@@ -215,6 +234,8 @@ class Sidecar:
         await self.upstream.close()
         with contextlib.suppress(Exception):
             await self.store.close()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.shutdown)  # the last export is a blocking POST
 
     async def __aenter__(self) -> Sidecar:
         await self.start()
