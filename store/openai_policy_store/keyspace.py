@@ -96,6 +96,12 @@ def cache_key(namespace: str, name: str, digest: str) -> str:
     return _key(namespace, name, "cache", digest)
 
 
+def context_size_key(namespace: str, name: str, object_id: str) -> str:
+    """The context size (input + output tokens) a stored response or conversation carries into
+    the next request that names it (``response_sizes``)."""
+    return _key(namespace, name, "context", object_id)
+
+
 class KeyNames:
     """Memoised key names for the hot path.
 

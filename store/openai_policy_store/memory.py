@@ -329,6 +329,20 @@ class MemoryStore:
         self._expiry[key] = self._clock() + ttl_seconds
         self._wrote()
 
+    # -- context sizes of stored responses and conversations ---------------------------------
+    async def context_size_get(self, ref: Ref, object_id: str) -> int | None:
+        key = keyspace.context_size_key(*ref, object_id)
+        return self._ints.get(key) if self._alive(key) else None
+
+    async def context_size_set(self, ref: Ref, object_id: str, tokens: int, ttl_seconds: float) -> None:
+        key = keyspace.context_size_key(*ref, object_id)
+        self._ints[key] = tokens
+        self._expiry[key] = self._clock() + ttl_seconds
+        self._wrote()
+
+    async def context_size_forget(self, ref: Ref, object_id: str) -> None:
+        self._delete(keyspace.context_size_key(*ref, object_id))
+
 
 def document_generation(document: Mapping[str, Any]) -> int:
     """``metadata.generation`` of a policy document (published documents must carry one)."""

@@ -501,6 +501,24 @@ class RedisStore:
         ttl_ms = max(1, int(ttl_seconds * 1000))
         await self._run("cache set", lambda: self._client.set(key, value, px=ttl_ms))
 
+    # -- context sizes of stored responses and conversations ---------------------------------
+    async def context_size_get(self, ref: Ref, object_id: str) -> int | None:
+        key = keyspace.context_size_key(*ref, object_id)
+        value = await self._run("context size get", lambda: self._client.get(key))
+        try:
+            return int(value) if value is not None else None
+        except ValueError:  # not written by a sidecar: unknown, so the caller reserves the window
+            return None
+
+    async def context_size_set(self, ref: Ref, object_id: str, tokens: int, ttl_seconds: float) -> None:
+        key = keyspace.context_size_key(*ref, object_id)
+        ttl_ms = max(1, int(ttl_seconds * 1000))
+        await self._run("context size set", lambda: self._client.set(key, tokens, px=ttl_ms))
+
+    async def context_size_forget(self, ref: Ref, object_id: str) -> None:
+        key = keyspace.context_size_key(*ref, object_id)
+        await self._run("context size forget", lambda: self._client.delete(key))
+
 
 def _stored_generation(raw: bytes | str | None) -> int | None:
     """The generation of a stored document; None when absent or unreadable (never kills a subscription)."""

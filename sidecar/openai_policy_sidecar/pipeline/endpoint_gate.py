@@ -52,7 +52,8 @@ def refusal_for(
 
 def check(ctx: RequestContext, endpoints: EndpointsSpec, parsed: ParsedRequest) -> None:
     """Refuse (or, in dryRun, record) what the policy's endpoints section does not allow."""
-    ctx.request.surface = parsed.route.surface if parsed.route is not None else None
+    if parsed.route is not None:
+        ctx.request.surface, ctx.request.route = parsed.route.surface, parsed.route.label
     ctx.enforce(refusal_for(endpoints, parsed.method, parsed.path, parsed.route))
 
 

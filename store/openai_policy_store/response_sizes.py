@@ -1,0 +1,67 @@
+"""How much context a stored response or conversation carries into the request that names it.
+
+A Responses request with ``previous_response_id`` (or ``conversation``) is billed for the whole
+history as input, which the request itself does not show. For a response that came back through
+a sidecar of the policy, the sidecar saw its usage: its input (which already held the history
+before it) plus its output is exactly the history the next request pulls in. Each sidecar writes
+that size here when the reply is settled, in the shared store, so every pod of the policy (and
+the next pod after a restart) reserves it exactly; an id nobody remembered is reserved at the
+model's whole context window instead.
+
+Kept as long as OpenAI keeps stored responses (30 days); an id that is not an OpenAI-shaped id is
+never looked up nor written (it becomes part of a key name).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .exceptions import StoreUnavailable
+from .protocol import Ref, Store
+
+RESPONSE_TTL_SECONDS = 30 * 24 * 3600  # OpenAI keeps stored responses for 30 days
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+class ContextSizes:
+    """The remembered context sizes of one policy's stored responses and conversations."""
+
+    def __init__(self, store: Store, ref: Ref, *, ttl_seconds: float = RESPONSE_TTL_SECONDS) -> None:
+        self.store = store
+        self.ref = ref
+        self.ttl_seconds = ttl_seconds
+
+    @staticmethod
+    def valid(object_id: object) -> bool:
+        return isinstance(object_id, str) and _ID.match(object_id) is not None
+
+    async def get(self, object_id: str) -> int | None:
+        """The remembered size in tokens; None when unknown, malformed or the store is down
+        (the caller then reserves the model's context window: never less than may be billed)."""
+        if not self.valid(object_id):
+            return None
+        try:
+            size = await self.store.context_size_get(self.ref, object_id)
+        except StoreUnavailable:
+            return None
+        return size if size is not None and size >= 0 else None
+
+    async def remember(self, object_id: str, tokens: int) -> bool:
+        """Remember a size; False when it could not be written (the next use reserves the window)."""
+        if not self.valid(object_id) or tokens < 0:
+            return False
+        try:
+            await self.store.context_size_set(self.ref, object_id, tokens, self.ttl_seconds)
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def forget(self, object_id: str) -> None:
+        """A conversation that grew by items the sidecar did not count: unknown again."""
+        if not self.valid(object_id):
+            return
+        try:
+            await self.store.context_size_forget(self.ref, object_id)
+        except StoreUnavailable:
+            # Still remembered at the old size: the next use may be under-reserved. Said in the docs.
+            return
