@@ -213,6 +213,21 @@ def _upload(raw: bytes, content_type: str) -> tuple[dict[str, str], tuple[str, b
     return fields, upload
 
 
+def _stored_item(item: dict[str, Any]) -> dict[str, Any]:
+    """An input message as a conversation keeps it: with an id, a status and content parts."""
+    content = item.get("content")
+    if isinstance(content, str):
+        kind = "output_text" if item.get("role") == "assistant" else "input_text"
+        content = [{"type": kind, "text": content}]
+    return {
+        "type": "message",
+        "id": f"msg_{secrets.token_hex(24)}",
+        "status": "completed",
+        "role": item.get("role", "user"),
+        "content": content if isinstance(content, list) else [],
+    }
+
+
 def _items_tokens(items: object) -> int:
     """What items added to a conversation bill when it is next used (their text, roughly)."""
     return tokens.count_text(str(items), "gpt-4o") if items else 0
@@ -285,7 +300,7 @@ def stored_routes(fake: FakeOpenAI) -> list[web.RouteDef]:
     async def add_items(call: _Call) -> web.StreamResponse:
         found = conversation(call)
         items = [i for i in call.body.get("items") or [] if isinstance(i, dict)]
-        added = [{"id": f"msg_{secrets.token_hex(24)}", "status": "completed", **i} for i in items]
+        added = [_stored_item(i) for i in items]
         found.items.extend(added)
         found.tokens += _items_tokens(items)
         return answer(call, _page(added))
