@@ -493,7 +493,8 @@ class FakeOpenAI:
             service_tier=tier if endpoint != "completions" else "default",
             tool_items=tuple(payloads.tool_call_item(t, i, container) for i, t in enumerate(calls)),
         )
-        self.billing.charge(endpoint, str(body["model"]), billing.generation_usage(gen, calls))
+        usage = billing.generation_usage(prices, gen, body, calls)
+        self.billing.charge(endpoint, str(body["model"]), usage)
         return gen
 
     # --- endpoints ----------------------------------------------------------------------------

@@ -108,12 +108,21 @@ def tool_usage(calls: list[str]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(counts.items()))
 
 
-def generation_usage(gen: Generation, calls: list[str]) -> Usage:
-    """What a chat/responses/completions generation bills."""
+def generation_usage(prices: PriceTable, gen: Generation, body: dict[str, object], calls: list[str]) -> Usage:
+    """What a chat/responses/completions generation bills (a chat search model: one search too)."""
+    tools = tool_usage(calls)
+    try:
+        searches = prices.price(str(body["model"])).search_per_call if "messages" in body else ()
+    except LookupError:
+        searches = ()
+    if searches:
+        options = body.get("web_search_options")
+        size = options.get("search_context_size", "medium") if isinstance(options, dict) else "medium"
+        tools = (*tools, (f"chat_search:{size}", 1))
     return Usage(
         gen.prompt_tokens,
         gen.cached_tokens,
         gen.completion_tokens,
         service_tier=gen.service_tier,
-        tool_calls=tool_usage(calls),
+        tool_calls=tools,
     )

@@ -72,6 +72,7 @@ class BudgetHold:
     maybe_billed: int = 0  # attempts that failed after their body was sent: billed at worst case
     over_reserved: bool = False  # settled above the hold: a bug in the table or the estimate
     expected: Usage | None = None  # media: what the call bills when its answer reports no usage
+    fixed_fees: tuple[tuple[str, int], ...] = ()  # per-request fees no answer reports (chat search)
 
 
 class Finding(TypedDict):

@@ -44,6 +44,8 @@ _VERSION_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 _ZERO = Decimal(0)
 _USD = Decimal(MICROS_PER_USD)
 
+# The tool name under which a chat search model's per-search fee is billed: chat_search:<size>.
+CHAT_SEARCH = "chat_search:"
 # The service tiers a response may report, and the spellings that mean one of them.
 TIERS = ("default", "flex", "priority", "scale")
 _TIER_ALIASES = {"standard": "default", "fast": "priority"}
@@ -142,6 +144,9 @@ class ModelPrice:
     per_million_characters: Decimal | None = None  # speech billed per input character
     per_minute: Decimal | None = None  # audio billed per minute of input
     max_audio_output_tokens_per_character: int = 0  # speech: output audio tokens per input character
+    search_per_call: tuple[
+        tuple[str, Decimal], ...
+    ] = ()  # chat search models: USD per search, by context size
 
     @classmethod
     def from_values(
@@ -193,6 +198,11 @@ class ModelPrice:
         if "perImage" in row:
             columns["per_image"] = tuple(
                 (str(k), _price(v, f"{model}.perImage.{k}")) for k, v in sorted(row["perImage"].items())
+            )
+        if "searchPerCall" in row:
+            columns["search_per_call"] = tuple(
+                (str(k), _price(v, f"{model}.searchPerCall.{k}"))
+                for k, v in sorted(row["searchPerCall"].items())
             )
         if "imageOutputTokens" in row:
             columns["image_output_tokens"] = tuple(
@@ -439,7 +449,7 @@ class PriceTable:
             + audio_out * rates.audio_output
         )
         for tool, calls in usage.tool_calls:
-            fee = self._tools.get(tool)
+            fee = _search_fee(price, tool) if tool.startswith(CHAT_SEARCH) else self._tools.get(tool)
             if fee is None:
                 raise UnknownModelPrice(f"tool:{tool}")
             total += calls * fee * _USD
@@ -483,6 +493,13 @@ class PriceTable:
                 service_tier=None,
             )
         return decimal_micros_ceil(self._amount(price, rates, worst))
+
+
+def _search_fee(price: ModelPrice, tool: str) -> Decimal | None:
+    """A chat search model's fee for one search of a context size (unknown size: the dearest)."""
+    fees = dict(price.search_per_call)
+    size = tool[len(CHAT_SEARCH) :]
+    return fees.get(size, max(fees.values())) if fees else None
 
 
 def _per_image(price: ModelPrice, kind: str) -> Decimal:

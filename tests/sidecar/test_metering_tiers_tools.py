@@ -214,3 +214,16 @@ async def test_a_settle_above_its_reservation_is_counted(tmp_path, fake_openai):
         usage = await settled_usage(sidecar, 1)
     assert usage["over_reserved"] == 1
     assert spent == PriceTable.bundled().usage_cost_micros(MODEL, Usage(1000, 0, 100_000), tier="default")
+
+
+async def test_chat_search_models_are_charged_per_search(tmp_path, fake_openai):
+    async def call(client, index):
+        await client.chat.completions.create(
+            model="gpt-4o-mini-search-preview",
+            messages=[{"role": "user", "content": f"news {index}"}],
+            web_search_options={"search_context_size": "high"},
+        )
+
+    ok, billed = await _budget_holds(tmp_path, fake_openai, call)
+    assert all(("chat_search:high", 1) in c.usage.tool_calls for c in fake_openai.billing.charges())
+    assert ok == 1  # $0.03 a search: a second would pass the $0.05 limit

@@ -35,7 +35,7 @@ def test_bundled_table_is_dated_and_sourced(table):
 
 
 _COUNT_COLUMNS = {"contextWindow", "maxImageInputTokens", "maxAudioOutputTokensPerCharacter"}
-_NESTED_COLUMNS = {"tiers", "longContext", "perImage", "imageOutputTokens"}
+_NESTED_COLUMNS = {"tiers", "longContext", "perImage", "imageOutputTokens", "searchPerCall"}
 _COLUMNS = (
     _COUNT_COLUMNS
     | _NESTED_COLUMNS

@@ -49,6 +49,7 @@ def scenarios(client, fake):
         ),
     )
     yield "chat cached", {"cached_tokens": {"tokens": 5}}, lambda: chat(model="gpt-4o", messages=HI)
+    yield "chat search", {}, lambda: chat(model="gpt-4o-search-preview", messages=HI, web_search_options={})
     for tier in ("default", "flex", "priority", "scale", "auto"):
         yield (
             f"chat tier {tier}",

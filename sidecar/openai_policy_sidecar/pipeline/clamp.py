@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import refusals
 from ..context import RequestContext
-from ..pricing import PriceTable
+from ..pricing import CHAT_SEARCH, PriceTable, UnknownModelPrice
 from ..reported_usage import Usage
 
 # The field each endpoint reads; chat accepts both, max_completion_tokens being the current one.
@@ -86,6 +86,8 @@ def clamp_tools(
     ``max_tool_calls`` bounds every built-in tool call of the response, so the fees are bounded
     and reserved before the call. A tool with a fee the table does not know (image_generation,
     a type OpenAI adds tomorrow) is refused: its spend could not be metered."""
+    if endpoint == "chat.completions":
+        return chat_search(ctx, body, prices)
     tools = body.get("tools")
     if endpoint != "responses" or not isinstance(tools, list):
         return None
@@ -118,3 +120,21 @@ def clamp_tools(
         ctx.budget.web_search_tool = "web_search_preview"
     dearest = max(fees, key=lambda kind: fees[kind])
     return Usage(tool_calls=((dearest, calls),)) if calls else None
+
+
+def chat_search(ctx: RequestContext, body: dict[str, Any], prices: PriceTable) -> Usage | None:
+    """A chat completions search model searches once per request and bills it per call (by
+    ``web_search_options.search_context_size``), beside tokens and unreported in usage: reserved
+    here and settled as a fixed fee (``ctx.budget.fixed_fees``)."""
+    model = body.get("model")
+    try:
+        price = prices.price(model) if isinstance(model, str) else None
+    except UnknownModelPrice:
+        return None
+    if price is None or not price.search_per_call:
+        return None
+    options = body.get("web_search_options")
+    size = options.get("search_context_size") if isinstance(options, dict) else None
+    fees = ((f"{CHAT_SEARCH}{size if isinstance(size, str) else 'medium'}", 1),)
+    ctx.budget.fixed_fees = fees
+    return Usage(tool_calls=fees)

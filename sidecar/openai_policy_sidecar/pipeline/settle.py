@@ -47,6 +47,8 @@ def meter_usage(ctx: RequestContext, prices: PriceTable, usage: Usage | None, mo
     if worst is None:
         return  # unpriced model forwarded in dry-run mode
     hold = ctx.budget
+    if hold.fixed_fees:
+        usage = replace(usage, tool_calls=usage.tool_calls + hold.fixed_fees)
     if hold.web_search_tool != "web_search" and usage.tool_calls:
         usage = replace(
             usage,
