@@ -164,6 +164,11 @@ def parser() -> argparse.ArgumentParser:
     side.add_argument("--sidecar-memory-limit", default=SidecarResources.memory_limit)
     side.add_argument("--sidecar-log-level", default=env("OPENAI_POLICY_SIDECAR_LOG_LEVEL"))
     side.add_argument(
+        "--sidecar-otlp-endpoint",
+        default=env("OPENAI_POLICY_SIDECAR_OTLP_ENDPOINT"),
+        help="sidecars export OpenTelemetry's GenAI metrics to this OTLP/HTTP endpoint (default: off)",
+    )
+    side.add_argument(
         "--sidecar-proxy-port",
         type=int,
         default=int(env("OPENAI_POLICY_SIDECAR_PROXY_PORT") or InjectionSettings.proxy_port),
@@ -253,6 +258,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             admin_port=args.sidecar_admin_port,
             log_level=args.sidecar_log_level,
             policy_keys=policy_keys,
+            otlp_endpoint=args.sidecar_otlp_endpoint or None,
         ),
         webhook=WebhookSettings(
             listen_host=host or "0.0.0.0",

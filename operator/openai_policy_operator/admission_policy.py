@@ -63,6 +63,7 @@ CHART_TOKENS = {
     "admin_port": "__SIDECAR_ADMIN_PORT__",
     "redis_url": "__SIDECAR_REDIS_URL__",
     "policy_keys": "__SIDECAR_POLICY_KEYS__",
+    "otlp_endpoint": "__SIDECAR_OTLP_ENDPOINT__",
     "excluded": "__EXCLUDED_NAMESPACES__",
     "labels": "__LABELS__",
 }
@@ -134,6 +135,7 @@ def _args_ok(guard: GuardSettings) -> str:
     if guard.policy_keys is not None:
         pair.append(f"(c.args[i] == '--policy-keys' && c.args[i + 1] == {q(guard.policy_keys)})")
         parts.append("c.args.exists(a, a == '--policy-keys')")
+    pair.append(f"(c.args[i] == '--otlp-endpoint' && c.args[i + 1] == {q(guard.otlp_endpoint)})")
     optional = list(range(len(fixed), MAX_SIDECAR_ARGS, 2))
     parts.append(f"{optional}.all(i, c.args.size() <= i || {' || '.join(pair)})")
     return " && ".join(parts)
@@ -519,6 +521,7 @@ def chart_file() -> str:
         admin_port=CHART_TOKENS["admin_port"],
         redis_url=CHART_TOKENS["redis_url"],
         policy_keys=CHART_TOKENS["policy_keys"],
+        otlp_endpoint=CHART_TOKENS["otlp_endpoint"],
     )
     docs = manifests(CHART_TOKENS["prefix"], guard, CHART_TOKENS["excluded"], CHART_TOKENS["labels"])
     header = (
@@ -537,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--admin-port", default=str(names.ADMIN_PORT))
     p.add_argument("--redis-url", default=None)
     p.add_argument("--policy-keys", default=None, help="the --policy-keys the webhook writes")
+    p.add_argument("--otlp-endpoint", default=None, help="the --otlp-endpoint the webhook writes")
     p.add_argument("--exclude-namespace", action="append", default=["kube-system"])
     args = p.parse_args(argv)
     if args.chart:
@@ -550,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.admin_port,
         args.redis_url,
         args.policy_keys,
+        args.otlp_endpoint or "",
     )
     yaml.safe_dump_all(
         manifests(args.prefix, guard, args.exclude_namespace), sys.stdout, sort_keys=False, width=1_000_000

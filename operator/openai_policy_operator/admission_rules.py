@@ -41,8 +41,8 @@ SERVICE_ACCOUNT_MOUNT_PREFIX = "kube-api-access-"
 SERVICE_ACCOUNT_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 SIDECAR_ENV = ("POD_NAME", "POD_NAMESPACE", "OPENAI_POLICY_WORKLOAD", "OPENAI_POLICY_NAME", "TMPDIR")
 # The webhook passes at most the three fixed flags plus key file, Redis URL, log level, the Redis
-# credential file and the operator's policy verification keys.
-MAX_SIDECAR_ARGS = 16
+# credential file, the operator's policy verification keys and the OTLP endpoint.
+MAX_SIDECAR_ARGS = 18
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 # Rule ids: every message starts with "openai-policy <id>:" so a refusal says which rule spoke.
@@ -128,6 +128,9 @@ class GuardSettings:
     # The --policy-keys the webhook writes: pinned, or a tenant who hand-writes the sidecar could
     # make it trust documents of their own signing. None: the operator signs nothing.
     policy_keys: str | None = None
+    # The --otlp-endpoint the webhook writes: pinned, so a hand-written sidecar cannot send its
+    # metrics elsewhere. "" when it writes none (an empty value turns the export off: harmless).
+    otlp_endpoint: str = ""
 
     @classmethod
     def from_operator(cls, settings: OperatorSettings) -> GuardSettings:
@@ -138,6 +141,7 @@ class GuardSettings:
             admin_port=str(injection.admin_port),
             redis_url=injection.redis_url,
             policy_keys=injection.policy_keys,
+            otlp_endpoint=injection.otlp_endpoint or "",
         )
 
     def fixed_args(self) -> list[str]:
@@ -207,6 +211,8 @@ def _args_ok(args: Sequence[str], guard: GuardSettings) -> bool:
             ok = value == names.REDIS_CREDENTIAL_FILE
         elif flag == "--policy-keys":
             ok = guard.policy_keys is not None and value == guard.policy_keys
+        elif flag == "--otlp-endpoint":
+            ok = value == guard.otlp_endpoint
         else:
             ok = False
         if not ok:

@@ -58,6 +58,8 @@ class InjectionSettings:
     # The operator's public keys (openai_policy_store.signing), passed as --policy-keys: the
     # injected sidecar then applies only documents the operator signed. None: nothing is signed.
     policy_keys: str | None = None
+    # Where sidecars export OpenTelemetry's GenAI metrics (--otlp-endpoint). None: they do not.
+    otlp_endpoint: str | None = None
 
 
 @dataclass(frozen=True)

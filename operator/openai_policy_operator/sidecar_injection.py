@@ -115,6 +115,8 @@ def sidecar_container(
         # In the container's own spec: fixed at creation (sidecar-shape, sidecar-unchanged), so no
         # tenant can make a running sidecar trust another key.
         args += ["--policy-keys", settings.policy_keys]
+    if settings.otlp_endpoint:
+        args += ["--otlp-endpoint", settings.otlp_endpoint]
     probe_get = {"path": "/readyz", "port": settings.admin_port}
     return {
         "name": names.SIDECAR_NAME,

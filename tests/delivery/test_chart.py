@@ -349,6 +349,7 @@ ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBindin
             "sidecar": {
                 "image": {"repository": "registry.local:5000/platform/sidecar"},
                 "ports": {"proxy": 18780},
+                "otlpEndpoint": "http://otel-collector.monitoring:4318",
             },
             "redis": {"url": "rediss://redis.example.internal:6380/0", "existingSecret": "my-redis"},
             "webhook": {"excludedNamespaces": ["ci"]},
@@ -1037,7 +1038,8 @@ def test_helm_upgrade_keeps_the_redis_passwords_and_the_signing_key(
                     "json",
                 ).stdout
             )["items"]
-            return re.findall(r"c\.args\[i \+ 1\] == '([^']*)'\)\)", json.dumps(policies))
+            pairs = r"c\.args\[i\] == '--policy-keys' && c\.args\[i \+ 1\] == '([^']*)'\)"
+            return re.findall(pairs, json.dumps(policies))
 
         before = data()
         assert set(before) == {"password", "operator-password"}

@@ -4,6 +4,7 @@ API-server tests, after the injection the webhook itself would make; and the gen
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from openai_policy_operator import admission_policy, names, rbac
 from openai_policy_operator.admission_rules import GuardSettings, image_repository, violations
 from openai_policy_operator.config import InjectionSettings
+from openai_policy_operator.sidecar_injection import injection_patch
 from openai_policy_operator.webhook import DENY, INJECT, decide, target_of
 from tests.operator.admission_cases import (
     ATTACKS,
@@ -95,6 +97,28 @@ def test_a_sidecar_changed_in_any_way_that_matters_is_not_the_injection(change) 
     _, body = admitted_by_webhook(pod("x"))
     change(body["spec"]["initContainers"][0])
     assert violations(body, None, "CREATE", None, POLICIES, GUARD)[0].startswith(
+        "openai-policy sidecar-shape:"
+    )
+
+
+def test_the_otlp_endpoint_is_pinned_to_the_webhooks() -> None:
+    """Sidecars may export GenAI metrics only where the operator sends them, never elsewhere."""
+    collector = "http://otel-collector.monitoring:4318"
+    settings = dataclasses.replace(SETTINGS, otlp_endpoint=collector)
+    guard = dataclasses.replace(GUARD, otlp_endpoint=collector)
+    body = pod("x")
+    decision = decide(body, "shop", ENABLED, POLICIES, frozenset())
+    assert decision.policy is not None
+    injected = jsonpatch.apply_patch(body, injection_patch(body, target_of(decision.policy), settings).patch)
+    sidecar = injected["spec"]["initContainers"][0]
+    assert sidecar["args"][-2:] == ["--otlp-endpoint", collector]
+    assert violations(injected, None, "CREATE", None, POLICIES, guard) == []
+    # Without an endpoint in the operator's settings, the flag is not the injection's.
+    assert violations(injected, None, "CREATE", None, POLICIES, GUARD)[0].startswith(
+        "openai-policy sidecar-shape:"
+    )
+    sidecar["args"][-1] = "http://attacker.example:4318"
+    assert violations(injected, None, "CREATE", None, POLICIES, guard)[0].startswith(
         "openai-policy sidecar-shape:"
     )
 
