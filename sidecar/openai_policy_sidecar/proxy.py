@@ -250,7 +250,8 @@ class Proxy:
                 self.durable.moderation,
                 self.source.keys.secrets,
                 metered=parsed.metered,
-                request=request,
+                # None: buffered, so that server_context can read the id of what it creates.
+                request=None if server_context.wants_body(ctx) else request,
             )
         finally:
             call.response.release()

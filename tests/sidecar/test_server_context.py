@@ -218,12 +218,16 @@ async def test_two_sidecars_sharing_redis_share_what_they_remembered(tmp_path, f
 
 
 async def test_a_conversation_s_size_is_remembered_turn_by_turn(tmp_path, fake_openai) -> None:
-    """Each turn through the sidecar remembers what the conversation now carries (the fake's own
-    count of it); items the sidecar did not count make it unknown again."""
-    async with running_sidecar(_policy(tmp_path, fake_openai, 1)) as sidecar:
+    """Created empty through the sidecar, a conversation is exact from its first turn (under a
+    limit a context-window hold does not fit in); each turn remembers what it now carries (the
+    fake's own count); items the sidecar did not count make it unknown again."""
+    limit_micros = _window_cost() - 1_000
+    async with running_sidecar(_policy(tmp_path, fake_openai, limit_micros / 1e6)) as sidecar:
         client = async_client(sidecar.base_url, max_retries=0)
         sizes = ContextSizes(sidecar.store, ("default", "demo"))
         conversation = await client.conversations.create()
+        await quiesce(sidecar)
+        assert await sizes.get(conversation.id) == 0
         for turn in range(3):
             await client.responses.create(
                 model=MODEL, conversation=conversation.id, input=f"turn {turn} " * 500
@@ -237,6 +241,8 @@ async def test_a_conversation_s_size_is_remembered_turn_by_turn(tmp_path, fake_o
         )
         await quiesce(sidecar)
         assert await sizes.get(conversation.id) is None
+        with pytest.raises(openai.RateLimitError):  # unknown again: the context window is held
+            await client.responses.create(model=MODEL, conversation=conversation.id, input="again")
         spent = await _spent(sidecar)
     assert spent == fake_openai.billed_micros()
 

@@ -96,6 +96,12 @@ def note_conversation(ctx: RequestContext, route_label: str | None, body: dict[s
         ctx.server_input.empty_conversation = not (body or {}).get("items")
 
 
+def wants_body(ctx: RequestContext) -> bool:
+    """A pass-through reply the sidecar must read whole: a conversation created empty, whose id it
+    remembers at size 0 (a small JSON object; everything else pass-through streams as it comes)."""
+    return ctx.request.route == _CREATE_CONVERSATION and ctx.server_input.empty_conversation
+
+
 def prompt_model(endpoints: EndpointsSpec, body: dict[str, Any]) -> str:
     """The model a stored prompt without ``model`` is sent with; refused when the policy names none."""
     if endpoints.stored_prompt_model is None:
