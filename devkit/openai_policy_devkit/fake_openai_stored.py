@@ -312,11 +312,14 @@ def stored_routes(fake: FakeOpenAI) -> list[web.RouteDef]:
         gone = stored.conversations.pop(conversation(call).id)
         return answer(call, {"id": gone.id, "object": "conversation.deleted", "deleted": True})
 
+    def found(table: dict[str, dict[str, Any]], call: _Call, what: str) -> dict[str, Any]:
+        kept = table.get(ident(call))
+        if kept is None:
+            raise RequestError(404, f"No {what} found with id '{ident(call)}'.", None, "not_found")
+        return kept
+
     def response(call: _Call) -> dict[str, Any]:
-        found = stored.responses.get(ident(call))
-        if found is None:
-            raise RequestError(404, f"Response with id '{ident(call)}' not found.", None, "not_found")
-        return found
+        return found(stored.responses, call, "response")
 
     async def get_response(call: _Call) -> web.StreamResponse:
         return answer(call, response(call))
@@ -349,10 +352,7 @@ def stored_routes(fake: FakeOpenAI) -> list[web.RouteDef]:
         return answer(call, batch)
 
     def batch(call: _Call) -> dict[str, Any]:
-        found = stored.batches.get(ident(call))
-        if found is None:
-            raise RequestError(404, f"No batch found with id '{ident(call)}'.", None, "not_found")
-        return found
+        return found(stored.batches, call, "batch")
 
     async def get_batch(call: _Call) -> web.StreamResponse:
         return answer(call, batch(call))
@@ -361,9 +361,9 @@ def stored_routes(fake: FakeOpenAI) -> list[web.RouteDef]:
         return answer(call, _page(list(stored.batches.values())))
 
     async def cancel_batch(call: _Call) -> web.StreamResponse:
-        found = batch(call)
-        found.update(status="cancelling", cancelling_at=int(time.time()))
-        return answer(call, found)
+        cancelled = batch(call)
+        cancelled.update(status="cancelling", cancelling_at=int(time.time()))
+        return answer(call, cancelled)
 
     table: list[tuple[str, str, Callable[[_Call], Any]]] = [
         ("POST", "/v1/files", create_file),
