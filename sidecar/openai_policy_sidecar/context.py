@@ -123,6 +123,7 @@ class ServerInputFacts:
     """server_context: content the request pulls in from OpenAI's side, and how it was reserved."""
 
     kinds: list[str] = field(default_factory=list)  # spec.endpoints names: storedResponses, files...
+    soft_kinds: list[str] = field(default_factory=list)  # pulled in unreserved (softBudgetInputs)
     reserved_tokens: int = 0  # input tokens reserved on top of what the request itself shows
     exact: bool = False  # reserved from remembered sizes rather than the context window
     conversation: str | None = None  # the conversation the reply extends (its size is remembered)

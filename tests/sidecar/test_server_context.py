@@ -251,11 +251,14 @@ async def test_the_reservation_is_the_remembered_size_plus_the_visible_input() -
     sizes = ContextSizes(MemoryStore(), ("default", "demo"))
     await sizes.remember("resp_seen", 5_000)
 
+    soft_kinds: list[list[str]] = []
+
     async def reserve(spec: EndpointsSpec, **body: Any) -> tuple[int, bool]:
         ctx = RequestContext(dry_run=False)
         tokens = await server_context.reserve_input(
             ctx, spec, PRICES, sizes, "responses", {"model": MODEL, **body}, MODEL, 10
         )
+        soft_kinds.append(ctx.server_input.soft_kinds)
         return tokens, ctx.server_input.exact
 
     assert await reserve(EndpointsSpec(), previous_response_id="resp_seen") == (5_010, True)
@@ -263,6 +266,7 @@ async def test_the_reservation_is_the_remembered_size_plus_the_visible_input() -
     assert await reserve(EndpointsSpec(), input=[{"type": "item_reference", "id": "x"}]) == (WINDOW, False)
     soft = EndpointsSpec(soft_budget_inputs=["storedResponses"])
     assert await reserve(soft, previous_response_id="resp_unseen") == (10, False)
+    assert soft_kinds[-1] == ["storedResponses"] and soft_kinds[0] == []
     assert await reserve(EndpointsSpec(), input="plain") == (10, False)
 
 

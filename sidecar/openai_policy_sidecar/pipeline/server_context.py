@@ -130,8 +130,11 @@ async def reserve_input(
     facts = ctx.server_input
     facts.conversation = conversation_id(body) if endpoint == "responses" else None
     facts.stored = body.get("store") is not False
-    reserved = [i for i in server_inputs(endpoint, body) if not endpoints.soft_for(i.kind)]
+    found = server_inputs(endpoint, body)
+    reserved = [i for i in found if not endpoints.soft_for(i.kind)]
     facts.kinds = sorted({i.kind for i in reserved})
+    # A settle above the hold is then expected, not a bug of the table: settle can tell them apart.
+    facts.soft_kinds = sorted({i.kind for i in found} - set(facts.kinds))
     if not reserved:
         return visible_tokens
     try:
