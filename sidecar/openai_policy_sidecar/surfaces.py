@@ -118,6 +118,7 @@ def _exact_table() -> dict[tuple[str, int], list[tuple[tuple[str, ...], Route]]]
 
 _TABLE = _exact_table()
 METERED_ENDPOINTS: frozenset[str] = frozenset(e for *_, e in _EXACT if e is not None)
+ROUTES: tuple[Route, ...] = tuple(route for entries in _TABLE.values() for _, route in entries)
 
 
 def classify(method: str, path: str) -> Route | None:

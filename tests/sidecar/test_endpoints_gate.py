@@ -28,7 +28,7 @@ from openai_policy_devkit.sidecar import (
     write_policy,
 )
 from openai_policy_sidecar.pipeline import endpoint_gate, rate_and_budget
-from openai_policy_sidecar.surfaces import AmbiguousPath, classify, normalise_path
+from openai_policy_sidecar.surfaces import ROUTES, AmbiguousPath, classify, normalise_path
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 ALL_SURFACES = {"allow": list(METERED_SURFACES), "allowUnmetered": list(UNMETERED_SURFACES)}
@@ -270,3 +270,51 @@ async def test_dry_run_records_the_refusal_and_forwards(tmp_path, fake_openai) -
         status, _ = await _raw(sidecar, "GET", "/v1/chat/completions")
     assert status == 404  # the fake's answer: the request went on
     assert [r.path for r in fake_openai.requests] == ["/v1/chat/completions"]
+
+
+# -- the table against OpenAI's own list of paths ---------------------------------------------------
+
+# Known and refused whatever the policy says: the organization admin API, and surfaces that spend
+# in ways the sidecar cannot meter nor bound (ChatKit workflows, skills, custom voices, compaction).
+REFUSED_PREFIXES = (
+    "/organization/",
+    "/projects/",
+    "/chatkit/",
+    "/skills",
+    "/audio/voice",
+    "/content_provenance_checks",
+    "/responses/compact",
+)
+
+
+def test_every_openai_path_is_in_the_table_or_refused_on_purpose() -> None:
+    import yaml
+
+    from openai_policy_devkit.fake_openai_schema import openapi_path
+
+    with openapi_path().open("rb") as handle:
+        document = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    unknown, surfaces = [], set()
+    for path, operations in document["paths"].items():
+        if "?" in path:
+            continue  # the same path again, for a beta header
+        for method in operations:
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            route = classify(method.upper(), "/v1" + path.replace("{", "").replace("}", ""))
+            if route is not None:
+                surfaces.add(route.surface)
+            elif not path.startswith(REFUSED_PREFIXES):
+                unknown.append(f"{method.upper()} {path}")
+    assert unknown == [], "paths of OpenAI's API the surfaces table does not place"
+    # One vocabulary: the table's surfaces are exactly the names spec.endpoints accepts.
+    assert surfaces == set(METERED_SURFACES) | set(UNMETERED_SURFACES)
+
+
+def test_costs_match_the_policy_lists() -> None:
+    """A route that spends unmetered is only ever on an allowUnmetered surface, and no metered
+    surface has an unmetered route: listing a surface in `allow` keeps the budget hard."""
+    for route in ROUTES:
+        assert (route.cost == "unmetered") <= (route.surface in UNMETERED_SURFACES), route.label
+        if route.surface in METERED_SURFACES:
+            assert route.cost != "unmetered", route.label
