@@ -16,11 +16,10 @@ import pytest
 from openai_policy_devkit.sidecar import (
     async_client,
     running_sidecar,
-    settled_usage,
     upstream_spec,
     write_policy,
 )
-from tests.sidecar.test_metering_tiers_tools import CONCURRENCY, LIMIT_MICROS, LIMIT_USD, _fire, _spent
+from tests.sidecar.test_metering_tiers_tools import LIMIT_USD, _budget_holds, _spent
 
 AUDIO = b"RIFF" + b"\x00" * 32_000  # two seconds at the fake's 16 kB/s
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2_000
@@ -36,22 +35,7 @@ def _spec(fake, **extra) -> dict:
 
 
 async def _run(tmp_path, fake, call, *, exact: bool = True, **spec) -> int:
-    policy = write_policy(tmp_path / "policy.yaml", _spec(fake, **spec))
-    async with running_sidecar(policy) as sidecar:
-        client = async_client(base_url=sidecar.base_url, max_retries=0)
-        ok, refused, errors = await _fire(lambda i: call(client, i))
-        assert errors == []
-        assert ok + refused == CONCURRENCY and ok > 0
-        spent = await _spent(sidecar)
-        usage = await settled_usage(sidecar, CONCURRENCY)
-    billed = fake.billed_micros()
-    assert len(fake.billing.charges()) == ok
-    assert billed <= LIMIT_MICROS, f"the real bill {billed} passed the limit {LIMIT_MICROS}"
-    if exact:
-        assert spent == billed, f"recorded {spent} micros, the upstream billed {billed}"
-    else:
-        assert spent >= billed, f"recorded {spent} micros, less than the {billed} billed"
-    assert usage.get("over_reserved", 0) == 0
+    ok, _ = await _budget_holds(tmp_path, fake, call, policy=_spec(fake, **spec), exact=exact)
     return ok
 
 

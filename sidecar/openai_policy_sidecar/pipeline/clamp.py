@@ -116,7 +116,8 @@ def clamp_tools(
     asked = body.get("max_tool_calls")
     calls = min(asked, cap) if isinstance(asked, int) and not isinstance(asked, bool) and asked >= 0 else cap
     body["max_tool_calls"] = calls
-    if "web_search_preview" in fees and "web_search" not in fees:
+    if "web_search_preview" in fees and fees["web_search_preview"] > fees.get("web_search", Decimal(-1)):
+        # Both tools answer with web_search_call items: bill each at the dearer when both are offered.
         ctx.budget.web_search_tool = "web_search_preview"
     dearest = max(fees, key=lambda kind: fees[kind])
     return Usage(tool_calls=((dearest, calls),)) if calls else None
