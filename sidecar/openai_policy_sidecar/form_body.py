@@ -39,7 +39,7 @@ class FilePart:
 
 @dataclass
 class FormBody:
-    """The text fields (last value wins, as OpenAI reads them) and the files of a form body."""
+    """The text fields (each given once: a repeated one is refused) and the files of a form body."""
 
     kind: str  # "multipart" or "urlencoded"
     boundary: bytes = b""
@@ -122,7 +122,10 @@ def parse_form(raw: bytes, content_type: str) -> FormBody:
             )
         except (UnicodeDecodeError, ValueError):
             raise _malformed("the form body is not valid urlencoded UTF-8") from None
-        return FormBody("urlencoded", fields=dict(pairs))
+        form = FormBody("urlencoded")
+        for name, value in pairs:
+            _set_field(form, name, value)
+        return form
     match = _BOUNDARY.search(content_type)
     if match is None:
         raise _malformed("the multipart Content-Type has no boundary")
@@ -180,11 +183,22 @@ def _add_part(form: FormBody, headers: bytes, body: bytes) -> None:
             code="invalid_value",
         )
     try:
-        form.fields[name] = body.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise refusals.invalid_request(
             f"Invalid '{name}': the form field is not UTF-8 text.", param=name, code="invalid_value"
         ) from None
+    _set_field(form, name, text)
+
+
+def _set_field(form: FormBody, name: str, value: str) -> None:
+    """One text field; a repeated one is refused: the sidecar and OpenAI could each read a
+    different copy (a second ``model`` would slip past the allow-list)."""
+    if name in form.fields and not name.endswith("[]"):
+        raise refusals.invalid_request(
+            f"Invalid '{name}': the form field is given more than once.", param=name, code="invalid_value"
+        )
+    form.fields[name] = value
 
 
 def _disposition_params(disposition: str) -> dict[str, str]:

@@ -62,6 +62,9 @@ def test_urlencoded():
         (multipart(("prompt", b"a" * (MAX_FIELD_BYTES + 1), None)), CONTENT_TYPE),
         (multipart(*[("f", b"x", None)] * (MAX_PARTS + 1)), CONTENT_TYPE),
         (b"a=%ff", "application/x-www-form-urlencoded"),
+        # Two models: the sidecar and OpenAI could read different ones, so neither is trusted.
+        (multipart(("model", b"dall-e-2", None), ("model", b"gpt-image-1", None)), CONTENT_TYPE),
+        (b"model=dall-e-2&model=gpt-image-1", "application/x-www-form-urlencoded"),
     ],
 )
 def test_malformed_forms_are_a_clear_400(raw, content_type):
