@@ -1,22 +1,20 @@
-"""Where the e2e flow runs: the local control plane (``local``) or a real cluster (``kind``).
+"""Where the e2e flow runs: a real cluster with real pods, the chart installed there with real images.
 
 The flow (e2e/test_local.py) talks to an :class:`Environment` only: a kubectl, namespaces, the
-upstream, and a handle on the workload's running Pod. ``OPENAI_POLICY_E2E_CLUSTER`` picks the
-flavour; e2e/kind/run.sh sets it to ``kind`` together with KUBECONFIG and the chart's release and
-namespace (the chart is already installed there, with real images).
+upstream, and a handle on the workload's running Pod. ``OPENAI_POLICY_E2E_CLUSTER`` names the
+cluster: ``node`` (the project's own one-node cluster, e2e/node/run.sh, in ``make test``) or
+``kind`` (e2e/kind/run.sh); each sets it together with KUBECONFIG and the chart's release and
+namespace. Without one, the e2e tests skip and say why (OPENAI_POLICY_E2E_SKIP).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
-import urllib.request
-from pathlib import Path
 from typing import Any, Protocol
 
 from e2e.kube import KubeconfigCluster, Kubectl, get_json, pods_with_label, wait_for
-from e2e.stack import SIDECAR_IMAGE, LocalStack, image_commands
-from e2e.upstream import InClusterUpstream, LocalUpstream, Upstream
-from openai_policy_devkit.pod_runner import LocalPod
+from e2e.upstream import InClusterUpstream, Upstream
 
 SIDECAR = "openai-policy-proxy"
 ADMIN_PORT = 8781  # the sidecar's /metrics
@@ -39,6 +37,7 @@ class RunningPod(Protocol):
 class Environment(Protocol):
     cluster: Kubectl
     sidecar_image: str
+    app_image: str  # the governed app's: Python and the openai SDK (e2e/app/Dockerfile)
     # Seconds a Secret change may take to reach a mounted file: instant locally, but a kubelet
     # refreshes Secret volumes only on its sync period (about a minute by default).
     secret_propagation_seconds: float
@@ -56,74 +55,7 @@ class Environment(Protocol):
     def close(self) -> None: ...
 
 
-# ---- local: the chart and operator in the local control plane, pods run by LocalPod -------------
-
-
-class LocalRunningPod:
-    def __init__(self, pod: LocalPod) -> None:
-        self.pod = pod
-
-    def logs(self, container: str) -> str:
-        return self.pod.logs(container)
-
-    def sidecar_instance(self) -> tuple[Any, ...]:
-        process = self.pod.containers[SIDECAR].process
-        return (process.pid, process.poll())
-
-    def sidecar_metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.pod.host_port(ADMIN_PORT)}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
-
-    def stop(self) -> list[int]:
-        pids = self.pod.pids()
-        self.pod.stop()
-        return pids
-
-
-class LocalEnvironment:
-    secret_propagation_seconds = 10.0
-
-    def __init__(self, control_plane: Any, stack: LocalStack, fake: Any, workdir: Path) -> None:
-        self.cluster = control_plane
-        self.cp = control_plane
-        self.stack = stack
-        self.fake = fake
-        self.workdir = workdir
-        self.sidecar_image = SIDECAR_IMAGE
-        self.namespaces: list[str] = []
-
-    def create_namespace(self, prefix: str) -> str:
-        name = self.cp.create_namespace(prefix)
-        self.namespaces.append(name)
-        return name
-
-    def upstream(self, namespace: str) -> Upstream:
-        return LocalUpstream(self.fake)
-
-    def run_pod(self, pod: dict[str, Any]) -> RunningPod:
-        local = LocalPod(
-            self.stack.api_client,
-            pod["metadata"]["namespace"],
-            pod["metadata"]["name"],
-            self.workdir / "pod",
-            image_commands=image_commands(),
-        )
-        local.start(probe_timeout=60)
-        return LocalRunningPod(local)
-
-    def diagnostics(self) -> str:
-        return f"---- operator log (tail) ----\n{self.stack.operator_logs()[-8000:]}"
-
-    def operator_logs(self) -> str:
-        return self.stack.operator_logs()
-
-    def close(self) -> None:
-        for name in self.namespaces:
-            self.cp.delete_namespace(name)
-
-
-# ---- kind (or any cluster): the chart installed by e2e/kind/run.sh, real pods ----------------------
+# ---- a real cluster: the chart installed by e2e/node/run.sh or e2e/kind/run.sh, real pods -----------
 
 
 class ClusterRunningPod:
@@ -160,6 +92,7 @@ class ClusterEnvironment:
         self.release = release
         self.namespaces: list[str] = []
         self.sidecar_image = self._sidecar_image()
+        self.app_image = os.environ.get("OPENAI_POLICY_E2E_APP_IMAGE", "openai-policy-e2e-app:e2e")
 
     def _sidecar_image(self) -> str:
         """The image the chart's operator injects (its --sidecar-image flag); the app runs on it too."""
@@ -217,3 +150,21 @@ class ClusterEnvironment:
     def close(self) -> None:
         for name in self.namespaces:
             self.cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+CLUSTERS = ("node", "kind")
+
+
+def cluster_from_environment() -> ClusterEnvironment | str:
+    """The cluster the run scripts prepared, or the reason there is none."""
+    flavour = os.environ.get("OPENAI_POLICY_E2E_CLUSTER", "")
+    if flavour not in CLUSTERS:
+        return os.environ.get(
+            "OPENAI_POLICY_E2E_SKIP",
+            "no real cluster: run `make test` (as root: e2e/node/run.sh brings up a real node) or e2e/kind/run.sh",
+        )
+    return ClusterEnvironment(
+        KubeconfigCluster(),
+        os.environ["OPENAI_POLICY_E2E_NAMESPACE"],
+        os.environ["OPENAI_POLICY_E2E_RELEASE"],
+    )

@@ -2,91 +2,45 @@
 
 One flow, in the order a platform engineer would live it:
 
-1. The chart is installed (locally: ``helm install`` into the local control plane, and the chart's
-   operator Pod run locally with the chart's ServiceAccount, e2e/stack.py).
+1. The chart is installed with ``helm install --wait`` by the run script (e2e/node/run.sh on the
+   project's own one-node cluster, e2e/kind/run.sh on kind), with the images built from the
+   Dockerfiles.
 2. Label a namespace; create a Secret, an OpenAIPolicy and a Deployment (e2e/workload.py). The
    ReplicaSet controller creates the Pod, our webhook injects it, the API server stores it, and it
-   runs (locally: LocalPod runs the stored spec): the sidecar, then the governed client, the SDK
-   with only the env it was given.
+   runs on the kubelet: the sidecar, then the governed client, the SDK with only the env it was given.
 3. Calls are governed: the upstream sees the Secret's key (never the placeholder), the pinned
    model and the clamped output tokens; ``kubectl get oaip`` shows requests and spend.
-4. Rotating the Secret switches the key without a restart.
+4. Rotating the Secret switches the key without a restart (the kubelet updates the mounted file).
 5. ``suspend: true`` blocks within 2 s; ``suspend: false`` lets calls through again.
 6. Crossing the budget blocks (the client sees ``budget_exceeded``) and sets BudgetExceeded.
 7. Deleting the policy removes its ConfigMap.
 8. Neither key ever appears in a log line, a metric, an Event or the policy's status.
 
-Flavours: ``local`` (default, in ``make test``) and ``kind`` (OPENAI_POLICY_E2E_CLUSTER=kind,
-set by e2e/kind/run.sh with KUBECONFIG, OPENAI_POLICY_E2E_NAMESPACE and OPENAI_POLICY_E2E_RELEASE).
+Clusters: ``node`` (in ``make test``, e2e/node/run.sh) and ``kind`` (e2e/kind/run.sh); each sets
+OPENAI_POLICY_E2E_CLUSTER, KUBECONFIG, OPENAI_POLICY_E2E_NAMESPACE and OPENAI_POLICY_E2E_RELEASE.
+Without a cluster the test skips, saying why (e2e/conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from e2e.environments import SIDECAR, ClusterEnvironment, Environment, LocalEnvironment, RunningPod
-from e2e.kube import KubeconfigCluster, condition, get_json, get_oaip_row, get_oaip_table, wait_for
-from e2e.stack import LocalStack
+from e2e.environments import SIDECAR, Environment, RunningPod
+from e2e.kube import condition, get_json, get_oaip_row, get_oaip_table, wait_for
 from e2e.upstream import Upstream
 from e2e.workload import Workload, client_records, deploy, label_for_injection, stored_pod
 from openai_policy_devkit.managed_process import pid_alive
-from openai_policy_store import acl
 
-FLAVOUR = os.environ.get("OPENAI_POLICY_E2E_CLUSTER", "local")
 PLACEHOLDER_KEY = "sk-openai-policy-placeholder"  # openai_policy_operator.names.PLACEHOLDER_API_KEY
 PROXY_PORT = 8780
 FIRST_KEY = "sk-e2e-first-key-0123456789abcdef"
 SECOND_KEY = "sk-e2e-rotated-key-fedcba9876543210"
 PINNED = "gpt-4o-mini-2024-07-18"
 MAX_OUTPUT_TOKENS = 50
-
-
-@pytest.fixture
-def environment(request: pytest.FixtureRequest, tmp_path) -> Iterator[Environment]:
-    if FLAVOUR == "kind":
-        env: Any = ClusterEnvironment(
-            KubeconfigCluster(),
-            os.environ["OPENAI_POLICY_E2E_NAMESPACE"],
-            os.environ["OPENAI_POLICY_E2E_RELEASE"],
-        )
-        try:
-            yield env
-        finally:
-            env.close()
-        return
-    if FLAVOUR != "local":
-        raise pytest.UsageError(f"OPENAI_POLICY_E2E_CLUSTER={FLAVOUR!r}: expected local or kind")
-    # Only the local flavour needs (and starts) these.
-    control_plane = request.getfixturevalue("control_plane")
-    # Redis as the chart deploys it: a password, and an ACL user for the operator, which then gives
-    # each policy's sidecars a user of their own.
-    redis = request.getfixturevalue("secured_redis")
-    operator_password = secrets.token_urlsafe(24)
-    redis.client().execute_command(
-        "ACL", "SETUSER", acl.OPERATOR_USER, *acl.operator_rules(), "on", f">{operator_password}"
-    )
-    fake = request.getfixturevalue("fake_openai")
-    stack = LocalStack(
-        control_plane, redis.url, tmp_path / "stack", redis_operator_password=operator_password
-    )
-    try:
-        stack.start()
-        env = LocalEnvironment(control_plane, stack, fake, tmp_path)
-        yield env
-        env.close()
-    finally:
-        pids = stack.pids()
-        logs = stack.operator_logs()
-        stack.stop()
-        print(f"---- operator log (tail) ----\n{logs[-15000:]}")  # shown by pytest when the test fails
-        assert not [pid for pid in pids if pid_alive(pid)], "operator processes left after stop()"
 
 
 class Flow:
@@ -103,7 +57,7 @@ class Flow:
             upstream=self.upstream.base_url,
             budget_usd=100,
             client_args=["--interval", "0.2", "--max-tokens", "1000"],
-            image=env.sidecar_image,
+            image=env.app_image,
         )
         self.pod: RunningPod | None = None
 
@@ -345,7 +299,7 @@ class Flow:
         return self.pod.stop() if self.pod is not None else []
 
 
-@pytest.mark.timeout(600 if FLAVOUR == "kind" else 300)
+@pytest.mark.timeout(600)
 def test_governed_workload_end_to_end(environment):
     flow = Flow(environment)
     pids: list[int] = []

@@ -8,22 +8,36 @@ the test reads what it recorded through the API server's service proxy.
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any, Protocol
 
 from e2e.kube import Kubectl, apply, get_json, wait_for
 
-DEVKIT = Path(__file__).resolve().parents[1] / "devkit" / "openai_policy_devkit"
-# What `python -m openai_policy_devkit.fake_openai` imports (not the pytest fixture or the schema checks).
-FAKE_MODULES = (
-    "fake_openai.py",
-    "fake_openai_admin.py",
-    "fake_openai_faults.py",
-    "fake_openai_payloads.py",
-    "fake_openai_requests.py",
-    "fake_openai_tokens.py",
-)
+PACKAGE = "openai_policy_devkit"
+DEVKIT = Path(__file__).resolve().parents[1] / "devkit" / PACKAGE
+
+
+def fake_modules(entry: str = "fake_openai.py") -> tuple[str, ...]:
+    """What `python -m openai_policy_devkit.fake_openai` imports of the devkit, followed through its
+    imports (not the pytest fixture or the schema checks): a module added to the fake travels too."""
+    found: list[str] = []
+    pending = [entry]
+    while pending:
+        name = pending.pop()
+        if name in found:
+            continue
+        found.append(name)
+        for node in ast.walk(ast.parse((DEVKIT / name).read_text())):
+            module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+            if module == PACKAGE:  # from openai_policy_devkit import fake_openai_x as x
+                pending += [f"{alias.name}.py" for alias in node.names]  # type: ignore[attr-defined]
+            elif module.startswith(PACKAGE + "."):  # from openai_policy_devkit.fake_openai_x import y
+                pending.append(f"{module.removeprefix(PACKAGE + '.')}.py")
+    return tuple(sorted(found))
+
+
 FAKE_NAME = "fake-openai"
 FAKE_PORT = 8080
 
@@ -62,11 +76,12 @@ class InClusterUpstream:
         self.base_url = f"http://{FAKE_NAME}.{namespace}.svc.cluster.local:{FAKE_PORT}/v1"
 
     def manifests(self) -> list[dict[str, Any]]:
-        files = {name: (DEVKIT / name).read_text() for name in FAKE_MODULES}
+        modules = fake_modules()
+        files = {name: (DEVKIT / name).read_text() for name in modules}
         files["__init__.py"] = ""
         items = [
             {"key": "__init__.py", "path": "openai_policy_devkit/__init__.py"},
-            *({"key": name, "path": f"openai_policy_devkit/{name}"} for name in FAKE_MODULES),
+            *({"key": name, "path": f"openai_policy_devkit/{name}"} for name in modules),
         ]
         labels = {"app": FAKE_NAME}
         return [

@@ -3,8 +3,8 @@ OpenAIPolicy, and a plain Deployment running the governed client (e2e/app/govern
 
 The Deployment knows nothing of the policy: no sidecar, no key, no base URL. Its pod gets all of
 that from the webhook, in a namespace labelled for injection. The client script travels in a
-ConfigMap, so the same manifests run on a real cluster (with the sidecar image, which holds
-Python and the ``openai`` SDK) and locally (LocalPod).
+ConfigMap and runs on the e2e app image (e2e/app/Dockerfile: Python and the ``openai`` SDK; the
+sidecar image carries no SDK) on a real cluster, or locally under the demo's LocalPod.
 """
 
 from __future__ import annotations

@@ -6,48 +6,16 @@
 # A user who already has envtest binaries may set KUBEBUILDER_ASSETS; if it holds etcd,
 # kube-apiserver and kube-controller-manager, those are used and nothing of them is built.
 set -euo pipefail
+# shellcheck source=lib/build.sh
+. "$(dirname "$0")/lib/build.sh"
 
-K8S_VERSION="${K8S_VERSION:-1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-3.5.35}"
 HELM_VERSION="${HELM_VERSION:-3.19.2}"
-CACHE_ROOT="${OPENAI_POLICY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/openai-policy-operator}"
 ASSETS="$CACHE_ROOT/control-plane/k8s-v${K8S_VERSION}-etcd-v${ETCD_VERSION}"
-TOOLS="$CACHE_ROOT/tools/helm-v${HELM_VERSION}"
+# "-release": built with the release's version flags (an older cache entry lacks them).
+TOOLS="$CACHE_ROOT/tools/helm-v${HELM_VERSION}-release"
 
 log() { echo "setup-control-plane: $*" >&2; }
-
-have_all() {
-  local dir="$1"; shift
-  for b in "$@"; do [ -x "$dir/$b" ] || return 1; done
-}
-
-build_kubernetes() {
-  local out="$1" work
-  work="$(mktemp -d)"
-  trap 'rm -rf "$work"' RETURN
-  log "building kube-apiserver, kube-controller-manager, kubectl v$K8S_VERSION (cold: ~15 min on 2 cores)"
-  (
-    cd "$work"
-    go mod init openai-policy-operator/controlplane >/dev/null 2>&1
-    go mod edit -require="k8s.io/kubernetes@v$K8S_VERSION"
-    # k8s.io/kubernetes replaces its staging modules with relative paths; pin them to the
-    # published v0.X.Y tags instead so that the module builds outside its own repository.
-    go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" >/dev/null
-    local gomod
-    gomod="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/v$K8S_VERSION.mod"
-    local staging="v0.${K8S_VERSION#1.}"
-    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk '{print $1}' | while read -r mod; do
-      go mod edit -replace="$mod=$mod@$staging"
-    done
-    local ver="k8s.io/component-base/version"
-    local minor="${K8S_VERSION#1.}"; minor="${minor%%.*}"
-    local ldflags="-s -w -X $ver.gitVersion=v$K8S_VERSION -X $ver.gitMajor=1 -X $ver.gitMinor=$minor -X $ver.gitTreeState=clean"
-    ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-    for cmd in kube-apiserver kube-controller-manager kubectl; do
-      CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "$ldflags" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd"
-    done
-  )
-}
 
 build_etcd() {
   local out="$1" work
@@ -70,10 +38,21 @@ build_etcd() {
 }
 
 build_helm() {
-  local out="$1"
+  local out="$1" work client minor
   log "building helm v$HELM_VERSION"
   mkdir -p "$out"
-  GOBIN="$out" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+  # As helm's own release build does: the Kubernetes version helm assumes without a cluster
+  # (helm template, lint) comes from the client-go it is built with; without these flags it is
+  # 1.20, and a chart's kubeVersion constraint (ours: >= 1.29) fails under a plain `helm template`.
+  work="$(mktemp -d)"
+  go mod download -json "helm.sh/helm/v3@v$HELM_VERSION" > "$work/helm.json"
+  client="$(awk '$1=="k8s.io/client-go"{print $2; exit}' "$(sed -n 's/.*"GoMod": "\(.*\)",*/\1/p' "$work/helm.json")")"
+  rm -rf "$work"
+  minor="${client#v0.}"; minor="${minor%%.*}"
+  local flags="-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  flags="$flags -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
+  flags="$flags -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
+  GOBIN="$out" CGO_ENABLED=0 go install -trimpath -ldflags "$flags" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
 }
 
 command -v go >/dev/null || { log "Go is required to build the control plane (https://go.dev/doc/install)"; exit 1; }
@@ -82,7 +61,10 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ] && have_all "$KUBEBUILDER_ASSETS" etcd kube-
   ASSETS="$KUBEBUILDER_ASSETS"
 fi
 mkdir -p "$ASSETS"
-have_all "$ASSETS" kube-apiserver kube-controller-manager kubectl || build_kubernetes "$ASSETS"
+if ! have_all "$ASSETS" kube-apiserver kube-controller-manager kubectl; then
+  log "building kube-apiserver, kube-controller-manager, kubectl v$K8S_VERSION (cold: ~15 min on 2 cores)"
+  build_kubernetes "$ASSETS" kube-apiserver kube-controller-manager kubectl
+fi
 have_all "$ASSETS" etcd || build_etcd "$ASSETS"
 have_all "$TOOLS" helm || build_helm "$TOOLS"
 ln -sf "$TOOLS/helm" "$ASSETS/helm"

@@ -51,6 +51,7 @@ fi
 log "building openai-policy-operator:$TAG and openai-policy-sidecar:$TAG"
 docker build -f Dockerfile.operator -t "openai-policy-operator:$TAG" .
 docker build -f Dockerfile.sidecar -t "openai-policy-sidecar:$TAG" .
+docker build -f e2e/app/Dockerfile -t "openai-policy-e2e-app:$TAG" .  # the tests' app: the openai SDK
 
 # ---- cluster --------------------------------------------------------------------------------
 work="$(mktemp -d)"
@@ -72,7 +73,7 @@ if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
 fi
 kind get kubeconfig --name "$CLUSTER" > "$work/kubeconfig"
 export KUBECONFIG="$work/kubeconfig"
-kind load docker-image --name "$CLUSTER" "openai-policy-operator:$TAG" "openai-policy-sidecar:$TAG"
+kind load docker-image --name "$CLUSTER" "openai-policy-operator:$TAG" "openai-policy-sidecar:$TAG" "openai-policy-e2e-app:$TAG"
 
 # ---- chart ----------------------------------------------------------------------------------
 log "installing the chart into $NAMESPACE"
@@ -87,4 +88,5 @@ kubectl -n "$NAMESPACE" rollout status deployment --timeout 120s
 log "running the e2e tests against kind cluster $CLUSTER"
 read -r -a tests <<< "${E2E_TESTS:-e2e}"
 OPENAI_POLICY_E2E_CLUSTER=kind OPENAI_POLICY_E2E_NAMESPACE="$NAMESPACE" OPENAI_POLICY_E2E_RELEASE="$RELEASE" \
+  OPENAI_POLICY_E2E_APP_IMAGE="openai-policy-e2e-app:$TAG" \
   "$PYTHON" -m pytest "${tests[@]}" "$@"
