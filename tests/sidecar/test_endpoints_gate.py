@@ -249,6 +249,33 @@ async def test_an_exhausted_budget_refuses_every_spending_surface(tmp_path, fake
     assert forwarded == [("GET", "/v1/responses/resp_unknown"), ("GET", "/v1/models")]
 
 
+async def test_a_budget_exhausted_through_one_pod_closes_unmetered_surfaces_in_another(
+    tmp_path, fake_openai, redis
+) -> None:
+    policy = _policy(tmp_path, fake_openai, budget=BUDGET, endpoints=ALL_SURFACES)
+    async with (
+        running_sidecar(policy, redis_url=redis.url, pod="a") as first,
+        running_sidecar(policy, redis_url=redis.url, pod="b") as second,
+    ):
+        client = async_client(second.base_url, max_retries=0)
+        with pytest.raises(openai.NotFoundError):  # forwarded: the fake holds no such file
+            await client.batches.create(
+                input_file_id="file-1", endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        await _exhaust(first)
+        for call in (
+            lambda: client.batches.create(
+                input_file_id="file-1", endpoint="/v1/chat/completions", completion_window="24h"
+            ),
+            lambda: client.realtime.client_secrets.create(),
+        ):
+            with pytest.raises(openai.RateLimitError) as refused:
+                await call()
+            assert refused.value.code == "budget_exceeded"
+    # Only the call made before the budget ran out was forwarded.
+    assert [r.path for r in fake_openai.requests] == ["/v1/batches"]
+
+
 async def test_suspend_refuses_every_surface(tmp_path, fake_openai) -> None:
     endpoints = {**ALL_SURFACES, "readStoredObjects": True}
     async with running_sidecar(_policy(tmp_path, fake_openai, suspend=True, endpoints=endpoints)) as sidecar:

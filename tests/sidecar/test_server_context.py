@@ -185,6 +185,26 @@ async def test_previous_response_id_is_reserved_exactly_when_the_sidecar_saw_it(
     assert billed <= 50_000 and spent == billed
 
 
+async def test_a_conversation_with_history_made_elsewhere_is_reserved_at_the_window(
+    tmp_path, fake_openai
+) -> None:
+    """The issue's conversation row: history the sidecar never saw (made by another client of the
+    project), 100 concurrent turns against $0.05; the fake appends every turn as it answers."""
+    direct = openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-elsewhere")
+    conversation = direct.conversations.create(
+        items=[{"type": "message", "role": "user", "content": BIG_TEXT}]
+    )
+    async with running_sidecar(_policy(tmp_path, fake_openai, 0.05)) as sidecar:
+        client = async_client(sidecar.base_url, max_retries=0)
+        accepted, refused = await _hundred(
+            lambda: client.responses.create(model=MODEL, conversation=conversation.id, input="And then?")
+        )
+        spent = await _spent(sidecar)
+    billed = fake_openai.billed_micros()
+    assert accepted >= 1 and accepted + refused == 100
+    assert billed <= 50_000 and spent == billed
+
+
 async def test_an_id_the_sidecar_never_saw_falls_back_to_the_context_window(tmp_path, fake_openai) -> None:
     """Under a limit a context-window reservation does not fit in, and an exact one does: only
     the id that came back through the sidecar is accepted."""
