@@ -89,15 +89,17 @@ class Rates:
         return Rates(**{f.name: max(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
 
     def with_values(self, document: Mapping[str, Any]) -> Rates:
-        """These rates with the ones a JSON row names replaced (missing cached rates follow input)."""
+        """These rates with the ones a JSON row names replaced; a rate the row leaves out that
+        followed another (cached input, cache writes, image and audio tokens billed as text)
+        follows that one's new value."""
         out = self
         for key, name in _RATE_KEYS.items():
             if key in document:
                 out = replace(out, **{name: _price(document[key], key)})
-        if "input" in document and "cachedInput" not in document:
-            out = replace(out, cached_input=out.input)
-        if "input" in document and "cacheWrite" not in document:
-            out = replace(out, cache_write=out.input)
+        for name, source in _FOLLOWS:
+            key = next(k for k, n in _RATE_KEYS.items() if n == name)
+            if key not in document and getattr(self, name) == getattr(self, source):
+                out = replace(out, **{name: getattr(out, source)})
         return out
 
 
@@ -111,6 +113,17 @@ _RATE_KEYS = {
     "audioInput": "audio_input",
     "audioOutput": "audio_output",
 }
+
+
+# (rate, the rate it follows when a row does not set it)
+_FOLLOWS = (
+    ("cached_input", "input"),
+    ("cache_write", "input"),
+    ("image_input", "input"),
+    ("cached_image_input", "cached_input"),
+    ("audio_input", "input"),
+    ("audio_output", "output"),
+)
 
 
 def _price(value: object, label: str) -> Decimal:
@@ -132,10 +145,12 @@ class ModelPrice:
     cached_input_per_million: Decimal
     context_window: int | None = None  # tokens; None: unknown (server-side input then unbounded)
     cache_write_per_million: Decimal | None = None  # None: billed at the input price
-    image_input_per_million: Decimal = _ZERO
+    # Image and audio tokens a row does not price separately are billed as text tokens (a chat
+    # model's vision tokens are): None follows the input (cached input, output) price.
+    image_input_per_million: Decimal | None = None
     cached_image_input_per_million: Decimal | None = None
-    audio_input_per_million: Decimal = _ZERO
-    audio_output_per_million: Decimal = _ZERO
+    audio_input_per_million: Decimal | None = None
+    audio_output_per_million: Decimal | None = None
     tiers: tuple[tuple[str, Rates], ...] = ()  # service tiers other than default
     long_context: tuple[int, Rates] | None = None  # (above this many input tokens, rates)
     per_image: tuple[tuple[str, Decimal], ...] = ()  # "quality:size" -> USD per image
@@ -227,20 +242,23 @@ class ModelPrice:
     @property
     def rates(self) -> Rates:
         """The default tier's rates, short context."""
-        image = self.image_input_per_million
+
+        def either(value: Decimal | None, default: Decimal) -> Decimal:
+            return default if value is None else value
+
+        image = either(self.image_input_per_million, self.input_per_million)
         return Rates(
             input=self.input_per_million,
             cached_input=self.cached_input_per_million,
             output=self.output_per_million,
-            cache_write=self.input_per_million
-            if self.cache_write_per_million is None
-            else self.cache_write_per_million,
+            cache_write=either(self.cache_write_per_million, self.input_per_million),
             image_input=image,
-            cached_image_input=image
-            if self.cached_image_input_per_million is None
-            else self.cached_image_input_per_million,
-            audio_input=self.audio_input_per_million,
-            audio_output=self.audio_output_per_million,
+            cached_image_input=either(
+                self.cached_image_input_per_million,
+                image if self.image_input_per_million is not None else self.cached_input_per_million,
+            ),
+            audio_input=either(self.audio_input_per_million, self.input_per_million),
+            audio_output=either(self.audio_output_per_million, self.output_per_million),
         )
 
     def tier_names(self) -> list[str]:

@@ -155,3 +155,14 @@ def test_images_audio_and_characters(table):
     assert table.usage_cost_micros("whisper-1", Usage(audio_milliseconds=90_000)) == 9_000
     gpt_image = Usage(1_100, 0, 4_160, image_input_tokens=1_000)
     assert table.usage_cost_micros("gpt-image-1", gpt_image) == 100 * 5 + 1_000 * 10 + 4_160 * 40
+
+
+def test_image_and_audio_tokens_of_text_models_bill_as_text(table):
+    # Chat usage may break its prompt down (image_tokens, audio_tokens): a row without image or
+    # audio prices bills them as the text tokens they are, never as free.
+    plain = table.cost_micros("gpt-4o", 1_000, 0, 100)
+    broken_down = Usage(1_000, 0, 100, image_input_tokens=700, audio_input_tokens=100, audio_output_tokens=50)
+    assert table.usage_cost_micros("gpt-4o", broken_down, tier="default") == plain
+    # Long-context rates carry over to image tokens too.
+    long = Usage(300_000, 0, 0, image_input_tokens=100_000)
+    assert table.usage_cost_micros("gpt-5.4", long, tier="default") == 300_000 * 5
