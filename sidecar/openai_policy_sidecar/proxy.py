@@ -132,7 +132,7 @@ class Proxy:
         endpoint_gate.check(ctx, spec.endpoints, parsed)
         server_context.note_conversation(ctx, ctx.request.route, parsed.body)
         if endpoint_gate.spends_unmetered(parsed):
-            await endpoint_gate.stop_if_exhausted(ctx, snapshot.ledger, self.metrics)
+            await endpoint_gate.admit_unmetered(ctx, snapshot.limiter, snapshot.ledger, self.metrics)
         key = forward.require_key(self.source.keys)
         if parsed.metered:
             body = await self._enforce_metered(ctx, snapshot, parsed)

@@ -345,3 +345,16 @@ def test_costs_match_the_policy_lists() -> None:
         assert (route.cost == "unmetered") <= (route.surface in UNMETERED_SURFACES), route.label
         if route.surface in METERED_SURFACES:
             assert route.cost != "unmetered", route.label
+
+
+async def test_unmetered_calls_count_against_the_rate_limit(tmp_path, fake_openai) -> None:
+    spec = {"endpoints": ALL_SURFACES, "rateLimits": {"requestsPerMinute": 2}}
+    async with running_sidecar(_policy(tmp_path, fake_openai, **spec)) as sidecar:
+        client = async_client(sidecar.base_url, max_retries=0)
+        for _ in range(2):
+            with pytest.raises(openai.NotFoundError):  # forwarded: the fake has no realtime API
+                await client.realtime.client_secrets.create()
+        with pytest.raises(openai.RateLimitError) as refused:
+            await client.realtime.client_secrets.create()
+        assert refused.value.code == "rate_limit_exceeded"
+    assert len(fake_openai.requests) == 2

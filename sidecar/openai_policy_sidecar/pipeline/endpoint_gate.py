@@ -4,14 +4,15 @@ Runs after suspend and before the key is attached or anything is forwarded. A pa
 table does not know, a surface the policy does not list, a read of stored objects without
 ``readStoredObjects``, or a metered route whose metering the pipeline lacks: 403
 endpoint_not_allowed naming the field to change. A call that can spend but that the pipeline
-does not meter (an ``allowUnmetered`` surface) is still refused once any budget window is
-exhausted: the budget cannot be reserved for it, but it is never spent past its end.
+does not meter (an ``allowUnmetered`` surface) counts as one request against the rate limits
+and is refused once any budget window is exhausted: the budget cannot be reserved for it, but it
+is never spent past its end.
 """
 
 from __future__ import annotations
 
 from openai_policy_api import UNMETERED_SURFACES, EndpointsSpec
-from openai_policy_store import BudgetLedger, StoreUnavailable
+from openai_policy_store import BudgetLedger, RateLimiter, StoreUnavailable
 from openai_policy_store.money import micros_to_usd
 
 from .. import refusals
@@ -19,6 +20,7 @@ from ..context import RequestContext
 from ..metrics import Metrics
 from ..surfaces import Route
 from .parse import METERED_ENDPOINTS, ParsedRequest
+from .rate_and_budget import _rate_only as rate_only  # the same rate check, without a hold
 
 
 def refusal_for(
@@ -61,6 +63,16 @@ def spends_unmetered(parsed: ParsedRequest) -> bool:
     """A call that can spend and that no reservation covers (rate_and_budget never sees it)."""
     route = parsed.route
     return route is not None and route.spends and not parsed.metered
+
+
+async def admit_unmetered(
+    ctx: RequestContext, limiter: RateLimiter, ledger: BudgetLedger, metrics: Metrics
+) -> None:
+    """An unmetered spending call: one request (no tokens the sidecar can count) against the rate
+    limits, then refused once any budget window has nothing left."""
+    refused, ctx.outcome.rate_headers = await rate_only(limiter, ctx.request.user, 0, metrics)
+    ctx.enforce(refused)
+    await stop_if_exhausted(ctx, ledger, metrics)
 
 
 async def stop_if_exhausted(ctx: RequestContext, ledger: BudgetLedger, metrics: Metrics) -> None:
