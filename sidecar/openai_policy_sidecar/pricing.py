@@ -369,7 +369,7 @@ class PriceTable:
         models = getattr(pricing, "models", None) or {}
         base = cls.bundled()
         for model, entry in models.items():
-            overrides[model] = override_price(model, entry)
+            overrides[model] = override_price(model, entry, base.price(model) if base.knows(model) else None)
         tools = {name: to_decimal(fee) for name, fee in (getattr(pricing, "tool_calls", None) or {}).items()}
         return base.with_overrides(overrides, tools) if overrides or tools else base
 
@@ -530,14 +530,33 @@ def _per_image(price: ModelPrice, kind: str) -> Decimal:
     return max(table.values())
 
 
-def override_price(model: str, entry: Any) -> ModelPrice:
-    """A ``spec.pricing.models`` entry as a ModelPrice (every column the policy model knows)."""
+# Columns an override of a bundled model keeps from the bundled row: what the call is (its context
+# window, what an image or a search is billed), not the token prices the policy restates.
+_INHERITED = (
+    "context_window",
+    "long_context",
+    "per_image",
+    "image_output_tokens",
+    "max_image_input_tokens",
+    "per_million_characters",
+    "per_minute",
+    "max_audio_output_tokens_per_character",
+    "search_per_call",
+)
+
+
+def override_price(model: str, entry: Any, bundled: ModelPrice | None = None) -> ModelPrice:
+    """A ``spec.pricing.models`` entry as a ModelPrice (every column the policy model knows); an
+    override of a bundled model keeps that row's non-token columns (``_INHERITED``), so that
+    restating a token price never makes a search, an image or a long context free."""
     base = ModelPrice.from_values(
         model,
         entry.input_per_million,
         entry.output_per_million,
         getattr(entry, "cached_input_per_million", None),
     )
+    if bundled is not None:
+        base = replace(base, **{name: getattr(bundled, name) for name in _INHERITED})
     columns: dict[str, Any] = {}
     window = getattr(entry, "context_window_tokens", None)
     if window is not None:

@@ -166,3 +166,13 @@ def test_image_and_audio_tokens_of_text_models_bill_as_text(table):
     # Long-context rates carry over to image tokens too.
     long = Usage(300_000, 0, 0, image_input_tokens=100_000)
     assert table.usage_cost_micros("gpt-5.4", long, tier="default") == 300_000 * 5
+
+
+def test_an_override_of_a_bundled_model_keeps_what_the_call_is():
+    priced = _policy_table(
+        models={"gpt-4o-mini-search-preview": {"inputPerMillion": 0.1, "outputPerMillion": 0.5}}
+    )
+    search = Usage(0, 0, 0, tool_calls=(("chat_search:low", 1),))
+    assert priced.usage_cost_micros("gpt-4o-mini-search-preview", search, tier="default") == 25_000
+    assert priced.context_window("gpt-4o-mini-search-preview") == 128_000
+    assert priced.price("gpt-4o-mini-search-preview").input_per_million == Decimal("0.1")
