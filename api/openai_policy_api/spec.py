@@ -658,7 +658,12 @@ SERVICE_TIERS = ("default", "flex", "priority", "scale")
 
 
 class PriceOverride(SpecModel):
-    """The price of one model, in US dollars per million tokens."""
+    """The price of one model, in US dollars per million tokens.
+
+    Overriding a model of the bundled table restates its token prices only: the row's context
+    window, long-context rates and per-image, per-character, per-minute and per-search prices
+    still apply (set contextWindowTokens to change the window).
+    """
 
     input_per_million: float = Field(ge=0, le=100_000, description="USD per million input tokens.")
     cached_input_per_million: float | None = Field(
