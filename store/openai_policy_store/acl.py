@@ -101,6 +101,7 @@ def sidecar_key_patterns(namespace: str, name: str) -> tuple[list[str], list[str
         keyspace.heartbeats_key(ns, nm),
         keyspace.ratelimit_key(ns, nm, "*", "*"),
         keyspace.cache_key(ns, nm, "*"),
+        keyspace.context_size_key(ns, nm, "*"),
     ]
     return read_write, [keyspace.policy_key(ns, nm)]
 

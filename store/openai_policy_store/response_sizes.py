@@ -14,10 +14,12 @@ never looked up nor written (it becomes part of a key name).
 
 from __future__ import annotations
 
+import logging
 import re
 
-from .exceptions import StoreUnavailable
 from .protocol import Ref, Store
+
+log = logging.getLogger("openai_policy_store.response_sizes")
 
 RESPONSE_TTL_SECONDS = 30 * 24 * 3600  # OpenAI keeps stored responses for 30 days
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -42,7 +44,8 @@ class ContextSizes:
             return None
         try:
             size = await self.store.context_size_get(self.ref, object_id)
-        except StoreUnavailable:
+        except Exception as error:  # unreachable, or refused (ACL): unknown, so the window is held
+            log.warning("could not read a remembered context size: %s", type(error).__name__)
             return None
         return size if size is not None and size >= 0 else None
 
@@ -52,7 +55,8 @@ class ContextSizes:
             return False
         try:
             await self.store.context_size_set(self.ref, object_id, tokens, self.ttl_seconds)
-        except StoreUnavailable:
+        except Exception as error:  # never fails the request it follows: the next use holds the window
+            log.warning("could not remember a context size: %s", type(error).__name__)
             return False
         return True
 
@@ -62,6 +66,6 @@ class ContextSizes:
             return
         try:
             await self.store.context_size_forget(self.ref, object_id)
-        except StoreUnavailable:
+        except Exception as error:
             # Still remembered at the old size: the next use may be under-reserved. Said in the docs.
-            return
+            log.error("could not forget the context size of a conversation: %s", type(error).__name__)
