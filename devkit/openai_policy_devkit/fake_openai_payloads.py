@@ -296,6 +296,15 @@ def response_events(
     where = {"item_id": item_id, "output_index": index, "content_index": 0}
     yield {"type": "response.created", "sequence_number": next(counter), "response": started}
     yield {"type": "response.in_progress", "sequence_number": next(counter), "response": started}
+    for tool_index, item in enumerate(gen.tool_items):  # the built-in tool calls, before the message
+        running = {**item, "status": "in_progress"}
+        for kind, state in (("added", running), ("done", item)):
+            yield {
+                "type": f"response.output_item.{kind}",
+                "sequence_number": next(counter),
+                "output_index": tool_index,
+                "item": state,
+            }
     yield {
         "type": "response.output_item.added",
         "sequence_number": next(counter),

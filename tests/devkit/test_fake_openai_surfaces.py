@@ -112,3 +112,20 @@ def test_a_late_answer_is_billed_even_when_nobody_waits(fake_openai, client):
     with pytest.raises(openai.APITimeoutError):
         quick.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert fake_openai.billed_micros() > 0
+
+
+def test_a_streamed_response_lists_its_tool_calls(fake_openai, client, schema):
+    stream = client.responses.create(
+        model="gpt-5",
+        input="search",
+        tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}],
+        stream=True,
+    )
+    events = [event.model_dump(mode="json", exclude_unset=True) for event in stream]
+    for event in events:
+        schema.validate(schema.stream_event_schema(event["type"]), event)
+    added = [e["item"]["type"] for e in events if e["type"] == "response.output_item.added"]
+    assert added == ["file_search_call", "file_search_call", "message"]
+    final = events[-1]["response"]
+    assert [item["type"] for item in final["output"]] == added
+    assert fake_openai.billing.charges()[-1].usage.tool_calls == (("file_search", 2),)
