@@ -111,6 +111,17 @@ class EndpointsSpec(SpecModel):
         "(every such call reserves the model's context window, or the exact size the sidecar "
         "remembered for a response or conversation it saw).",
     )
+    context_memory_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=2_592_000,
+        description="How long the sidecar remembers the context size of each stored response and "
+        "conversation it answered, in the shared store, so that continuing it is held exactly. After "
+        "that, continuing it holds the model's whole context window (never less). Each entry takes "
+        "about 200 bytes of Redis: at the default hour, 10 Responses calls a second keep about 7 MB; "
+        "up to 30 days (2592000, as long as OpenAI keeps responses) when Redis is sized for it "
+        "(redis.maxMemory in the chart).",
+    )
     stored_prompt_model: ModelId | None = Field(
         default=None,
         max_length=128,

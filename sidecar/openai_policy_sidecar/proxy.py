@@ -19,8 +19,6 @@ import time
 import aiohttp
 from aiohttp import web
 
-from openai_policy_store.response_sizes import ContextSizes
-
 from . import media, refusals
 from .context import RequestContext
 from .durable import DurableState
@@ -113,7 +111,7 @@ class Proxy:
                     ctx.outcome.decision = "client_disconnected"
             ctx.responded = time.perf_counter()
             await settle.finish_budget(ctx, self.metrics)
-            sizes = ContextSizes(self.source.store, snapshot.ref)
+            sizes = server_context.sizes_for(self.source.store, snapshot.ref, snapshot.spec.endpoints)
             await server_context.remember(ctx, sizes, ctx.request.route, response)
             await cache.store_after_reply(ctx, self.durable.cache, snapshot.spec.cache.ttl_seconds)
             record.record(ctx, snapshot, self.metrics, self.attribution)
@@ -170,7 +168,7 @@ class Proxy:
         input_tokens = input_limit.count_input(
             ctx, endpoint, body, choice.sent, len(parsed.raw), spec.requests.max_input_tokens
         )
-        sizes = ContextSizes(self.source.store, snapshot.ref)
+        sizes = server_context.sizes_for(self.source.store, snapshot.ref, spec.endpoints)
         input_tokens = await server_context.reserve_input(
             ctx, spec.endpoints, snapshot.prices, sizes, endpoint, body, choice.sent, input_tokens
         )

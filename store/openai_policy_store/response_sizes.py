@@ -8,8 +8,9 @@ that size here when the reply is settled, in the shared store, so every pod of t
 the next pod after a restart) reserves it exactly; an id nobody remembered is reserved at the
 model's whole context window instead.
 
-Kept as long as OpenAI keeps stored responses (30 days); an id that is not an OpenAI-shaped id is
-never looked up nor written (it becomes part of a key name).
+Kept for ``spec.endpoints.contextMemorySeconds`` (at most 30 days, as long as OpenAI keeps stored
+responses: each entry is about 200 bytes of Redis); an id that is not an OpenAI-shaped id is never
+looked up nor written (it becomes part of a key name).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .protocol import Ref, Store
 
 log = logging.getLogger("openai_policy_store.response_sizes")
 
-RESPONSE_TTL_SECONDS = 30 * 24 * 3600  # OpenAI keeps stored responses for 30 days
+RESPONSE_TTL_SECONDS = 30 * 24 * 3600  # OpenAI keeps stored responses for 30 days: the longest useful
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 

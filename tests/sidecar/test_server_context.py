@@ -223,7 +223,7 @@ async def test_an_id_the_sidecar_never_saw_falls_back_to_the_context_window(tmp_
 
 async def test_two_sidecars_sharing_redis_share_what_they_remembered(tmp_path, fake_openai, redis) -> None:
     limit_micros = _window_cost() - 1_000
-    policy = _policy(tmp_path, fake_openai, limit_micros / 1e6)
+    policy = _policy(tmp_path, fake_openai, limit_micros / 1e6, contextMemorySeconds=600)
     async with (
         running_sidecar(policy, redis_url=redis.url, pod="a") as first,
         running_sidecar(policy, redis_url=redis.url, pod="b") as second,
@@ -235,6 +235,10 @@ async def test_two_sidecars_sharing_redis_share_what_they_remembered(tmp_path, f
         assert followed.usage.input_tokens > made.usage.input_tokens
         spent = await _spent(second)
     assert spent == fake_openai.billed_micros()
+    client = aioredis.from_url(redis.url)
+    ttl = await client.ttl(context_size_key("default", "demo", made.id))
+    await client.aclose()
+    assert 540 < ttl <= 600  # kept as long as the policy says (spec.endpoints.contextMemorySeconds)
 
 
 async def test_a_conversation_s_size_is_remembered_turn_by_turn(tmp_path, fake_openai) -> None:

@@ -23,6 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from openai_policy_api import EndpointsSpec
+from openai_policy_store import Store
+from openai_policy_store.protocol import Ref
 from openai_policy_store.response_sizes import ContextSizes
 
 from .. import refusals
@@ -40,6 +42,11 @@ _CREATE_CONVERSATION = "POST /v1/conversations"
 class ServerInput:
     kind: str  # a name of spec.endpoints.softBudgetInputs
     ref: str | None = None  # the response or conversation id a size may be remembered for
+
+
+def sizes_for(store: Store, ref: Ref, endpoints: EndpointsSpec) -> ContextSizes:
+    """The policy's remembered context sizes, kept for ``endpoints.contextMemorySeconds``."""
+    return ContextSizes(store, ref, ttl_seconds=endpoints.context_memory_seconds)
 
 
 def server_inputs(endpoint: str, body: dict[str, Any]) -> list[ServerInput]:
