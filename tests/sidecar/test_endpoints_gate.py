@@ -123,7 +123,7 @@ def test_refusals_name_the_field_to_change() -> None:
 
     assert message(default, "POST", "/v1/responses") is None
     assert message(default, "GET", "/v1/models") is None
-    assert "spec.endpoints.allowUnmetered" in (message(default, "POST", "/v1/batches") or "")
+    assert "spec.endpoints.allowUnmetered if a soft budget" in (message(default, "POST", "/v1/batches") or "")
     assert "`files` to spec.endpoints.allow" in (message(default, "POST", "/v1/files") or "")
     assert "readStoredObjects" in (message(default, "GET", "/v1/chat/completions") or "")
     reads = EndpointsSpec(read_stored_objects=True)

@@ -34,10 +34,15 @@ def refusal_for(
         )
     surface = route.surface
     if not endpoints.allows(surface):
-        field = "spec.endpoints.allowUnmetered" if surface in UNMETERED_SURFACES else "spec.endpoints.allow"
+        if surface in UNMETERED_SURFACES:
+            how = (
+                f"it spends money the sidecar cannot meter, so only add `{surface}` to "
+                "spec.endpoints.allowUnmetered if a soft budget for it is acceptable"
+            )
+        else:
+            how = f"add `{surface}` to spec.endpoints.allow to allow it"
         return refusals.endpoint_not_allowed(
-            f"{method} {path} belongs to the `{surface}` API surface, which this policy does not allow: "
-            f"add `{surface}` to {field} to allow it."
+            f"{method} {path} belongs to the `{surface}` API surface, which this policy does not allow: {how}."
         )
     if route.access == "read" and not endpoints.read_stored_objects:
         return refusals.endpoint_not_allowed(
