@@ -157,6 +157,7 @@ class FakeOpenAI:
         self.billing = billing.Billing()  # what each answered call really costs
         self.stored = StoredObjects()  # files, conversations, stored responses, prompts, batches
         self.auto_service_tier = "default"  # the tier the project serves service_tier auto at
+        self.cache_write_tokens = 0  # prompt tokens reported (and billed) as written to the cache
         self._faults = FaultBook()
         self._rate = _RateWindow()
         self._runner: web.AppRunner | None = None
@@ -491,6 +492,7 @@ class FakeOpenAI:
             cached_tokens=max(min(cached, prompt), 0),
             choices=choices,
             service_tier=tier if endpoint != "completions" else "default",
+            cache_write_tokens=max(min(self.cache_write_tokens, prompt - max(min(cached, prompt), 0)), 0),
             tool_items=tuple(payloads.tool_call_item(t, i, container) for i, t in enumerate(calls)),
         )
         usage = billing.generation_usage(prices, gen, body, calls)

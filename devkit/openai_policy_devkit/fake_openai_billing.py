@@ -123,6 +123,7 @@ def generation_usage(prices: PriceTable, gen: Generation, body: dict[str, object
         gen.prompt_tokens,
         gen.cached_tokens,
         gen.completion_tokens,
+        cache_write_tokens=gen.cache_write_tokens,
         service_tier=gen.service_tier,
         tool_calls=tools,
     )

@@ -67,6 +67,7 @@ class Generation:
     cached_tokens: int
     choices: int = 1  # the request's `n`: identical choices, each billed (completion_tokens covers all)
     service_tier: str = "default"  # the tier the call was served (and billed) at
+    cache_write_tokens: int = 0  # input tokens written to the prompt cache (part of prompt_tokens)
     tool_items: tuple[dict[str, Any], ...] = ()  # Responses built-in tool calls, before the message
 
     @property
@@ -113,7 +114,11 @@ def chat_usage(gen: Generation) -> dict[str, Any]:
         "prompt_tokens": gen.prompt_tokens,
         "completion_tokens": gen.completion_tokens,
         "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": gen.cached_tokens, "audio_tokens": 0},
+        "prompt_tokens_details": {
+            "cached_tokens": gen.cached_tokens,
+            "audio_tokens": 0,
+            "cache_write_tokens": gen.cache_write_tokens,
+        },
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -126,7 +131,10 @@ def chat_usage(gen: Generation) -> dict[str, Any]:
 def responses_usage(gen: Generation) -> dict[str, Any]:
     return {
         "input_tokens": gen.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": gen.cached_tokens, "cache_write_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": gen.cached_tokens,
+            "cache_write_tokens": gen.cache_write_tokens,
+        },
         "output_tokens": gen.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": gen.prompt_tokens + gen.completion_tokens,

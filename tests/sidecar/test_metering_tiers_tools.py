@@ -13,8 +13,11 @@ import asyncio
 
 import openai
 
+from openai_policy_api import load_policy
+from openai_policy_devkit.fake_openai_billing import Billing
 from openai_policy_devkit.sidecar import (
     async_client,
+    policy_document,
     quiesce,
     running_sidecar,
     settled_usage,
@@ -234,3 +237,28 @@ async def test_chat_search_models_are_charged_per_search(tmp_path, fake_openai):
     ok, billed = await _budget_holds(tmp_path, fake_openai, call)
     assert all(("chat_search:high", 1) in c.usage.tool_calls for c in fake_openai.billing.charges())
     assert ok == 1  # $0.03 a search: a second would pass the $0.05 limit
+
+
+async def test_cache_writes_are_settled_at_their_price(tmp_path, fake_openai):
+    pricing = {
+        "models": {
+            "gpt-4.1": {
+                "inputPerMillion": 2,
+                "cachedInputPerMillion": 0.5,
+                "cacheWritePerMillion": 50,
+                "outputPerMillion": 20,
+            }
+        }
+    }
+    prices = PriceTable.for_policy(load_policy(policy_document(_spec(fake_openai, pricing=pricing))).spec)
+    fake_openai.billing = Billing(prices)  # the bill at the policy's prices
+    fake_openai.cache_write_tokens = 8
+
+    async def call(client, index):
+        await client.chat.completions.create(
+            model="gpt-4.1", messages=[{"role": "user", "content": f"q {index}"}]
+        )
+
+    ok, billed = await _budget_holds(tmp_path, fake_openai, call, pricing=pricing)
+    assert {c.usage.cache_write_tokens for c in fake_openai.billing.charges()} == {8}
+    assert 0 < ok < CONCURRENCY
