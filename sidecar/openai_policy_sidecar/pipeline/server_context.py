@@ -197,7 +197,7 @@ async def remember(
             await sizes.remember(created, 0)
         return
     if route_label == _ADD_ITEMS:
-        if ok:
+        if ctx.upstream.attempts > 0:  # sent: even unanswered, the items may have been added
             await sizes.forget(ctx.request.path.split("/")[3])
         return
     if ctx.request.endpoint != "responses" or ctx.upstream.attempts == 0:
