@@ -70,6 +70,8 @@ class BudgetHold:
     tier: str | None = "default"  # the service tier reserved at (None: auto, the dearest)
     web_search_tool: str = "web_search"  # the fee a web_search_call item is billed at
     maybe_billed: int = 0  # attempts that failed after their body was sent: billed at worst case
+    attempt_open: bool = False  # an upstream attempt is under way (its body may have been sent)
+    answered: bool = False  # the upstream answered 2xx: the call is billed even if never metered
     over_reserved: bool = False  # settled above the hold: a bug in the table or the estimate
     expected: Usage | None = None  # media: what the call bills when its answer reports no usage
     fixed_fees: tuple[tuple[str, int], ...] = ()  # per-request fees no answer reports (chat search)

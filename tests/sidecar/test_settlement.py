@@ -61,3 +61,16 @@ def test_a_settle_above_its_hold_is_flagged(caplog):
     dry.budget.reservation = Reservation("dryrun-r2", 0, ())
     settle.check_over_reservation(dry, 10)
     assert not dry.budget.over_reserved
+
+
+def test_a_call_cut_off_mid_flight_is_charged_its_worst_case():
+    ctx = RequestContext(dry_run=False)
+    ctx.budget.worst_micros = 900
+    ctx.budget.attempt_open = True  # the handler was cancelled while the body was on its way
+    assert settle.final_cost(ctx) == 900
+    answered = RequestContext(dry_run=False)
+    answered.budget.worst_micros, answered.budget.answered = 900, True  # cancelled reading the answer
+    assert settle.final_cost(answered) == 900
+    metered = RequestContext(dry_run=False)
+    metered.budget.worst_micros, metered.budget.answered, metered.budget.cost_micros = 900, True, 42
+    assert settle.final_cost(metered) == 42

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -84,8 +84,17 @@ async def call_upstream(
     breaker = breakers.get(spec.upstream.base_url)
     started = time.perf_counter()
 
-    def attempt(_number: int) -> Awaitable[aiohttp.ClientResponse]:
-        return upstream.request(parsed.method, url, headers, body, timeout)
+    async def attempt(_number: int) -> aiohttp.ClientResponse:
+        # Open while the body may be on its way: a handler cancelled meanwhile (shutdown) may
+        # leave a call OpenAI bills, so settlement charges it its worst case (settle.final_cost).
+        ctx.budget.attempt_open = True
+        try:
+            response = await upstream.request(parsed.method, url, headers, body, timeout)
+        except Exception:
+            ctx.budget.attempt_open = False  # a failure: on_retry / the refusal account for it
+            raise
+        ctx.budget.attempt_open = False
+        return response
 
     outcome: RetryOutcome[aiohttp.ClientResponse] = await call_with_retries(
         attempt, spec.retries, deadline, lambda event: on_retry(ctx, metrics, event), breaker=breaker
@@ -106,6 +115,7 @@ async def call_upstream(
     ctx.upstream.request_id = redactor_for((key,)).text(request_id) if request_id else None
     upstream.rate_view.note(response.headers)
     ctx.outcome.status = response.status
+    ctx.budget.answered = 200 <= response.status < 300  # done upstream: billed whatever follows
     return UpstreamCall(response, breaker, outcome.permit, deadline, started, limits.timeout_seconds)
 
 

@@ -82,9 +82,13 @@ def final_cost(ctx: RequestContext) -> int | None:
     """What the call is settled at: its metered cost plus the worst case of every attempt that
     may have been billed without an answer; None when nothing can have been billed."""
     hold = ctx.budget
-    if not hold.maybe_billed:
-        return hold.cost_micros
-    return (hold.cost_micros or 0) + hold.maybe_billed * (hold.worst_micros or 0)
+    cost = hold.cost_micros
+    if hold.maybe_billed:
+        cost = (cost or 0) + hold.maybe_billed * (hold.worst_micros or 0)
+    if cost is None and (hold.attempt_open or hold.answered):
+        # Cut off mid-call (the handler cancelled at shutdown): the work may be done and billed.
+        cost = hold.worst_micros
+    return cost
 
 
 def check_over_reservation(ctx: RequestContext, cost: int) -> None:
