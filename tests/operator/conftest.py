@@ -1,5 +1,5 @@
-"""Fixtures of the tests that need a running operator (the operator's and the kubectl plugin's): the
-CRD, a Redis and one operator process per module. Registered in tests/conftest.py."""
+"""Fixtures of the operator tests that need a control plane (the kubectl plugin's included): the CRD,
+a Redis and one operator process per module."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The kubectl plugin, found by the real kubectl on PATH, against a real API server and operator."""
+"""The kubectl plugin (plugin/openai_policy_kubectl), found by the real kubectl on PATH, against a real
+API server and operator (its tests that need none are in tests/plugin)."""
 
 from __future__ import annotations
 
