@@ -9,7 +9,8 @@ what the app saw:
     {"n": 9, "time": 1763822402.3, "ok": false, "status": 429, "code": "budget_exceeded", "message": "..."}
 
 Options come from arguments (a pod spec's ``args``): --model, --max-tokens (deliberately more
-than a policy allows, so clamping is visible), --interval, --count (0: forever), --prompt.
+than a policy allows, so clamping is visible), --interval, --count (0: forever), --prompt, --stream.
+On SIGTERM it finishes the request in flight, then exits (a pod's deletion drains it).
 Standalone: a single file, no import from this project (the container has only the SDK).
 """
 
@@ -39,6 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=20.0, help="per-request timeout (seconds)")
     parser.add_argument("--user", default=None, help="end-user id sent with each request")
+    parser.add_argument("--stream", action="store_true", help="stream each reply (read to its end)")
     return parser.parse_args(argv)
 
 
@@ -59,9 +61,35 @@ def outcome_of_error(error: openai.APIStatusError) -> dict[str, Any]:
     }
 
 
+def one_stream(client: openai.OpenAI, args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, Any]:
+    """A streamed reply read to its end: ok only when the stream finished (a finish_reason came)."""
+    stream = client.chat.completions.create(
+        model=args.model,
+        max_tokens=args.max_tokens,
+        messages=[{"role": "user", "content": args.prompt}],
+        stream=True,
+        **extra,
+    )
+    chunks, model, finish = 0, None, None
+    for chunk in stream:
+        chunks += 1
+        model = chunk.model or model
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    return {
+        "ok": finish is not None,
+        "stream": True,
+        "model": model,
+        "finish_reason": finish,
+        "chunks": chunks,
+    }
+
+
 def one_request(client: openai.OpenAI, args: argparse.Namespace) -> dict[str, Any]:
     try:
         extra: dict[str, Any] = {"user": args.user} if args.user else {}
+        if args.stream:
+            return one_stream(client, args, extra)
         reply = client.chat.completions.create(
             model=args.model,
             max_tokens=args.max_tokens,
@@ -72,6 +100,8 @@ def one_request(client: openai.OpenAI, args: argparse.Namespace) -> dict[str, An
         return outcome_of_error(error)
     except openai.APIConnectionError as error:  # the sidecar not (yet) reachable, or a timeout
         return {"ok": False, "status": None, "code": "connection_error", "message": str(error)[:300]}
+    except (openai.APIError, OSError) as error:  # e.g. a stream cut off in the middle
+        return {"ok": False, "status": None, "code": "broken", "message": str(error)[:300]}
     usage = reply.usage
     return {
         "ok": True,
@@ -111,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not stopping and time.monotonic() < deadline:
             time.sleep(min(0.05, args.interval))
     client.close()
+    emit({"event": "stop", "requests": n, "time": time.time()})
     return 0
 
 
