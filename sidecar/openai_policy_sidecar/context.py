@@ -131,6 +131,7 @@ class ServerInputFacts:
     conversation: str | None = None  # the conversation the reply extends (its size is remembered)
     stored: bool = True  # the reply is stored by OpenAI (``store`` not false): remember its size
     empty_conversation: bool = False  # POST /v1/conversations without items: its size is 0
+    taken: int | None = None  # the conversation's remembered size, taken while this turn runs
 
 
 @dataclass

@@ -34,6 +34,7 @@ SIDECAR_COMMANDS: tuple[str, ...] = (
     "script|load",
     # run by the budget and rate-limit scripts
     "get",
+    "getdel",
     "set",
     "incrby",
     "decrby",

@@ -343,6 +343,11 @@ class MemoryStore:
     async def context_size_forget(self, ref: Ref, object_id: str) -> None:
         self._delete(keyspace.context_size_key(*ref, object_id))
 
+    async def context_size_take(self, ref: Ref, object_id: str) -> int | None:
+        size = await self.context_size_get(ref, object_id)
+        await self.context_size_forget(ref, object_id)
+        return size
+
 
 def document_generation(document: Mapping[str, Any]) -> int:
     """``metadata.generation`` of a policy document (published documents must carry one)."""

@@ -519,6 +519,14 @@ class RedisStore:
         key = keyspace.context_size_key(*ref, object_id)
         await self._run("context size forget", lambda: self._client.delete(key))
 
+    async def context_size_take(self, ref: Ref, object_id: str) -> int | None:
+        key = keyspace.context_size_key(*ref, object_id)
+        value = await self._run("context size take", lambda: self._client.getdel(key))  # Redis >= 6.2
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
 
 def _stored_generation(raw: bytes | str | None) -> int | None:
     """The generation of a stored document; None when absent or unreadable (never kills a subscription)."""

@@ -50,6 +50,19 @@ class ContextSizes:
             return None
         return size if size is not None and size >= 0 else None
 
+    async def take(self, object_id: str) -> int | None:
+        """``get``, leaving the size unknown until it is remembered again: a conversation's turn in
+        flight takes it, so that a second turn at once holds the window rather than a size the
+        first is about to outgrow. None where the store cannot (a Redis before 6.2: no GETDEL)."""
+        if not self.valid(object_id):
+            return None
+        try:
+            size = await self.store.context_size_take(self.ref, object_id)
+        except Exception as error:
+            log.warning("could not take a remembered context size: %s", type(error).__name__)
+            return None
+        return size if size is not None and size >= 0 else None
+
     async def remember(self, object_id: str, tokens: int) -> bool:
         """Remember a size; False when it could not be written (the next use reserves the window)."""
         if not self.valid(object_id) or tokens < 0:

@@ -325,3 +325,38 @@ async def test_a_stored_prompt_without_a_model(tmp_path, fake_openai) -> None:
 def test_the_policy_field_defaults() -> None:
     endpoints = EndpointsSpec()
     assert endpoints.soft_budget_inputs == [] and endpoints.stored_prompt_model is None
+
+
+async def test_concurrent_turns_on_one_conversation_never_share_a_size(tmp_path, fake_openai) -> None:
+    """A turn in flight takes its conversation's size: a second turn at the same time cannot know
+    what the first will add, so it holds the context window (here: more than the limit); a turn
+    refused before it was sent puts the size back."""
+    limit_micros = _window_cost() - 1_000
+    policy = _policy(tmp_path, fake_openai, limit_micros / 1e6)
+    async with running_sidecar(policy) as sidecar:
+        client = async_client(sidecar.base_url, max_retries=0)
+        sizes = ContextSizes(sidecar.store, ("default", "demo"))
+        conversation = await client.conversations.create()
+        await client.responses.create(model=MODEL, conversation=conversation.id, input="first turn")
+        await quiesce(sidecar)
+        fake_openai.add_fault("latency", seconds=1.0, match="/responses")
+
+        async def turn(delay: float) -> str:
+            await asyncio.sleep(delay)
+            try:
+                await client.responses.create(model=MODEL, conversation=conversation.id, input="next")
+            except openai.RateLimitError as error:
+                return str(error.code)
+            return "ok"
+
+        assert await asyncio.gather(turn(0), turn(0.3)) == ["ok", "budget_exceeded"]
+        await quiesce(sidecar)
+        carried = fake_openai.stored.conversations[conversation.id].tokens
+        assert await sizes.get(conversation.id) == carried  # remembered again by the turn that ran
+        # Refused before it was sent (its own input is over the limit): the size is put back.
+        with pytest.raises(openai.RateLimitError):
+            await client.responses.create(model=MODEL, conversation=conversation.id, input=BIG_TEXT * 4)
+        await quiesce(sidecar)
+        assert await sizes.get(conversation.id) == carried
+        spent = await _spent(sidecar)
+    assert spent == fake_openai.billed_micros()

@@ -31,6 +31,9 @@ async def test_a_sidecar_user_keeps_its_own_sizes_and_reaches_no_other(secured_r
         assert await mine.get("resp_1") == 4_200
         await mine.forget("resp_1")
         assert await mine.get("resp_1") is None
+        assert await mine.remember("conv_1", 77)
+        assert await mine.take("conv_1") == 77  # GETDEL, allowed to the sidecar's user
+        assert await mine.get("conv_1") is None and await mine.take("conv_1") is None
         await ContextSizes(admin, B).remember("resp_2", 10)
         # Policy A's credential cannot read or write B's keys: refused by Redis, never an error
         # on the request path (unknown: the caller holds the context window).

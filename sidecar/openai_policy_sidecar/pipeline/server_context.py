@@ -28,7 +28,7 @@ from openai_policy_store.protocol import Ref
 from openai_policy_store.response_sizes import ContextSizes
 
 from .. import refusals
-from ..context import RequestContext
+from ..context import RequestContext, ServerInputFacts
 from ..pricing import PriceTable, UnknownModelPrice
 
 log = logging.getLogger("openai_policy_sidecar.pipeline.server_context")
@@ -159,7 +159,7 @@ async def reserve_input(
         return visible_tokens
     remembered = 0
     for item in reserved:
-        size = await sizes.get(item.ref) if item.ref is not None else None
+        size = await _size(facts, sizes, item)
         if size is None:
             facts.reserved_tokens = max(0, window - visible_tokens)
             return max(visible_tokens, window)
@@ -168,6 +168,17 @@ async def reserve_input(
     total = min(visible_tokens + remembered, max(window, visible_tokens))
     facts.reserved_tokens = total - visible_tokens
     return total
+
+
+async def _size(facts: ServerInputFacts, sizes: ContextSizes, item: ServerInput) -> int | None:
+    """A remembered size; a conversation's is taken (see ``ContextSizes.take``) until this turn
+    remembers the new one, or puts it back when the turn never went upstream."""
+    if item.ref is None:
+        return None
+    if item.kind != "conversations":
+        return await sizes.get(item.ref)
+    facts.taken = await sizes.take(item.ref)
+    return facts.taken
 
 
 def _response_id(response: web.StreamResponse) -> str | None:
@@ -200,10 +211,14 @@ async def remember(
         if ctx.upstream.attempts > 0:  # sent: even unanswered, the items may have been added
             await sizes.forget(ctx.request.path.split("/")[3])
         return
-    if ctx.request.endpoint != "responses" or ctx.upstream.attempts == 0:
+    facts = ctx.server_input
+    if ctx.upstream.attempts == 0:
+        if facts.conversation is not None and facts.taken is not None:
+            await sizes.remember(facts.conversation, facts.taken)  # refused before it was sent
+        return
+    if ctx.request.endpoint != "responses":
         return
     usage = ctx.upstream.usage if ok else None
-    facts = ctx.server_input
     if usage is None:
         # Sent, but no usage: the conversation may have grown by what we cannot count.
         if facts.conversation is not None:
