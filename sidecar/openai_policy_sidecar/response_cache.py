@@ -17,7 +17,8 @@ events.
 
 Cacheability (``is_cacheable``): off unless ``spec.cache.enabled``; by default
 (``deterministicOnly``) only requests whose answer should not vary: temperature 0 or a seed set
-(embeddings always). Background Responses-API calls are never cached.
+(embeddings always). Background Responses-API calls, turns of a conversation (the turn appends to
+it upstream) and stored prompts without a version are never cached.
 
 Backends implement ``get(key) -> bytes | None`` and ``set(key, value, ttl_seconds)``:
 :class:`MemoryLRUBackend` (bounded, one replica) and :class:`StoreBackend` (over the shared
@@ -126,6 +127,13 @@ def is_cacheable(
     if not cache_spec.enabled or endpoint not in CACHEABLE_ENDPOINTS:
         return False
     if body.get("background"):
+        return False
+    # Server-side state: a conversation's turn appends to it upstream (a hit would not), and a
+    # stored prompt without a version is whatever its latest version is when the call is made.
+    if body.get("conversation") is not None:
+        return False
+    prompt = body.get("prompt")
+    if isinstance(prompt, Mapping) and not prompt.get("version"):
         return False
     if not cache_spec.deterministic_only or endpoint == "embeddings":
         return True

@@ -114,6 +114,23 @@ def test_is_cacheable_matrix():
     assert not is_cacheable(BASE, on, endpoint="images")
 
 
+def test_requests_that_change_or_follow_changing_server_state_are_not_cached():
+    on = CacheSpec(enabled=True)
+    turn = {"model": "gpt-4o", "input": "x", "temperature": 0}
+    # A turn of a conversation appends to it upstream: a hit would leave the conversation behind.
+    assert not is_cacheable(dict(turn, conversation="conv_1"), on, endpoint="responses")
+    assert not is_cacheable(dict(turn, conversation={"id": "conv_1"}), on, endpoint="responses")
+    # A stored prompt without a version is its latest version, which may change.
+    assert not is_cacheable(dict(turn, prompt={"id": "pmpt_1"}), on, endpoint="responses")
+    assert is_cacheable(dict(turn, prompt={"id": "pmpt_1", "version": "3"}), on, endpoint="responses")
+    # A stored response never changes: continuing from one is cacheable like any other input.
+    assert is_cacheable(dict(turn, previous_response_id="resp_1"), on, endpoint="responses")
+    # The legacy completions endpoint's prompt is text, not a stored prompt.
+    assert is_cacheable(
+        {"model": "gpt-3.5-turbo-instruct", "prompt": "x", "temperature": 0}, on, endpoint="completions"
+    )
+
+
 # -- entries ---------------------------------------------------------------------------------------
 
 EVENTS = [
