@@ -76,9 +76,12 @@ fuzz: venv tiktoken
 
 DEMO_ARGS ?=
 
+# On the real node where it can start (real pods; with OPENAI_API_KEY set the show stays local,
+# since pods on that node reach no outside API), else on the local control plane.
 demo: setup
 	KUBEBUILDER_ASSETS="$$(scripts/setup-control-plane.sh)" TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" \
-	  $(PY) -m e2e.demo $(DEMO_ARGS)
+	  OPENAI_POLICY_E2E_NODE=$(if $(OPENAI_API_KEY),0,$${OPENAI_POLICY_E2E_NODE:-1}) \
+	  e2e/node/run.sh $(PY) -m e2e.demo $(DEMO_ARGS)
 
 BENCH_ARGS ?=
 

@@ -1,5 +1,10 @@
 """``make demo``: the whole story on one machine, in one command.
 
+As root, ``make demo`` runs it on the project's real one-node cluster (e2e/node/run.sh: images
+built from the Dockerfiles, the chart installed with helm, the kubelet running the pods), and
+tears the node down afterwards. Elsewhere, or with ``OPENAI_API_KEY`` set (pods on that node reach
+no outside API), the local show below runs:
+
 A local control plane (etcd, kube-apiserver, kube-controller-manager), a Redis, an upstream (the
 fake OpenAI server, or the real API when ``OPENAI_API_KEY`` is set), the chart installed with
 helm and its operator running, an OpenAIPolicy with a small budget, and a governed Deployment
@@ -29,7 +34,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from e2e.kube import condition, get_json, wait_for
+from e2e.environments import ClusterEnvironment, RunningPod, cluster_from_environment
+from e2e.kube import Kubectl, condition, get_json, wait_for
 from e2e.stack import ROOT, LocalStack, image_commands
 from e2e.workload import Workload, client_records, deploy, label_for_injection, stored_pod
 from openai_policy_devkit.control_plane import ControlPlane
@@ -162,15 +168,27 @@ class Demo:
 
     # -- the show -----------------------------------------------------------------------
 
+    @property
+    def kube(self) -> Kubectl:
+        assert self.cp is not None
+        return self.cp
+
+    def app_logs(self) -> str:
+        assert self.pod is not None
+        return self.pod.logs("app")
+
+    def app_exited(self) -> bool:
+        assert self.pod is not None
+        return self.pod.containers["app"].process.poll() is not None
+
     def watch(self, interval: float, timeout: float | None) -> bool:
         """Print status until the budget is exceeded (or forever on a terminal); True if it was."""
-        assert self.cp is not None and self.pod is not None
         started = time.monotonic()
         shown = 0
         refused_at: float | None = None
         announced = False
         while True:
-            records = client_records(self.pod.logs("app"))
+            records = client_records(self.app_logs())
             new, shown = records[shown:], len(records)
             if refused_at is None and any(r.get("code") == "budget_exceeded" for r in new):
                 refused_at = time.monotonic()
@@ -179,10 +197,11 @@ class Demo:
                 f"\n--- {time.strftime('%H:%M:%S')}  kubectl get oaip -n {self.namespace} -o wide", flush=True
             )
             print(
-                self.cp.kubectl("get", "oaip", "-n", self.namespace, "-o", "wide").stdout.rstrip(), flush=True
+                self.kube.kubectl("get", "oaip", "-n", self.namespace, "-o", "wide").stdout.rstrip(),
+                flush=True,
             )
             print(summarise(new), flush=True)
-            policy = get_json(self.cp, "oaip", POLICY, "-n", self.namespace)
+            policy = get_json(self.kube, "oaip", POLICY, "-n", self.namespace)
             exceeded = condition(policy, "BudgetExceeded")
             if exceeded and exceeded.get("status") == "True" and refused_seen and not announced:
                 announced = True
@@ -193,8 +212,8 @@ class Demo:
                 if timeout is not None:
                     return True
                 say("the budget is exceeded and calls are refused; Ctrl-C stops everything")
-            if self.pod.containers["app"].process.poll() is not None:
-                raise RuntimeError(f"the app exited:\n{self.pod.logs('app')[-3000:]}")
+            if self.app_exited():
+                raise RuntimeError(f"the app exited:\n{self.app_logs()[-3000:]}")
             now = time.monotonic()
             # Not on a terminal: bounded. The condition gets CONDITION_GRACE seconds after the
             # first refusal (the operator reports every second or so), the whole show `timeout`.
@@ -224,6 +243,56 @@ class Demo:
                 step()
             except Exception as error:  # noqa: BLE001 - keep stopping the rest
                 say(f"stopping {what} failed: {error}")
+
+
+class ClusterDemo(Demo):
+    """The same show on a real cluster with real pods: the chart e2e/node/run.sh installed (`make
+    demo` as root), the fake upstream as a pod, the app on the e2e app image."""
+
+    def __init__(self, workdir: Path, env: ClusterEnvironment) -> None:
+        super().__init__(workdir)
+        self.env = env
+        self.running: RunningPod | None = None
+        self.pod_name = ""
+
+    @property
+    def kube(self) -> Kubectl:
+        return self.env.cluster
+
+    def deploy_on_cluster(self) -> Workload:
+        self.namespace = self.env.create_namespace("demo")
+        upstream = self.env.upstream(self.namespace)
+        say(f"fake OpenAI upstream running as a pod: {upstream.base_url}")
+        label_for_injection(self.kube, self.namespace)
+        workload = Workload(
+            self.namespace,
+            policy=POLICY,
+            api_key=DEMO_FAKE_KEY,
+            upstream=upstream.base_url,
+            budget_usd=BUDGET_USD,
+            client_args=["--interval", "0.5", "--max-tokens", "1000"],
+            image=self.env.app_image,
+        )
+        deploy(self.kube, workload)
+        pod = stored_pod(self.kube, self.namespace)
+        self.pod_name = pod["metadata"]["name"]
+        if (pod["metadata"].get("annotations") or {}).get("openaipolicy.dev/injected") != POLICY:
+            raise RuntimeError(f"the Pod was not injected by the webhook:\n{self.env.operator_logs(tail=50)}")
+        say(f"Pod {self.pod_name} stored with the sidecar injected; the kubelet runs it")
+        self.running = self.env.run_pod(pod)
+        return workload
+
+    def app_logs(self) -> str:
+        assert self.running is not None
+        return self.running.logs("app")
+
+    def app_exited(self) -> bool:
+        pod = get_json(self.kube, "pod", self.pod_name, "-n", self.namespace) or {}
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        return any(s.get("name") == "app" and "terminated" in (s.get("state") or {}) for s in statuses)
+
+    def stop(self) -> None:
+        self.env.close()
 
 
 def summarise(records: list[dict[str, Any]]) -> str:
@@ -272,20 +341,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="openai-policy-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     real_key = os.environ.get("OPENAI_API_KEY")
-    demo = Demo(workdir)
+    demo: Demo = Demo(workdir)
     exit_code = 1
+    # On the real node when the run script prepared one (pods there reach no outside API, so a
+    # real key keeps the local show).
+    found = cluster_from_environment() if not real_key else "OPENAI_API_KEY is set"
     with terminate_as_interrupt():
         try:
-            demo.start_control_plane()
-            demo.start_redis()
-            upstream = None if real_key else demo.start_fake_upstream()
-            if real_key:
+            if isinstance(found, ClusterEnvironment):
+                demo = ClusterDemo(workdir, found)
                 say(
-                    "OPENAI_API_KEY is set: the policy's upstream is the public OpenAI API (a few cents of "
-                    "demo-priced budget; the real cost stays far below a cent)"
+                    f"on a real cluster ({os.environ.get('OPENAI_POLICY_E2E_CLUSTER')}): real pods, the chart's images"
                 )
-            demo.start_stack()
-            demo.deploy_workload(upstream, real_key or DEMO_FAKE_KEY)
+                demo.deploy_on_cluster()
+            else:
+                say(f"no real cluster ({found}): local control plane, pods run by the local runner")
+                demo.start_control_plane()
+                demo.start_redis()
+                upstream = None if real_key else demo.start_fake_upstream()
+                if real_key:
+                    say(
+                        "OPENAI_API_KEY is set: the policy's upstream is the public OpenAI API (a few cents of "
+                        "demo-priced budget; the real cost stays far below a cent)"
+                    )
+                demo.start_stack()
+                demo.deploy_workload(upstream, real_key or DEMO_FAKE_KEY)
             exceeded = demo.watch(args.interval, None if interactive() else args.timeout)
             exit_code = 0 if exceeded else 1
         except KeyboardInterrupt:

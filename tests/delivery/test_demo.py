@@ -21,8 +21,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def demo_env(tmp: Path) -> dict[str, str]:
+def demo_env(tmp: Path, on_cluster: bool = False) -> dict[str, str]:
+    """The local show, or (on_cluster) the real cluster e2e/node/run.sh prepared for `make test`."""
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}  # always the fake upstream here
+    if not on_cluster:
+        env.pop("OPENAI_POLICY_E2E_CLUSTER", None)
     env["TMPDIR"] = str(tmp)
     return env
 
@@ -66,13 +69,19 @@ def spend_values(output: str) -> list[float]:
 
 
 @pytest.mark.timeout(240)
-def test_demo_runs_to_the_budget_and_leaves_nothing(kubebuilder_assets, tiktoken_cache_dir, tmp_path):
+@pytest.mark.parametrize("where", ["local", "real cluster"])
+def test_demo_runs_to_the_budget_and_leaves_nothing(kubebuilder_assets, tiktoken_cache_dir, tmp_path, where):
+    on_cluster = where == "real cluster"
+    if on_cluster and os.environ.get("OPENAI_POLICY_E2E_CLUSTER") not in ("node", "kind"):
+        pytest.skip(
+            os.environ.get("OPENAI_POLICY_E2E_SKIP", "no real cluster (make test as root brings one up)")
+        )
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "e2e.demo", "--timeout", "120"],
         cwd=ROOT,
-        env=demo_env(tmp),
+        env=demo_env(tmp, on_cluster),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -90,6 +99,7 @@ def test_demo_runs_to_the_budget_and_leaves_nothing(kubebuilder_assets, tiktoken
     assert result.returncode == 0, output[-5000:]
     assert re.search(r"BudgetExceeded: True \(LimitReached\)", output), output[-5000:]
     assert "demo: stopping everything it started" in output and output.rstrip().endswith("demo: done")
+    assert ("the kubelet runs it" in output) == on_cluster, output[-5000:]
 
 
 @pytest.mark.timeout(180)
