@@ -30,6 +30,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from openai_policy_api.spec import SERVICE_TIERS
 from openai_policy_store.money import MICROS_PER_USD, decimal_micros_ceil, to_decimal
 
 from .reported_usage import Usage
@@ -47,7 +48,7 @@ _USD = Decimal(MICROS_PER_USD)
 # The tool name under which a chat search model's per-search fee is billed: chat_search:<size>.
 CHAT_SEARCH = "chat_search:"
 # The service tiers a response may report, and the spellings that mean one of them.
-TIERS = ("default", "flex", "priority", "scale")
+TIERS = SERVICE_TIERS
 _TIER_ALIASES = {"standard": "default", "fast": "priority"}
 # A long-context tier applies above a threshold of *reported* input tokens; the sidecar's own
 # count may be a little under what OpenAI counts, so the worst case takes the long rates from
