@@ -20,18 +20,14 @@ NAMESPACE=openai-policy-system
 TAG="${IMAGE_TAG:-e2e}"
 log() { echo "e2e/node: $*" >&2; }
 
-without_node() {
-  log "e2e on a real node: skipped: $1"
-  OPENAI_POLICY_E2E_SKIP="no real node: $1" "$@"
+without_node() {  # REASON COMMAND...: one line saying why, then the command without the node
+  local why="$1"; shift
+  log "e2e on a real node: skipped: $why"
+  OPENAI_POLICY_E2E_SKIP="no real node: $why" exec "$@"
 }
 
-if [ "${OPENAI_POLICY_E2E_NODE:-1}" = 0 ]; then
-  shift 0; why="OPENAI_POLICY_E2E_NODE=0"
-  log "e2e on a real node: skipped: $why"; OPENAI_POLICY_E2E_SKIP="no real node: $why" exec "$@"
-fi
-if ! why="$(scripts/cluster.sh preflight 2>&1)"; then
-  log "e2e on a real node: skipped: $why"; OPENAI_POLICY_E2E_SKIP="no real node: $why" exec "$@"
-fi
+[ "${OPENAI_POLICY_E2E_NODE:-1}" = 0 ] && without_node "OPENAI_POLICY_E2E_NODE=0" "$@"
+why="$(scripts/cluster.sh preflight 2>&1)" || without_node "$why" "$@"
 # One real-node run per machine: a second one waits for the first to finish.
 exec 8>/run/openai-policy-node.run.lock
 flock -w 1800 8 || { log "another real-node run holds /run/openai-policy-node.run.lock"; exit 1; }
