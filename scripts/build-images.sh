@@ -157,6 +157,7 @@ project_image e2e/app/Dockerfile openai-policy-e2e-app "$wheels"  # the e2e test
 for image in "$PAUSE_IMAGE" "$REDIS_IMAGE" "openai-policy-operator:$TAG" "openai-policy-sidecar:$TAG" "openai-policy-e2e-app:$TAG"; do
   export_archive "$image"
 done
-
-
+# Earlier builds' images and layers (a code change rebuilds from the COPY on, so a kept layer
+# cache saves little while each rebuild would leave ~0.5 GB behind).
+buildah rmi --prune >/dev/null 2>&1 || true
 echo "$OUT"

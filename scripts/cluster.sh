@@ -217,11 +217,14 @@ YAML
     "$NODE_IP" "$STATE/coredns.kubeconfig" > "$STATE/Corefile"
 }
 
-import_images() {
-  local archive
+import_images() {  # this build's images; older ones go, so the kept store does not grow
+  local archive ctr=(ctr --address "$STATE/containerd/containerd.sock" -n k8s.io)
   for archive in "$IMAGES"/*.oci.tar; do
-    ctr --address "$STATE/containerd/containerd.sock" -n k8s.io images import "$archive" >/dev/null
-  done
+    "${ctr[@]}" images import "$archive" | awk '$1=="unpacking"{print $2}'
+  done > "$STATE/images.current"
+  # Every ref (names, and the CRI's sha256: ids) whose image is not one of this build's.
+  "${ctr[@]}" images ls | awk 'NR==FNR{keep[$1]=1; next} FNR>1 && ($1 in keep){digest[$3]=1; next} FNR>1{refs[$1]=$3}
+    END{for (r in refs) if (!(refs[r] in digest)) print r}' "$STATE/images.current" - | xargs -r "${ctr[@]}" images rm >/dev/null
 }
 
 up() {
