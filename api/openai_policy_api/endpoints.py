@@ -40,7 +40,7 @@ UnmeteredSurface = Literal[
     "assistants",
 ]
 # Server-side inputs a request can pull in, whose size the sidecar cannot see in the request.
-ServerInput = Literal["storedResponses", "conversations", "files", "prompts", "vectorStores"]
+ServerInput = Literal["storedResponses", "conversations", "files", "prompts", "vectorStores", "toolResults"]
 
 METERED_SURFACES: tuple[MeteredSurface, ...] = get_args(MeteredSurface)
 UNMETERED_SURFACES: tuple[UnmeteredSurface, ...] = get_args(UnmeteredSurface)
@@ -106,7 +106,10 @@ class EndpointsSpec(SpecModel):
         description="Server-side inputs a request may pull in without the sidecar reserving the model's "
         "whole context window for them: storedResponses (previous_response_id the sidecar did not see "
         "answered), conversations, files (input_file / file_id), prompts (stored prompt ids), "
-        "vectorStores (the file_search tool). Listed inputs are reserved at the visible input only, so "
+        "vectorStores (the file_search tool), toolResults (what the built-in tools OpenAI runs itself, "
+        "web and file search, code interpreter, MCP, feed back to the model: each of the up to "
+        "max_tool_calls turns after the first bills the whole context again, so each is held at a "
+        "context window). Listed inputs are reserved at the visible input only, so "
         "the budget is soft for such calls; settlement still charges what OpenAI reports. Default: none "
         "(every such call reserves the model's context window, or the exact size the sidecar "
         "remembered for a response or conversation it saw).",

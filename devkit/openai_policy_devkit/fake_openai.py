@@ -482,6 +482,7 @@ class FakeOpenAI:
             prices, str(body["model"]), body.get("service_tier"), self.auto_service_tier
         )
         calls = billing.tool_calls_made(body) if endpoint == "responses" else []
+        prompt = billing.with_tool_turns(prompt, len(calls))
         container = f"cntr_{secrets.token_hex(12)}"
         gen = payloads.Generation(
             model=model,

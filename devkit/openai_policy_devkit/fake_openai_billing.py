@@ -99,6 +99,18 @@ def tool_calls_made(body: dict[str, object], per_tool: int = DEFAULT_CALLS_PER_T
     return calls
 
 
+# What one built-in tool call returns to the model (search results, a file search's chunks, a
+# program's output), in tokens.
+TOOL_RESULT_TOKENS = 1000
+
+
+def with_tool_turns(prompt_tokens: int, calls: int, result_tokens: int = TOOL_RESULT_TOKENS) -> int:
+    """The input a response bills when the model called ``calls`` built-in tools: OpenAI feeds each
+    result back and the turn that reads it bills the whole context again (turn k: the prompt and
+    the k results so far)."""
+    return sum(prompt_tokens + turn * result_tokens for turn in range(calls + 1))
+
+
 def tool_usage(calls: list[str]) -> tuple[tuple[str, int], ...]:
     """(tool, billed units) for the calls made: code_interpreter bills once per container, and
     the fake runs one container per response."""

@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 
+from openai_policy_devkit import fake_openai_billing as billing
 from openai_policy_devkit.fake_openai_schema import OpenAISchemas, openai_schemas
 from openai_policy_devkit.fake_openai_stored import FILE_SEARCH_TOKENS
 
@@ -71,7 +72,9 @@ def test_stored_content_bills_as_input(client, fake_openai) -> None:
     searched = client.responses.create(
         model=MODEL, input="Summarise.", tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}]
     )
-    assert searched.usage.input_tokens == plain + FILE_SEARCH_TOKENS
+    # The retrieved chunks, then each of the two searches' results read in a turn of its own.
+    searches = len(billing.tool_calls_made({"tools": [{"type": "file_search"}]}))
+    assert searched.usage.input_tokens == billing.with_tool_turns(plain + FILE_SEARCH_TOKENS, searches)
     fake_openai.stored.add_prompt("pmpt_1", MODEL, TEXT)
     prompted = client.responses.create(prompt={"id": "pmpt_1"}, input="Summarise.")
     assert prompted.model == MODEL and prompted.usage.input_tokens >= plain + 3_000

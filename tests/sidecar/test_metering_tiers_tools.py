@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import openai
+import pytest
 
 from openai_policy_api import load_policy
 from openai_policy_devkit.fake_openai_billing import Billing
@@ -125,17 +126,73 @@ async def test_flex_tier_settles_at_the_reported_tier(tmp_path, fake_openai):
     assert {c.usage.service_tier for c in fake_openai.billing.charges()} == {"flex"}
 
 
+# A small context window (a policy override of gpt-5-nano's), so that holding one per tool result
+# leaves room for more than the fees: the search fees are what these tests count.
+SMALL_WINDOW = {
+    "models": {"gpt-5-nano": {"inputPerMillion": 0.05, "outputPerMillion": 0.4, "contextWindowTokens": 16000}}
+}
+
+
 async def test_web_search_fees_are_reserved_and_settled(tmp_path, fake_openai):
     async def call(client, index):
         await client.responses.create(
             model="gpt-5-nano", input=f"q {index}", tools=[{"type": "web_search"}], service_tier="default"
         )
 
-    ok, billed = await _budget_holds(tmp_path, fake_openai, call, requests={"maxToolCalls": 2})
+    ok, billed = await _budget_holds(
+        tmp_path, fake_openai, call, requests={"maxToolCalls": 2}, pricing=SMALL_WINDOW
+    )
     charges = fake_openai.billing.charges()
     assert all(c.usage.tool_calls == (("web_search", 2),) for c in charges)
     # $0.02 of search fees per call: two calls fit in $0.05 with their tokens, a third does not.
     assert ok == 2 and billed > 40_000
+
+
+async def test_tool_results_bill_as_input_and_are_held(tmp_path, fake_openai):
+    """Each search's results come back as input, and the turn reading them bills the whole context
+    again (the fake bills 3 turns for 2 searches): held at a context window per tool call. With the
+    old hold (visible input and fees only) the bill passed the limit and every settle went over."""
+    fake_openai.reply_text = LONG_REPLY
+
+    async def call(client, index):
+        await client.responses.create(
+            model="gpt-5-nano",
+            input="q " * 2000 + str(index),
+            tools=[{"type": "web_search"}],
+            service_tier="default",
+        )
+
+    ok, billed = await _budget_holds(
+        tmp_path, fake_openai, call, requests={"maxToolCalls": 2}, pricing=SMALL_WINDOW
+    )
+    charges = fake_openai.billing.charges()
+    assert ok and all(c.usage.input_tokens > 3 * 2000 + 2 * 1000 for c in charges)
+
+
+async def test_mcp_calls_are_capped_and_their_results_held(tmp_path, fake_openai):
+    """MCP tools bill no fee, but OpenAI runs them and feeds their output back: capped by
+    maxToolCalls like the fee tools, each call held at a context window (gpt-5-nano's is 400k
+    tokens, $0.02 of input) unless the policy lists toolResults as soft."""
+    mcp = {
+        "type": "mcp",
+        "server_label": "docs",
+        "server_url": "https://mcp.example/sse",
+        "require_approval": "never",
+    }
+    policy = write_policy(tmp_path / "policy.yaml", _spec(fake_openai, requests={"maxToolCalls": 3}))
+    async with running_sidecar(policy) as sidecar:
+        client = async_client(base_url=sidecar.base_url, max_retries=0)
+        with pytest.raises(openai.RateLimitError) as refused:  # 3 x $0.02 held: over the $0.05 limit
+            await client.responses.create(model="gpt-5-nano", input="q", tools=[mcp], max_tool_calls=10)
+        assert refused.value.code == "budget_exceeded" and fake_openai.requests == []
+        await client.responses.create(model="gpt-5-nano", input="q", tools=[mcp], max_tool_calls=1)
+        assert fake_openai.requests[-1].json["max_tool_calls"] == 1
+
+    soft = _spec(fake_openai, requests={"maxToolCalls": 3}, endpoints={"softBudgetInputs": ["toolResults"]})
+    async with running_sidecar(write_policy(tmp_path / "soft.yaml", soft)) as sidecar:
+        client = async_client(base_url=sidecar.base_url, max_retries=0)
+        await client.responses.create(model="gpt-5-nano", input="q", tools=[mcp], max_tool_calls=10)
+        assert fake_openai.requests[-1].json["max_tool_calls"] == 3
 
 
 async def test_tool_calls_are_capped_by_the_policy(tmp_path, fake_openai):
@@ -262,3 +319,17 @@ async def test_cache_writes_are_settled_at_their_price(tmp_path, fake_openai):
     ok, billed = await _budget_holds(tmp_path, fake_openai, call, pricing=pricing)
     assert {c.usage.cache_write_tokens for c in fake_openai.billing.charges()} == {8}
     assert 0 < ok < CONCURRENCY
+
+
+async def test_a_soft_input_settling_above_its_hold_is_not_counted_as_a_table_bug(tmp_path, fake_openai):
+    """softBudgetInputs: toolResults is the policy's choice of a soft budget; the settle above the
+    hold it leads to is charged in full but is not an over-reservation (a bug of the table)."""
+    spec = _spec(fake_openai, requests={"maxToolCalls": 2}, endpoints={"softBudgetInputs": ["toolResults"]})
+    async with running_sidecar(write_policy(tmp_path / "policy.yaml", spec)) as sidecar:
+        client = async_client(base_url=sidecar.base_url, max_retries=0)
+        await client.responses.create(
+            model="gpt-5-nano", input="q " * 2000, tools=[{"type": "web_search"}], service_tier="default"
+        )
+        spent = await _spent(sidecar)
+        usage = await settled_usage(sidecar, 1)
+    assert spent == fake_openai.billed_micros() and usage.get("over_reserved", 0) == 0

@@ -68,6 +68,8 @@ FREE_TOOLS = frozenset(
         "apply_patch",
     }
 )
+# Tools OpenAI runs itself without a fee: their results go back to the model like the fee tools'.
+SERVER_RUN_FREE_TOOLS = frozenset({"mcp"})
 _TOOL_VERSION = re.compile(r"_\d{4}_\d{2}_\d{2}$")  # web_search_preview_2025_03_11
 
 
@@ -92,8 +94,10 @@ def clamp_tools(
     if endpoint != "responses" or not isinstance(tools, list):
         return None
     fees: dict[str, Decimal] = {}
+    server_run = False
     for tool in tools:
         kind = tool_type(tool)
+        server_run = server_run or kind in SERVER_RUN_FREE_TOOLS
         if kind in FREE_TOOLS:
             continue
         fee = prices.tool_fee(kind)
@@ -105,11 +109,12 @@ def clamp_tools(
                 code="tool_not_metered",
             )
         fees[kind] = fee
-    if not fees:
+    if not fees and not server_run:
         return None
     if cap == 0:
         raise refusals.invalid_request(
-            "Built-in tools with a fee per call are not allowed by this policy (spec.requests.maxToolCalls is 0).",
+            "Built-in tools OpenAI runs itself (with a fee per call, or MCP) are not allowed by this policy "
+            "(spec.requests.maxToolCalls is 0).",
             param="tools",
             code="tool_not_allowed",
         )
@@ -119,8 +124,22 @@ def clamp_tools(
     if "web_search_preview" in fees and fees["web_search_preview"] > fees.get("web_search", Decimal(-1)):
         # Both tools answer with web_search_call items: bill each at the dearer when both are offered.
         ctx.budget.web_search_tool = "web_search_preview"
+    if not fees:
+        return None
     dearest = max(fees, key=lambda kind: fees[kind])
     return Usage(tool_calls=((dearest, calls),)) if calls else None
+
+
+def server_tool_calls(endpoint: str, body: dict[str, Any]) -> int:
+    """How many built-in tool calls OpenAI may run itself for this request (after
+    :func:`clamp_tools` capped ``max_tool_calls``): each feeds its result back to the model."""
+    tools = body.get("tools")
+    if endpoint != "responses" or not isinstance(tools, list):
+        return 0
+    if not any(tool_type(t) not in FREE_TOOLS or tool_type(t) in SERVER_RUN_FREE_TOOLS for t in tools):
+        return 0
+    calls = body.get("max_tool_calls")
+    return calls if isinstance(calls, int) and not isinstance(calls, bool) and calls > 0 else 0
 
 
 def chat_search(ctx: RequestContext, body: dict[str, Any], prices: PriceTable) -> Usage | None:

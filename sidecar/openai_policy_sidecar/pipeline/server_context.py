@@ -30,6 +30,7 @@ from openai_policy_store.response_sizes import ContextSizes
 from .. import refusals
 from ..context import RequestContext, ServerInputFacts
 from ..pricing import PriceTable, UnknownModelPrice
+from . import clamp
 
 log = logging.getLogger("openai_policy_sidecar.pipeline.server_context")
 
@@ -133,7 +134,51 @@ async def reserve_input(
     model: str,
     visible_tokens: int,
 ) -> int:
-    """The input tokens to reserve: what the request shows plus what it pulls in from OpenAI."""
+    """The input tokens to reserve: what the request shows, what it pulls in from OpenAI, and what
+    the built-in tools OpenAI runs feed back to the model."""
+    held = await _stored_input(ctx, endpoints, prices, sizes, endpoint, body, model, visible_tokens)
+    return held + tool_results(ctx, endpoints, prices, endpoint, body, model)
+
+
+def tool_results(
+    ctx: RequestContext,
+    endpoints: EndpointsSpec,
+    prices: PriceTable,
+    endpoint: str,
+    body: dict[str, Any],
+    model: str,
+) -> int:
+    """Each built-in tool call OpenAI runs (web and file search, code interpreter, MCP) returns its
+    result to the model, and the turn that reads it bills the whole context again (search results
+    and tool outputs arrive as input tokens): up to ``max_tool_calls`` turns after the first, each
+    at most a context window. Held so, unless the policy lists toolResults as soft."""
+    calls = clamp.server_tool_calls(endpoint, body)
+    if not calls:
+        return 0
+    facts = ctx.server_input
+    if endpoints.soft_for("toolResults"):
+        facts.soft_kinds = sorted({*facts.soft_kinds, "toolResults"})
+        return 0
+    try:
+        window = prices.context_window(model)
+    except LookupError:
+        return 0  # unpriced: model_choice.require_price refuses it (or dryRun forwards)
+    facts.kinds = sorted({*facts.kinds, "toolResults"})
+    facts.reserved_tokens += calls * window
+    return calls * window
+
+
+async def _stored_input(
+    ctx: RequestContext,
+    endpoints: EndpointsSpec,
+    prices: PriceTable,
+    sizes: ContextSizes,
+    endpoint: str,
+    body: dict[str, Any],
+    model: str,
+    visible_tokens: int,
+) -> int:
+    """The input tokens to reserve for what the request shows plus what it pulls in from OpenAI."""
     facts = ctx.server_input
     facts.conversation = conversation_id(body) if endpoint == "responses" else None
     facts.stored = body.get("store") is not False
@@ -198,8 +243,7 @@ async def remember(
 ) -> None:
     """After the reply: remember the context a stored response (and its conversation) now carries.
 
-    A streamed reply's own id is gone by now, so it is not remembered (a later request naming it
-    is reserved at the context window, never less); its conversation is, from the usage.
+    A plain reply's id is read from its body, a stream's from its terminal event.
     """
     ok = 200 <= response.status < 300
     if route_label == _CREATE_CONVERSATION:
@@ -227,6 +271,6 @@ async def remember(
     carried = usage.input_tokens + usage.output_tokens
     if facts.conversation is not None:
         await sizes.remember(facts.conversation, carried)
-    ident = _response_id(response) if facts.stored else None
+    ident = (_response_id(response) or ctx.upstream.response_id) if facts.stored else None
     if ident is not None:
         await sizes.remember(ident, carried)

@@ -96,6 +96,17 @@ def check_over_reservation(ctx: RequestContext, cost: int) -> None:
     hold = ctx.budget
     if hold.reservation is None or hold.reservation.id.startswith("dryrun-") or not hold.reserved_micros:
         return
+    if cost > hold.reserved_micros and ctx.server_input.soft_kinds:
+        # The policy chose a soft budget for these inputs (softBudgetInputs): expected, not a bug.
+        log.info(
+            "request %s settled at %d micro-dollars, above its reservation of %d: %s not reserved "
+            "(spec.endpoints.softBudgetInputs)",
+            ctx.request_id,
+            cost,
+            hold.reserved_micros,
+            ", ".join(ctx.server_input.soft_kinds),
+        )
+        return
     if cost > hold.reserved_micros:
         hold.over_reserved = True
         log.error(
