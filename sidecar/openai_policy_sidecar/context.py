@@ -108,6 +108,7 @@ class UpstreamFacts:
     retry_reasons: list[str] = field(default_factory=list)  # why each retry happened
     strip_usage: bool = False  # we added stream_options.include_usage and must undo its effect
     usage: Usage | None = None  # as the reply reported it
+    response_id: str | None = None  # a streamed Response's id (a plain reply's is in its body)
 
 
 @dataclass

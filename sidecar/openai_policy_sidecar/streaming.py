@@ -64,6 +64,7 @@ class StreamMeter:
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
         self.model: str | None = None
+        self.response_id: str | None = None  # a Responses stream's response (remembered when stored)
         self.upstream_events = 0
         self.completed = False  # saw [DONE] or a terminal Responses event
 
@@ -118,6 +119,8 @@ class StreamMeter:
             self.model = response["model"]
         if is_terminal:
             self.completed = True
+            if isinstance(response.get("id"), str):
+                self.response_id = response["id"]
             usage = parse_usage(response.get("usage"))
             if usage is not None:
                 self.usage = with_response_facts(usage, response)  # tier and built-in tool calls

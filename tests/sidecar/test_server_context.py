@@ -221,6 +221,23 @@ async def test_an_id_the_sidecar_never_saw_falls_back_to_the_context_window(tmp_
     assert spent == fake_openai.billed_micros()
 
 
+async def test_a_streamed_response_is_remembered_like_a_plain_one(tmp_path, fake_openai) -> None:
+    """Its id comes from the stream's terminal event: continuing it is held exactly, under a limit
+    a context-window hold does not fit in."""
+    limit_micros = _window_cost() - 1_000
+    async with running_sidecar(_policy(tmp_path, fake_openai, limit_micros / 1e6)) as sidecar:
+        client = async_client(sidecar.base_url, max_retries=0)
+        ident = None
+        async with await client.responses.create(model=MODEL, input=BIG_TEXT, stream=True) as stream:
+            async for event in stream:
+                if event.type == "response.completed":
+                    ident = event.response.id
+        assert ident is not None
+        await client.responses.create(model=MODEL, previous_response_id=ident, input="more")
+        spent = await _spent(sidecar)
+    assert spent == fake_openai.billed_micros()
+
+
 async def test_two_sidecars_sharing_redis_share_what_they_remembered(tmp_path, fake_openai, redis) -> None:
     limit_micros = _window_cost() - 1_000
     policy = _policy(tmp_path, fake_openai, limit_micros / 1e6, contextMemorySeconds=600)

@@ -110,6 +110,7 @@ async def relay(
     if endpoint:
         # A cut oversized stream may have been billed whole upstream: charge its worst case.
         settle.meter_usage(ctx, prices, None if too_large else meter.usage, meter.model)
+        ctx.upstream.response_id = meter.response_id
     if recorder is not None and not failed and not client_gone:
         ctx.cache.entry = recorder.finish(
             completed=meter.completed,
