@@ -127,6 +127,12 @@ class Metrics:
         self.cache_hits = Counter(
             "openai_policy_cache_hits", "Requests answered from the response cache.", registry=r
         )
+        self.over_reserved = Counter(
+            "openai_policy_over_reserved",
+            "Requests settled above their reservation: the price table or the estimate is wrong.",
+            ["model"],
+            registry=r,
+        )
         self.cache_forged = Counter(
             "openai_policy_cache_forged",
             "Shared cache entries refused (and missed) because their MAC does not verify.",

@@ -8,6 +8,7 @@ import logging
 import aiohttp
 import pytest
 
+from openai_policy_devkit.sidecar import admin_get, async_client, running_sidecar, upstream_spec, write_policy
 from openai_policy_sidecar.context import RequestContext
 from openai_policy_sidecar.metrics import Metrics
 from openai_policy_sidecar.pipeline import forward, settle
@@ -74,3 +75,20 @@ def test_a_call_cut_off_mid_flight_is_charged_its_worst_case():
     metered = RequestContext(dry_run=False)
     metered.budget.worst_micros, metered.budget.answered, metered.budget.cost_micros = 900, True, 42
     assert settle.final_cost(metered) == 42
+
+
+async def test_a_settle_above_its_hold_is_a_prometheus_counter_too(tmp_path, fake_openai):
+    """An upstream reporting more input than the request could hold (a table or estimate bug):
+    charged in full, and counted in openai_policy_over_reserved_total beside the status."""
+    spec = upstream_spec(fake_openai, budget={"limits": [{"window": "hour", "usd": 5}]})
+    async with running_sidecar(write_policy(tmp_path / "policy.yaml", spec)) as sidecar:
+        fake_openai.add_fault(
+            "usage", usage={"prompt_tokens": 900_000, "completion_tokens": 1, "total_tokens": 900_001}
+        )
+        client = async_client(sidecar.base_url, max_retries=0)
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        status, metrics = await admin_get(sidecar, "/metrics")
+    assert status == 200
+    assert 'openai_policy_over_reserved_total{model="gpt-4o-mini"} 1.0' in metrics

@@ -20,7 +20,7 @@ from ..context import RequestContext
 from ..metrics import Metrics
 from ..surfaces import Route
 from .parse import METERED_ENDPOINTS, ParsedRequest
-from .rate_and_budget import _rate_only as rate_only  # the same rate check, without a hold
+from .rate_and_budget import rate_only  # the same rate check, without a hold
 
 
 def refusal_for(

@@ -94,7 +94,7 @@ async def check_and_reserve(
     reservation: Reservation | None = None
     budget_refused: refusals.Refusal | None = None
     if worst_micros is None:
-        rate_refused, headers = await _rate_only(limiter, ctx.request.user, tokens, metrics)
+        rate_refused, headers = await rate_only(limiter, ctx.request.user, tokens, metrics)
     else:
         outcome = await admit(
             limiter, ledger, ctx.request.user, tokens, worst_micros, reserve_when_rate_refused=ctx.dry_run
@@ -121,7 +121,7 @@ async def check_and_reserve(
         hold.reservation = unheld(ledger)
 
 
-async def _rate_only(
+async def rate_only(
     limiter: RateLimiter, user: str | None, tokens: int, metrics: Metrics
 ) -> tuple[refusals.Refusal | None, dict[str, str]]:
     try:

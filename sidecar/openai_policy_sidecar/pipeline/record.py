@@ -126,6 +126,8 @@ def record(
         child(metrics.tokens, model, "cached").inc(usage.cached_tokens)
     if ctx.budget.cost_micros:
         child(metrics.cost, model).inc(ctx.budget.cost_micros / 1_000_000)
+    if ctx.budget.over_reserved:
+        child(metrics.over_reserved, model).inc()
     if ctx.model.drift:
         reported = bounded_model(ctx.model.reported or "", snapshot, keep_dated=True)
         metrics.model_drift.labels(expected=model, reported=reported).inc()
