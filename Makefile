@@ -10,7 +10,7 @@ CACHE ?= $(or $(OPENAI_POLICY_CACHE),$(HOME)/.cache/openai-policy-operator)
 TIKTOKEN_DIR := $(CACHE)/tiktoken
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup venv redis control-plane tiktoken lint crds clean bench bench-quick bench-operator wrk fuzz \
+.PHONY: test demo setup venv redis control-plane tiktoken promtool krew lint crds clean bench bench-quick bench-operator wrk fuzz \
 	node images cluster cluster-down
 
 # The same script builds the images' environments (Dockerfile.*), so CI tests what ships.
@@ -31,13 +31,24 @@ control-plane:
 tiktoken: venv
 	scripts/provision-tiktoken.sh $(PY) $(TIKTOKEN_DIR)
 
-setup: venv redis control-plane tiktoken
+# promtool (Debian's prometheus package) runs the alerts' unit tests; krew validates and installs
+# the kubectl plugin's release manifest (built from its Go module, cached like the control plane).
+promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "promtool is missing: install Debian's prometheus package (needs root)" >&2; exit 1; fi; }
+
+krew:
+	scripts/setup-krew.sh >/dev/null
+
+setup: venv redis control-plane tiktoken promtool krew
 
 # Style, formatting, types (strict for the api and store packages) and the import layers.
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy -p openai_policy_api -p openai_policy_store -p openai_policy_sidecar -p openai_policy_operator
+	$(PY) -m mypy -p openai_policy_api -p openai_policy_store -p openai_policy_sidecar -p openai_policy_operator \
+	  -p openai_policy_kubectl
 	$(VENV)/bin/lint-imports
 
 # The e2e tests run on real pods: e2e/node/run.sh builds the images, brings up the project's own
