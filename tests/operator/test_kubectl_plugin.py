@@ -202,6 +202,7 @@ def test_explain_refusal_finds_the_request_in_a_real_sidecars_log(tmp_path, fake
     assert found.returncode == 0, found.stderr
     assert f"Request {request_id}: Refused by the policy with 403 model_not_allowed." in found.stdout
     assert "Model asked for: gpt-4o" in found.stdout
+    assert "Why: The model `gpt-4o` is not allowed by this policy." in found.stdout  # what the caller got
     assert "sk-test-plugin" not in found.stdout
 
     missing = plugin(control_plane, "explain-refusal", "req-does-not-exist", "--log-file", str(log))

@@ -200,6 +200,10 @@ def access_fields(
         # Kinds and actions only: the matched text never reaches a log line.
         "guardrails": ctx.findings or None,
     }
+    if outcome.refusal is not None:
+        # What the caller was told (it names the policy field to change; never a prompt or the key):
+        # `kubectl oaip explain-refusal` shows it.
+        fields["refusal"] = outcome.refusal.message
     if ctx.upstream.retry_reasons:
         fields["retry_reasons"] = ctx.upstream.retry_reasons
     if ctx.cache.saved_micros:
