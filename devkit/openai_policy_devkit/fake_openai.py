@@ -184,6 +184,12 @@ class FakeOpenAI:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def release_hangs(self) -> None:
+        """Let go every call a `hang` fault holds (its connection dropped, as at stop), and every
+        later one at once: a test that held calls open ends without waiting for their timeouts."""
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
     @property
     def faults(self) -> list[Fault]:
         """Faults still pending."""

@@ -134,7 +134,9 @@ def proxy_for(url: str) -> str | None:
 class Upstream:
     """One pooled ``ClientSession`` for the life of the sidecar (keep-alive matters: seeds)."""
 
-    def __init__(self, connection_limit: int = 256) -> None:
+    def __init__(self, connection_limit: int = 0) -> None:
+        # 0: no cap of the pool's own. The policy's queue (spec.queue.maxConcurrent) is what bounds
+        # upstream calls; a fixed cap here was a hidden second limit (streams past 256 waited).
         self._limit = connection_limit
         self._session: aiohttp.ClientSession | None = None
         self.rate_view = LastSeen()  # the upstream's latest x-ratelimit-*, for answers it never sees
