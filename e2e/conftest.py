@@ -20,9 +20,10 @@ pytest_plugins = [
 ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def environment() -> Iterator[ClusterEnvironment]:
-    """The real cluster the run script prepared (e2e/node/run.sh, e2e/kind/run.sh), or a skip saying why."""
+    """The real cluster the run script prepared (e2e/node/run.sh, e2e/kind/run.sh), or a skip saying why.
+    One per module: closing it deletes the namespaces its tests created."""
     found = cluster_from_environment()
     if isinstance(found, str):
         pytest.skip(found)

@@ -14,16 +14,15 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.environments import SIDECAR, ClusterEnvironment, cluster_from_environment
+from e2e.environments import SIDECAR, ClusterEnvironment
 from e2e.kube import condition, get_json, pods_with_label, wait_for
-from e2e.upstream import FAKE_NAME, FAKE_PORT, InClusterUpstream
+from e2e.upstream import FAKE_NAME, FAKE_PORT
 from e2e.workload import APP_LABEL, Workload, client_records, deploy, label_for_injection, stored_pod
 
 KEY = "sk-e2e-real-pods-" + secrets.token_hex(12)
@@ -40,8 +39,7 @@ class Governed:
         self.env = env
         self.cluster = env.cluster
         self.namespace = env.create_namespace("e2e-real-pods")
-        self.upstream = InClusterUpstream(self.cluster, self.namespace, env.sidecar_image)
-        self.upstream.deploy()
+        self.upstream = env.upstream(self.namespace)
         self.workload = Workload(
             self.namespace,
             api_key=KEY,
@@ -68,14 +66,8 @@ class Governed:
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[Any]:
-    found = cluster_from_environment()
-    if isinstance(found, str):
-        pytest.skip(found)
-    try:
-        yield found
-    finally:
-        found.close()
+def env(environment: ClusterEnvironment) -> ClusterEnvironment:
+    return environment
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +175,7 @@ def test_pod_deletion_drains_an_inflight_stream_within_the_grace_period(env: Clu
     """Deleting a pod mid-stream: the app gets SIGTERM first and finishes its stream through the
     sidecar, which the kubelet stops only after the app has exited; all within the grace period."""
     namespace = env.create_namespace("e2e-drain")
-    upstream = InClusterUpstream(env.cluster, namespace, env.sidecar_image)
-    upstream.deploy()
+    upstream = env.upstream(namespace)
     # Every stream stalls after its first event, so one is always in flight.
     fault = {"kind": "stall_stream", "times": None, "after_events": 1, "seconds": STALL_SECONDS}
     env.cluster.kubectl(
