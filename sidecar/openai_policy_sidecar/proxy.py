@@ -172,6 +172,9 @@ class Proxy:
         input_tokens = await server_context.reserve_input(
             ctx, spec.endpoints, snapshot.prices, sizes, endpoint, body, choice.sent, input_tokens
         )
+        input_tokens += server_context.tool_results(
+            ctx, spec.endpoints, snapshot.prices, endpoint, body, choice.sent
+        )
         await safety.check_request(ctx, spec.safety, self.durable.moderation, endpoint, body)
         worst = (
             rate_and_budget.worst_case(

@@ -124,22 +124,6 @@ def prompt_model(endpoints: EndpointsSpec, body: dict[str, Any]) -> str:
     return endpoints.stored_prompt_model
 
 
-async def reserve_input(
-    ctx: RequestContext,
-    endpoints: EndpointsSpec,
-    prices: PriceTable,
-    sizes: ContextSizes,
-    endpoint: str,
-    body: dict[str, Any],
-    model: str,
-    visible_tokens: int,
-) -> int:
-    """The input tokens to reserve: what the request shows, what it pulls in from OpenAI, and what
-    the built-in tools OpenAI runs feed back to the model."""
-    held = await _stored_input(ctx, endpoints, prices, sizes, endpoint, body, model, visible_tokens)
-    return held + tool_results(ctx, endpoints, prices, endpoint, body, model)
-
-
 def tool_results(
     ctx: RequestContext,
     endpoints: EndpointsSpec,
@@ -168,7 +152,7 @@ def tool_results(
     return calls * window
 
 
-async def _stored_input(
+async def reserve_input(
     ctx: RequestContext,
     endpoints: EndpointsSpec,
     prices: PriceTable,
@@ -178,7 +162,7 @@ async def _stored_input(
     model: str,
     visible_tokens: int,
 ) -> int:
-    """The input tokens to reserve for what the request shows plus what it pulls in from OpenAI."""
+    """The input tokens to reserve: what the request shows plus what it pulls in from OpenAI."""
     facts = ctx.server_input
     facts.conversation = conversation_id(body) if endpoint == "responses" else None
     facts.stored = body.get("store") is not False
