@@ -151,19 +151,10 @@ class SidecarProcess:
         redis_credential_file: Path | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
-        self.port, self.admin_port = free_ports(2)
         self.log_path = log_path
         script = Path(sys.executable).with_name("openai-policy-sidecar")  # the console script itself
         command = [str(script)] if script.exists() else [sys.executable, "-m", "openai_policy_sidecar"]
-        args = [
-            *command,
-            "--policy",
-            str(policy_path),
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--admin-listen",
-            f"127.0.0.1:{self.admin_port}",
-        ]
+        args = [*command, "--policy", str(policy_path)]
         if api_key_file is not None:
             args += ["--api-key-file", str(api_key_file)]
         if redis_url:
@@ -178,8 +169,19 @@ class SidecarProcess:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "sidecar"), str(REPO)])
         if env_key is not None:
             env["OPENAI_API_KEY"] = env_key
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self._args, self._env, self._spawns = args, env, 0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        """Start the process on two ports free a moment ago (another process may take one first:
+        ``wait_healthy`` then starts it again on others)."""
+        self.port, self.admin_port = free_ports(2)
+        listen = ["--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}"]
+        self._spawns += 1
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [*self._args, *listen], stdout=self._log, stderr=subprocess.STDOUT, env=self._env, cwd=REPO
+        )
 
     @property
     def base_url(self) -> str:
@@ -204,6 +206,10 @@ class SidecarProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "Address already in use" in self.log() and self._spawns < 3:
+                    self._log.close()
+                    self._spawn()
+                    continue
                 raise RuntimeError(f"sidecar exited with {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(OSError):
                 if self.get_admin("/healthz")[0] == 200:
