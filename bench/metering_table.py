@@ -30,6 +30,7 @@ from openai_policy_devkit.fake_openai import FakeOpenAI
 from openai_policy_devkit.sidecar import (
     async_client,
     close_all_async_clients,
+    concurrently,
     quiesce,
     running_sidecar,
     upstream_spec,
@@ -192,14 +193,7 @@ async def measure(name: str) -> Row:
             client = async_client(sidecar.base_url, max_retries=0)
             call = await setup(client, fake)
 
-            async def one(index: int) -> str:
-                try:
-                    await call(client, index)
-                except openai.APIStatusError as error:  # refused (429) or timed out (504)
-                    return error.code or str(error.status_code)
-                return "ok"
-
-            outcomes = await asyncio.gather(*(one(i) for i in range(CONCURRENCY)))
+            outcomes = await concurrently(lambda index: call(client, index), CONCURRENCY)
             if fake.faults:  # calls answered late are billed when the fake answers them
                 await asyncio.sleep(LATE_SECONDS)
             await quiesce(sidecar)

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,20 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise TimeoutError("condition not met")
+
+
+async def concurrently(call: Callable[[int], Awaitable[object]], count: int) -> list[str | BaseException]:
+    """``call(i)`` for every i below ``count``, all at once. Each outcome is "ok", the error code of
+    an OpenAI-shaped answer the SDK raised (``budget_exceeded``, ...), or any other exception."""
+
+    async def one(index: int) -> str:
+        try:
+            await call(index)
+        except openai.APIStatusError as error:
+            return error.code or str(error.status_code)
+        return "ok"
+
+    return list(await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True))
 
 
 def total_requests(sidecar: Sidecar) -> float:

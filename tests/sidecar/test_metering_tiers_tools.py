@@ -18,6 +18,7 @@ from openai_policy_api import load_policy
 from openai_policy_devkit.fake_openai_billing import Billing
 from openai_policy_devkit.sidecar import (
     async_client,
+    concurrently,
     policy_document,
     quiesce,
     running_sidecar,
@@ -50,14 +51,7 @@ async def _spent(sidecar) -> int:
 
 
 async def _fire(call) -> tuple[int, int, list[BaseException]]:
-    async def one(index: int) -> str:
-        try:
-            await call(index)
-        except openai.RateLimitError as error:
-            return error.code or "?"
-        return "ok"
-
-    outcomes = await asyncio.gather(*(one(i) for i in range(CONCURRENCY)), return_exceptions=True)
+    outcomes = await concurrently(call, CONCURRENCY)
     errors = [o for o in outcomes if isinstance(o, BaseException)]
     return outcomes.count("ok"), outcomes.count("budget_exceeded"), errors
 

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from openai_policy_api import EndpointsSpec
 from openai_policy_devkit.sidecar import (
     async_client,
+    concurrently,
     quiesce,
     running_sidecar,
     upstream_spec,
@@ -64,15 +65,7 @@ def _window_cost() -> int:
 
 async def _hundred(call: Any) -> tuple[int, int]:
     """(accepted, refused for the budget) of 100 concurrent calls."""
-
-    async def one() -> str:
-        try:
-            await call()
-        except openai.RateLimitError as error:
-            return str(error.code)
-        return "ok"
-
-    outcomes = await asyncio.gather(*(one() for _ in range(100)))
+    outcomes = await concurrently(lambda _: call(), 100)
     assert set(outcomes) <= {"ok", "budget_exceeded"}, outcomes
     return outcomes.count("ok"), outcomes.count("budget_exceeded")
 
