@@ -3,7 +3,7 @@ real `openai` SDK through a sidecar against a $0.05 hour limit (exhausted by the
 fit), the calls accepted, the real bill (the fake upstream bills every call it answered from what
 it really did, at the sidecar's bundled prices) and the spend the sidecar recorded.
 
-    .venv/bin/python bench/metering_table.py [--rows NAME,...] [--json bench/results/metering.json]
+    .venv/bin/python bench/metering_table.py [--row NAME ...] [--json bench/results/metering.json]
 
 Each row is a fresh fake upstream and in-memory sidecar (a few seconds each); a row's setup calls
 (an upload, a first response) count in both figures. Rows whose answer
@@ -207,10 +207,10 @@ async def measure(name: str) -> Row:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", help="comma-separated row names (default: all)")
+    parser.add_argument("--row", action="append", help="one row's name (repeatable; default: every row)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    names = args.rows.split(",") if args.rows else list(ROWS)
+    names = args.row or list(ROWS)
     rows = [asyncio.run(measure(name)) for name in names]
     head = f"| request ({CONCURRENCY} concurrent, ${LIMIT_USD} hour limit) | accepted | failed | real bill | recorded |"
     print(head + "\n|---|---:|---:|---:|---:|")
