@@ -4,6 +4,7 @@ ValidatingAdmissionPolicies rendered for settings with an OTLP endpoint), operat
 from __future__ import annotations
 
 import copy
+import itertools
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -59,9 +60,14 @@ def injected(endpoint: str) -> dict[str, Any]:
 
 def test_the_operators_endpoint_is_admitted_another_is_refused(control_plane, otlp_namespace):
     forged = injected("http://attacker.example:4318")
-    # The API server loads new policies asynchronously: wait until it refuses the forged one.
+    # The API server loads new policies asynchronously: wait until it refuses the forged one (each
+    # probe under a name of its own: one admitted before then would make a retry fail as existing).
+    probes = itertools.count()
     wait_for(
-        lambda: create(control_plane, otlp_namespace, forged, "-probe").returncode != 0,
+        lambda: (
+            "openai-policy sidecar-shape:"
+            in create(control_plane, otlp_namespace, forged, f"-probe{next(probes)}").stderr
+        ),
         30.0,
         0.5,
         "the policies",
