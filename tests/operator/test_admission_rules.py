@@ -41,8 +41,6 @@ TOKEN_MOUNT = {"name": "kube-api-access-x1", "mountPath": "/var/run/secrets/kube
 
 def admitted_by_webhook(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(the mutating webhook's decision, the pod as the validating stage then sees it)."""
-    from openai_policy_operator.sidecar_injection import injection_patch
-
     body = copy.deepcopy(body)
     decision = decide(body, "shop", ENABLED, POLICIES, frozenset())
     if decision.action == INJECT and decision.policy is not None:
