@@ -500,8 +500,15 @@ class CircuitBreakerSpec(SpecModel):
 class QueueSpec(SpecModel):
     """Concurrency per pod: how many calls run at once, and how many may wait for a slot."""
 
+    # Not the seeds' 10 (that is their client's requests per minute, not a concurrency): a proxy that
+    # made the 11th concurrent stream of a pod wait would be a surprise. 1,000 sits just below the
+    # listener's 1,024 connections, so the queue, not a refused connection, is what a burst meets.
     max_concurrent: int = Field(
-        default=10, ge=1, le=100_000, description="Upstream calls in flight at once from one pod."
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Upstream calls in flight at once from one pod (streams included, for as long as they "
+        "are open). Lower it to protect an upstream; spending is bounded by the budgets and rate limits.",
     )
     max_depth: int = Field(
         default=1000,
