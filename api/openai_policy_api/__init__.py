@@ -57,10 +57,13 @@ from .spec import (
 )
 from .status import (
     CONDITION_TYPES,
+    TOP_SPENDERS_KEPT,
+    TOP_SPENDERS_SHOWN,
     Condition,
     GenerationCount,
     PodsStatus,
     PolicyStatus,
+    Spender,
     StatusSummary,
     UsageStatus,
     WindowSpend,
@@ -120,6 +123,9 @@ __all__ = [
     "UpstreamSpec",
     "UsageStatus",
     "WindowSpend",
+    "Spender",
+    "TOP_SPENDERS_KEPT",
+    "TOP_SPENDERS_SHOWN",
     "dumps_document",
     "is_wildcard",
     "load_policy",

@@ -10,7 +10,9 @@ breaker, backoff capped at 60 s, a queue that refuses beyond 1000 waiting reques
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Literal, get_args
+from zoneinfo import available_timezones
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -31,12 +33,25 @@ from .matching import cel_allowed, is_wildcard, model_allowed
 from .selector import LabelSelector
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-Window = Literal["hour", "day", "month"]
+DEFAULT_TIME_ZONE = "UTC"
+Window = Literal["hour", "day", "week", "month"]
 PiiType = Literal["email", "phone", "ssn", "creditCard", "ipAddress", "apiKey"]
 
 # The same values as tuples, for code that iterates over them.
 WINDOWS: tuple[Window, ...] = get_args(Window)
 PII_TYPES: tuple[PiiType, ...] = get_args(PiiType)
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    # Read once: scanning the zone database costs tens of milliseconds.
+    return frozenset(available_timezones())
+
+
+def is_time_zone(name: str) -> bool:
+    """True for an IANA zone name the system knows (``UTC``, ``Europe/Paris``...). A listed name, not
+    any path ZoneInfo would open: ``localtime`` or a relative path must not pass."""
+    return name in _zone_names()
 
 
 class SecretKeyRef(SpecModel):
@@ -204,11 +219,12 @@ class ModelsSpec(SpecModel):
 
 
 class BudgetLimit(SpecModel):
-    """A spending limit over one calendar window (UTC)."""
+    """A spending limit over one calendar window (in budget.timeZone, UTC unless set)."""
 
     window: Window = Field(
-        description="The calendar window, in UTC: `hour` (resets on the hour), `day` (at 00:00 UTC) or "
-        "`month` (on the 1st, 00:00 UTC)."
+        description="The calendar window, in budget.timeZone (UTC unless set): `hour` (resets on the "
+        "local hour), `day` (at local midnight), `week` (ISO week: Monday, local midnight) or `month` "
+        "(on the 1st, local midnight)."
     )
     usd: float = Field(
         gt=0,
@@ -229,10 +245,13 @@ class BudgetSpec(SpecModel):
     model_config = ConfigDict(
         json_schema_extra={
             CEL_RULES: [
-                cel(
-                    "!has(self.limits) || self.limits.all(l, self.limits.exists_one(m, m.window == l.window))",
-                    "each window (hour, day, month) may appear at most once in budget.limits",
-                    field_path=".limits",
+                *(
+                    cel(
+                        f"!has(self.{field}) || self.{field}.all(l, self.{field}.exists_one(m, m.window == l.window))",
+                        f"each window (hour, day, week, month) may appear at most once in budget.{field}",
+                        field_path=f".{field}",
+                    )
+                    for field in ("limits", "perUser", "perFeature")
                 ),
                 cel(
                     "!has(self.downgradeAtPercent) || !has(self.alertAtPercent) || "
@@ -246,9 +265,34 @@ class BudgetSpec(SpecModel):
 
     limits: list[BudgetLimit] = Field(
         default_factory=list,
-        max_length=3,
+        max_length=len(WINDOWS),
         description="Spending limits, at most one per window; every limit applies. Empty: spend is metered "
         "and reported but never refused.",
+    )
+    per_user: list[BudgetLimit] = Field(
+        default_factory=list,
+        max_length=len(WINDOWS),
+        description="Spending limits for each end user separately, at most one per window, on top of "
+        "`limits`. The user is the request body's `user` or `safety_identifier`, or the "
+        "`X-OpenAI-Policy-User` header (at most 256 characters); requests without a user are held "
+        "against `limits` only. A call that could cross its user's limit is refused with "
+        "budget_exceeded naming the user and the window.",
+    )
+    per_feature: list[BudgetLimit] = Field(
+        default_factory=list,
+        max_length=len(WINDOWS),
+        description="Spending limits for each feature separately (the `X-OpenAI-Policy-Feature` header, "
+        "at most 256 characters), at most one per window, on top of `limits`. Requests without the "
+        "header are held against `limits` (and `perUser`) only.",
+    )
+    time_zone: str = Field(
+        default=DEFAULT_TIME_ZONE,
+        min_length=1,
+        max_length=64,
+        description="The IANA time zone the windows follow (e.g. `Europe/Paris`, `America/New_York`): "
+        "days start at local midnight, weeks on Monday, months on the 1st, hours on the local hour "
+        "(at :30 UTC in Asia/Kolkata). Daylight-saving days last 23 or 25 hours. Changing it starts "
+        "new buckets: spend already counted stays in the buckets it was counted in.",
     )
     alert_at_percent: Percent = Field(
         default=80,
@@ -276,20 +320,35 @@ class BudgetSpec(SpecModel):
         "its own while the store is unreachable.",
     )
 
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if not is_time_zone(value):
+            raise ValueError(
+                f"budget.timeZone: {value!r} is not an IANA time zone name (e.g. UTC, Europe/Paris, "
+                "America/New_York)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _rules(self) -> BudgetSpec:
         problems: list[tuple[str, str]] = []
-        first: dict[str, int] = {}
-        for i, limit in enumerate(self.limits):
-            if limit.window in first:
-                problems.append(
-                    (
-                        f"limits[{i}].window",
-                        f"{limit.window!r} is already limited by "
-                        f"limits[{first[limit.window]}]; each window may appear once",
+        for field, entries in (
+            ("limits", self.limits),
+            ("perUser", self.per_user),
+            ("perFeature", self.per_feature),
+        ):
+            first: dict[str, int] = {}
+            for i, limit in enumerate(entries):
+                if limit.window in first:
+                    problems.append(
+                        (
+                            f"{field}[{i}].window",
+                            f"{limit.window!r} is already limited by "
+                            f"{field}[{first[limit.window]}]; each window may appear once",
+                        )
                     )
-                )
-            first.setdefault(limit.window, i)
+                first.setdefault(limit.window, i)
         if self.downgrade_at_percent is not None and self.downgrade_at_percent <= self.alert_at_percent:
             problems.append(
                 (

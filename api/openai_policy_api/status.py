@@ -13,6 +13,7 @@ from typing import Final, Literal
 from pydantic import Field
 
 from .base import StatusModel, doc
+from .spec import WINDOWS, Window
 
 # The condition types the operator maintains, in the order it writes them.
 READY: Final = "Ready"
@@ -70,19 +71,47 @@ class PodsStatus(StatusModel):
     )
 
 
+# How many users and features status.spend lists per window, and how many the store keeps per
+# window bucket (bounded memory; the shown top stays exact, see the store's settle).
+TOP_SPENDERS_SHOWN: Final = 10
+TOP_SPENDERS_KEPT: Final = 100
+
+
+class Spender(StatusModel):
+    """One user or feature and what it spent in a window's current bucket."""
+
+    name: str = Field(max_length=256, description="The user (or feature) as the app named it.")
+    usd: str = Field(description="Its settled spend in the bucket, in US dollars (decimal string).")
+
+
 class WindowSpend(StatusModel):
     """Spend in the current bucket of one budget window."""
 
-    window: Literal["hour", "day", "month"] = Field(
-        description="The budget window: hour, day or month (UTC)."
-    )
+    window: Window = Field(description="The budget window: hour, day, week or month (in budget.timeZone).")
     bucket: str = Field(description="The current calendar bucket, e.g. 2026-11 for a month.")
+    start: datetime | None = Field(default=None, description="When the bucket began (RFC 3339).")
+    end: datetime | None = Field(
+        default=None, description="When the bucket ends (RFC 3339): the next one begins."
+    )
     usd: str = Field(description="Settled spend in the bucket, in US dollars (decimal string).")
     limit_usd: str | None = Field(
         default=None, description="The window's limit, in US dollars; absent when the window has no limit."
     )
     remaining_usd: str | None = Field(default=None, description="What is left of the limit, in US dollars.")
     percent: int | None = Field(default=None, ge=0, description="Spend as a whole percent of the limit.")
+    top_users: list[Spender] = Field(
+        default_factory=list,
+        max_length=TOP_SPENDERS_SHOWN,
+        description=f"The {TOP_SPENDERS_SHOWN} users who spent most in the bucket, highest first (settled "
+        f"spend; requests without a user are not listed). The store keeps the {TOP_SPENDERS_KEPT} highest "
+        "per bucket: the list is exact while fewer users spent in the bucket.",
+    )
+    top_features: list[Spender] = Field(
+        default_factory=list,
+        max_length=TOP_SPENDERS_SHOWN,
+        description=f"The {TOP_SPENDERS_SHOWN} features (X-OpenAI-Policy-Feature) that spent most in the "
+        "bucket, highest first, kept like topUsers.",
+    )
 
 
 class UsageStatus(StatusModel):
@@ -185,8 +214,7 @@ def spend_summary(spend: list[WindowSpend]) -> str | None:
         tightest = max(limited, key=used)
         return f"{_money(tightest.usd)}/{_money(tightest.limit_usd or '0')} {tightest.window}"
     if spend:
-        order = {"hour": 0, "day": 1, "month": 2}
-        widest = max(spend, key=lambda w: order[w.window])
+        widest = max(spend, key=lambda w: WINDOWS.index(w.window))
         return f"{_money(widest.usd)} {widest.window}"
     return None
 

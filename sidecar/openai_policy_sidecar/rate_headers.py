@@ -16,6 +16,9 @@ from collections.abc import Iterable, Mapping
 UNITS = ("requests", "tokens")
 _FIELDS = ("limit", "remaining", "reset")
 NAMES = tuple(f"x-ratelimit-{field}-{unit}" for unit in UNITS for field in _FIELDS)
+# The policy's own remaining budget (``budget_headers``): only the sidecar writes them, so they pass
+# from the first source that has them and are never taken from an upstream's answer.
+BUDGET_PREFIX = "x-openai-policy-budget-remaining-"
 
 
 def _triples(headers: Mapping[str, str]) -> dict[str, tuple[int, int, str]]:
@@ -34,17 +37,38 @@ def _triples(headers: Mapping[str, str]) -> dict[str, tuple[int, int, str]]:
     return found
 
 
+def budget_headers(remaining: Iterable[tuple[str, str, int | None]]) -> dict[str, str]:
+    """``x-openai-policy-budget-remaining-[user-|feature-]<window>`` in USD with 6 decimals, from
+    ``(kind, window, micros)`` (kind ``policy``, ``user`` or ``feature``; None: no limit, no header)."""
+    out: dict[str, str] = {}
+    for kind, window, micros in remaining:
+        if micros is not None:
+            scope = "" if kind == "policy" else f"{kind}-"
+            whole, frac = divmod(max(0, micros), 1_000_000)
+            out[f"{BUDGET_PREFIX}{scope}{window}"] = f"{whole}.{frac:06d}"
+    return out
+
+
+def _budget_part(sources: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    for source in sources:
+        found = {name: value for name, value in source.items() if name.lower().startswith(BUDGET_PREFIX)}
+        if found:
+            return found
+    return {}
+
+
 def tighter(*sources: Mapping[str, str]) -> dict[str, str]:
-    """The six headers (those known) from the sources, per unit the one with fewest remaining.
+    """The six headers (those known) from the sources, per unit the one with fewest remaining; and
+    the remaining-budget headers of the first source that carries them.
 
     On a tie the earlier source wins: the caller lists the policy first."""
+    out = _budget_part(sources)
     best: dict[str, tuple[int, int, str]] = {}
     for source in sources:
         for unit, triple in _triples(source).items():
             held = best.get(unit)
             if held is None or (triple[1], triple[0]) < (held[1], held[0]):
                 best[unit] = triple
-    out: dict[str, str] = {}
     for unit, (limit, remaining, reset) in best.items():
         out[f"x-ratelimit-limit-{unit}"] = str(limit)
         out[f"x-ratelimit-remaining-{unit}"] = str(remaining)
@@ -53,8 +77,8 @@ def tighter(*sources: Mapping[str, str]) -> dict[str, str]:
 
 
 def without(headers: Iterable[str]) -> list[str]:
-    """The rate-limit header names present in ``headers`` (to replace them)."""
-    return [name for name in headers if name.lower() in NAMES]
+    """The rate-limit and budget header names present in ``headers`` (to replace them)."""
+    return [name for name in headers if name.lower() in NAMES or name.lower().startswith(BUDGET_PREFIX)]
 
 
 class LastSeen:
@@ -66,7 +90,7 @@ class LastSeen:
     def note(self, headers: Mapping[str, str]) -> None:
         triples = _triples(headers)
         if triples:
-            self._headers.update(tighter(headers))
+            self._headers.update(tighter({k: v for k, v in headers.items() if k.lower() in NAMES}))
 
     def headers(self) -> dict[str, str]:
         return dict(self._headers)

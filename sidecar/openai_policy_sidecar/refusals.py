@@ -64,14 +64,22 @@ class Refusal(Exception):
 # --- the refusals of the design, one constructor each -------------------------------------------------
 
 
-def budget_exceeded(window: str, limit_usd: str, spent_usd: str, reserved_usd: str) -> Refusal:
-    return Refusal(
-        429,
-        "budget_exceeded",
-        f"The {window} budget of ${limit_usd} for this policy would be exceeded by this request "
-        f"(spent ${spent_usd}, reserved by requests in flight ${reserved_usd}).",
-        type=RATE_LIMIT,
-    )
+def budget_exceeded(
+    window: str, limit_usd: str, spent_usd: str, reserved_usd: str, owner: str | None = None
+) -> Refusal:
+    """``owner``: whose budget, e.g. ``user 'alice'``; None for the policy's own. The figures are
+    that budget's only: a user's refusal never shows another user's or the policy's spend."""
+    if owner is None:
+        message = (
+            f"The {window} budget of ${limit_usd} for this policy would be exceeded by this request "
+            f"(spent ${spent_usd}, reserved by requests in flight ${reserved_usd})."
+        )
+    else:
+        message = (
+            f"The {window} budget of {owner} (${limit_usd}) is spent: this request could exceed it "
+            f"(spent ${spent_usd}, reserved by requests in flight ${reserved_usd}; spec.budget)."
+        )
+    return Refusal(429, "budget_exceeded", message, type=RATE_LIMIT)
 
 
 def rate_limit_exceeded(message: str, retry_after: float, headers: dict[str, str]) -> Refusal:

@@ -48,6 +48,10 @@ SIDECAR_COMMANDS: tuple[str, ...] = (
     "zadd",
     "zrem",
     "zrangebyscore",
+    # top spenders: kept by the settle script, read by the operator
+    "zincrby",
+    "zremrangebyrank",
+    "zrevrange",
     # usage, heartbeats, cache, policy document
     "hincrby",
     "hgetall",
@@ -96,6 +100,7 @@ def sidecar_key_patterns(namespace: str, name: str) -> tuple[list[str], list[str
     read_write = [
         keyspace.spend_key(ns, nm, "*", "*"),
         keyspace.reserved_key(ns, nm, "*", "*"),
+        keyspace.top_key(ns, nm, "*", "*", "*"),
         keyspace.reservations_key(ns, nm),
         keyspace.reservation_deadlines_key(ns, nm),
         keyspace.usage_key(ns, nm),

@@ -36,6 +36,10 @@ class AdmitOutcome:
     budget_exceeded: BudgetExceeded | None = None
     rate_error: StoreUnavailable | None = None
     budget_error: StoreUnavailable | None = None
+    # The buckets asked for and, per bucket, what a new reservation may still take after this
+    # call (None: unlimited), read in the same store call; empty when the store did not answer.
+    buckets: tuple[BucketLimit, ...] = ()
+    remaining: tuple[int | None, ...] = ()
 
     @property
     def rate_allowed(self) -> bool:
@@ -49,19 +53,23 @@ async def admit(
     tokens: int,
     amount_micros: int,
     *,
+    feature: str | None = None,
     reserve_when_rate_refused: bool = False,
     now: datetime | None = None,
 ) -> AdmitOutcome:
-    """Check ``tokens`` against the rate limits of ``user`` and the policy, then hold ``amount_micros``.
+    """Check ``tokens`` against the rate limits of ``user`` and the policy, then hold ``amount_micros``
+    in the policy's budget and in ``user``'s and ``feature``'s where the policy limits them.
 
     Never raises :class:`StoreUnavailable` or :class:`BudgetExceeded` (see :class:`AdmitOutcome`).
     """
     if amount_micros < 0:
         raise ValueError("a reservation cannot be negative")
     if limiter.store is not ledger.store or tuple(limiter.ref) != tuple(ledger.ref):
-        return await _one_by_one(limiter, ledger, user, tokens, amount_micros, reserve_when_rate_refused, now)
+        return await _one_by_one(
+            limiter, ledger, user, feature, tokens, amount_micros, reserve_when_rate_refused, now
+        )
     counters = limiter.counters(user, max(0, int(tokens)))
-    buckets = ledger.buckets(now)
+    buckets = ledger.buckets(now, user=user, feature=feature)
     reservation_id = new_reservation_id()
     try:
         rate_outcome, reserve_outcome = await ledger.store.rate_and_reserve(
@@ -76,13 +84,14 @@ async def admit(
         )
     except StoreUnavailable as error:
         return await _store_down(
-            limiter, ledger, error, counters, amount_micros, reserve_when_rate_refused, now
+            limiter, ledger, error, counters, user, feature, amount_micros, reserve_when_rate_refused, now
         )
     if ledger.unsynced_count:
         await ledger.push_unsynced()
     result = AdmitOutcome(rate=decide(counters, rate_outcome))
-    if reserve_outcome is not None:
-        _booked(result, ledger, reserve_outcome, reservation_id, amount_micros, buckets, local=False)
+    _booked(
+        result, ledger, reserve_outcome, reservation_id, amount_micros, buckets, user, feature, local=False
+    )
     return result
 
 
@@ -93,17 +102,26 @@ def _booked(
     reservation_id: str,
     amount_micros: int,
     buckets: tuple[BucketLimit, ...],
+    user: str | None,
+    feature: str | None,
     *,
     local: bool,
 ) -> None:
-    if outcome.ok:
-        result.reservation = Reservation(reservation_id, amount_micros, buckets, local=local)
+    result.buckets, result.remaining = buckets, outcome.remaining
+    if not outcome.attempted:
         return
-    assert outcome.window is not None
-    ledger.last_fraction_used = max(ledger.last_fraction_used, 1.0)
-    result.budget_exceeded = BudgetExceeded(
-        outcome.window, outcome.limit_micros, outcome.spent_micros, outcome.reserved_micros
-    )
+    if outcome.ok:
+        result.reservation = Reservation(
+            reservation_id,
+            amount_micros,
+            buckets,
+            local=local,
+            user=user,
+            feature=feature,
+            remaining=outcome.remaining,
+        )
+        return
+    result.budget_exceeded = ledger.exceeded(outcome, buckets, user, feature)
 
 
 async def _store_down(
@@ -111,6 +129,8 @@ async def _store_down(
     ledger: BudgetLedger,
     error: StoreUnavailable,
     counters: list[RateCounter],
+    user: str | None,
+    feature: str | None,
     amount_micros: int,
     reserve_when_rate_refused: bool,
     now: datetime | None,
@@ -128,12 +148,12 @@ async def _store_down(
         # Both calls would have hit the same dead store: report both (the caller counts each).
         result.budget_error = error
     elif result.rate_allowed or reserve_when_rate_refused:
-        buckets = ledger.buckets(now, local=True)
+        buckets = ledger.buckets(now, local=True, user=user, feature=feature)
         reservation_id = new_reservation_id()
         outcome = await ledger.fallback.budget_reserve(
             ledger.ref, buckets, amount_micros, reservation_id, ledger.hold_seconds
         )
-        _booked(result, ledger, outcome, reservation_id, amount_micros, buckets, local=True)
+        _booked(result, ledger, outcome, reservation_id, amount_micros, buckets, user, feature, local=True)
     return result
 
 
@@ -141,6 +161,7 @@ async def _one_by_one(
     limiter: RateLimiter,
     ledger: BudgetLedger,
     user: str | None,
+    feature: str | None,
     tokens: int,
     amount_micros: int,
     reserve_when_rate_refused: bool,
@@ -155,7 +176,8 @@ async def _one_by_one(
     if not (result.rate_allowed or reserve_when_rate_refused):
         return result
     try:
-        result.reservation = await ledger.reserve(amount_micros, now)
+        result.reservation = await ledger.reserve(amount_micros, now, user=user, feature=feature)
+        result.buckets, result.remaining = result.reservation.buckets, result.reservation.remaining
     except BudgetExceeded as exceeded:
         result.budget_exceeded = exceeded
     except StoreUnavailable as error:

@@ -35,10 +35,11 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from .exceptions import BudgetExceeded, StoreUnavailable
+from .keyspace import MAX_NAME_LENGTH, scope_kind, scope_part
 from .memory import MemoryStore
 from .money import usd_to_micros
-from .protocol import BucketLimit, BucketSpend, Ref, Store
-from .windows import current_buckets
+from .protocol import BucketLimit, BucketSpend, Ref, ReserveOutcome, Store
+from .windows import current_buckets, scoped_buckets
 
 if TYPE_CHECKING:
     from openai_policy_api import BudgetSpec
@@ -58,10 +59,21 @@ class Reservation:
     buckets: tuple[BucketLimit, ...] = ()  # empty: nothing held; a settle books into the current buckets
     local: bool = False
     done: bool = field(default=False, repr=False)
+    # Who the call is for (top spenders; their budget buckets are among ``buckets`` when limited).
+    user: str | None = None
+    feature: str | None = None
+    # Per bucket, what a new reservation may still take after this one (None: unlimited).
+    remaining: tuple[int | None, ...] = ()
 
     @property
     def windows(self) -> dict[str, str]:
-        return {b.window: b.bucket for b in self.buckets}
+        return {b.window: b.bucket for b in self.buckets if not b.scope}
+
+    @property
+    def spenders(self) -> tuple[tuple[str, str], ...]:
+        """``(kind, name)`` of the top-spender sets this call's cost counts in."""
+        named = (("users", self.user), ("features", self.feature))
+        return tuple((kind, name) for kind, name in named if name)
 
 
 class _ReservationIds:
@@ -94,13 +106,22 @@ def new_reservation_id() -> str:
     return _ids.next()
 
 
-def limits_from_spec(budget: BudgetSpec | None, percent: int = 100) -> dict[str, int]:
-    """``{window: limit micros}`` from ``spec.budget.limits`` (the smallest if a window repeats)."""
+def limits_from_spec(budget: BudgetSpec | None, percent: int = 100, scope: str = "limits") -> dict[str, int]:
+    """``{window: limit micros}`` from ``spec.budget.limits`` (``scope``: or ``perUser`` /
+    ``perFeature``), the smallest if a window repeats."""
+    entries = {"limits": "limits", "perUser": "per_user", "perFeature": "per_feature"}[scope]
     limits: dict[str, int] = {}
-    for entry in budget.limits if budget is not None else []:
+    for entry in getattr(budget, entries) if budget is not None else []:
         micros = usd_to_micros(entry.usd) * percent // 100
         limits[entry.window] = min(micros, limits.get(entry.window, micros))
     return limits
+
+
+def name_problem(kind: str, name: str | None) -> str | None:
+    """Why a user or feature name cannot have a budget (too long), or None when it can."""
+    if name is not None and len(name) > MAX_NAME_LENGTH:
+        return f"the {kind} name is {len(name)} characters long; at most {MAX_NAME_LENGTH} may have a budget"
+    return None
 
 
 class BudgetLedger:
@@ -126,8 +147,15 @@ class BudgetLedger:
         self.budget = budget
         self.hold_seconds = hold_seconds
         self.limits = limits_from_spec(budget)
+        self.time_zone = budget.time_zone if budget is not None else "UTC"
         self.fail_closed = budget is None or budget.on_store_unavailable != "localShare"
-        self.local_limits = limits_from_spec(budget, budget.local_share_percent if budget is not None else 10)
+        share = budget.local_share_percent if budget is not None else 10
+        self.local_limits = limits_from_spec(budget, share)
+        # kind -> (shared limits, local-share limits) of each user's / feature's own buckets
+        self.scoped_limits = {
+            kind: (limits_from_spec(budget, 100, field), limits_from_spec(budget, share, field))
+            for kind, field in (("user", "perUser"), ("feature", "perFeature"))
+        }
         self._fallback = (
             fallback if fallback is not None else (store if isinstance(store, MemoryStore) else MemoryStore())
         )
@@ -147,19 +175,55 @@ class BudgetLedger:
         """The current buckets; for the real clock, computed at most once per second (hot path)."""
         limits = self.local_limits if local else self.limits
         if now is not None:
-            return current_buckets(limits, now)
+            return current_buckets(limits, now, self.time_zone)
         second = int(time.time())
         cached = self._bucket_cache.get(local)
         if cached is not None and cached[0] == second:
             return cached[1]
-        buckets = current_buckets(limits)
+        buckets = current_buckets(limits, None, self.time_zone)
         self._bucket_cache[local] = (second, buckets)
         return buckets
 
-    def buckets(self, now: datetime | None = None, *, local: bool = False) -> tuple[BucketLimit, ...]:
+    def buckets(
+        self,
+        now: datetime | None = None,
+        *,
+        local: bool = False,
+        user: str | None = None,
+        feature: str | None = None,
+    ) -> tuple[BucketLimit, ...]:
         """The current buckets with this ledger's limits (``local``: the local-share limits) and,
-        for the shared store, the floors this ledger has seen."""
-        return self._buckets(now, local) if local else self._with_floors(self._buckets(now))
+        for the shared store, the floors this ledger has seen; then those of ``user`` and
+        ``feature`` for the windows ``perUser`` / ``perFeature`` limit."""
+        policy = self._buckets(now, local) if local else self._with_floors(self._buckets(now))
+        return policy + self._scoped(policy, local, user, feature)
+
+    def _scoped(
+        self, policy: tuple[BucketLimit, ...], local: bool, user: str | None, feature: str | None
+    ) -> tuple[BucketLimit, ...]:
+        out: tuple[BucketLimit, ...] = ()
+        for kind, name in (("user", user), ("feature", feature)):
+            limits = self.scoped_limits[kind][1 if local else 0]
+            if name and limits:
+                out += scoped_buckets(scope_part(kind, name), limits, policy)
+        return out
+
+    def exceeded(
+        self, outcome: ReserveOutcome, buckets: tuple[BucketLimit, ...], user: str | None, feature: str | None
+    ) -> BudgetExceeded:
+        """The refusal of ``outcome``, naming whose budget it was (never anyone else's figures)."""
+        assert outcome.window is not None
+        self.last_fraction_used = max(self.last_fraction_used, 1.0)
+        refused = buckets[outcome.index] if outcome.index is not None else None
+        kind = scope_kind(refused.scope) if refused is not None and refused.scope else None
+        return BudgetExceeded(
+            outcome.window,
+            outcome.limit_micros,
+            outcome.spent_micros,
+            outcome.reserved_micros,
+            kind,
+            {"user": user, "feature": feature}.get(kind or ""),
+        )
 
     def _with_floors(self, buckets: tuple[BucketLimit, ...]) -> tuple[BucketLimit, ...]:
         if not self._floors:
@@ -198,14 +262,22 @@ class BudgetLedger:
     def fallback(self) -> MemoryStore:
         return self._fallback
 
-    async def reserve(self, amount_micros: int, now: datetime | None = None) -> Reservation:
-        """Hold ``amount_micros`` in every window, or raise :class:`BudgetExceeded` (nothing held).
+    async def reserve(
+        self,
+        amount_micros: int,
+        now: datetime | None = None,
+        *,
+        user: str | None = None,
+        feature: str | None = None,
+    ) -> Reservation:
+        """Hold ``amount_micros`` in every window (the policy's, and ``user``'s and ``feature``'s
+        where they have limits), or raise :class:`BudgetExceeded` (nothing held).
 
         Raises :class:`StoreUnavailable` when the store is down and the policy fails closed.
         """
         if amount_micros < 0:
             raise ValueError("a reservation cannot be negative")
-        buckets = self._with_floors(self._buckets(now))
+        buckets = self.buckets(now, user=user, feature=feature)
         reservation_id = _ids.next()
         try:
             outcome = await self.store.budget_reserve(
@@ -215,7 +287,7 @@ class BudgetLedger:
         except StoreUnavailable:
             if not self._may_fall_back():
                 raise
-            buckets = self._buckets(now, local=True)
+            buckets = self.buckets(now, local=True, user=user, feature=feature)
             outcome = await self._fallback.budget_reserve(
                 self.ref, buckets, amount_micros, reservation_id, self.hold_seconds
             )
@@ -224,16 +296,19 @@ class BudgetLedger:
             if self._unsynced:
                 await self._push_unsynced()
         if not outcome.ok:
-            assert outcome.window is not None
-            if not local:
-                for b in buckets:
-                    if b.window == outcome.window:
-                        self._note(b.window, b.bucket, outcome.spent_micros)
-            self.last_fraction_used = max(self.last_fraction_used, 1.0)
-            raise BudgetExceeded(
-                outcome.window, outcome.limit_micros, outcome.spent_micros, outcome.reserved_micros
-            )
-        return Reservation(reservation_id, amount_micros, buckets, local=local)
+            refused = buckets[outcome.index] if outcome.index is not None else None
+            if not local and refused is not None and not refused.scope:
+                self._note(refused.window, refused.bucket, outcome.spent_micros)
+            raise self.exceeded(outcome, buckets, user, feature)
+        return Reservation(
+            reservation_id,
+            amount_micros,
+            buckets,
+            local=local,
+            user=user,
+            feature=feature,
+            remaining=outcome.remaining,
+        )
 
     async def settle(self, reservation: Reservation, actual_micros: int) -> None:
         """Turn the reservation into ``actual_micros`` of spend (which may exceed what was held).
@@ -246,13 +321,17 @@ class BudgetLedger:
         reservation.done = True
         actual = max(0, int(actual_micros))
         if not reservation.buckets:  # holds nothing (e.g. a dry-run refusal): only book the spend
-            reservation.buckets = self._buckets(None)
+            reservation.buckets = self.buckets(user=reservation.user, feature=reservation.feature)
         if reservation.local:
-            await self._fallback.budget_settle(self.ref, reservation.buckets, reservation.id, actual)
+            await self._fallback.budget_settle(
+                self.ref, reservation.buckets, reservation.id, actual, reservation.spenders
+            )
             self._remember("", reservation.buckets, actual)
             return
         try:
-            spent = await self.store.budget_settle(self.ref, reservation.buckets, reservation.id, actual)
+            spent = await self.store.budget_settle(
+                self.ref, reservation.buckets, reservation.id, actual, reservation.spenders
+            )
         except StoreUnavailable as error:
             log.warning("budget settle deferred, store unavailable: %s", error)
             self._remember(reservation.id, reservation.buckets, actual)
@@ -260,8 +339,10 @@ class BudgetLedger:
         self._note_all(reservation.buckets, spent)
 
     def _note_all(self, buckets: Sequence[BucketLimit], spent: Sequence[int]) -> None:
+        # Floors are kept for the policy's buckets only: one per window, however many users.
         for b, value in zip(buckets, spent, strict=False):
-            self._note(b.window, b.bucket, int(value))
+            if not b.scope:
+                self._note(b.window, b.bucket, int(value))
 
     async def release(self, reservation: Reservation) -> None:
         """Give the held money back (the call failed before costing anything). Never raises."""
@@ -309,8 +390,15 @@ class BudgetLedger:
     def unsynced_count(self) -> int:
         return len(self._unsynced)
 
+    async def top_spenders(
+        self, count: int, now: datetime | None = None
+    ) -> dict[tuple[str, str], list[tuple[str, int]]]:
+        """``(kind, window) -> [(name, micros)...]``: the users and features that spent most in the
+        current bucket of each window, highest first (see ``Store.top_spenders``)."""
+        return await self.store.top_spenders(self.ref, self._buckets(now), count)
+
     async def usage(self, now: datetime | None = None) -> list[BucketSpend]:
-        """Spent and reserved in the current bucket of each window (hour, day, month), with its limit.
+        """Spent and reserved in the current bucket of each window (hour, day, week, month), with its limit.
 
         Falls back to the local ledger (with local limits) when the store is down and the policy
         allows falling back; otherwise raises :class:`StoreUnavailable`.

@@ -10,12 +10,13 @@ Every key name is built here; :class:`KeyNames` memoises the ones the request pa
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
-
-from openai_policy_api import WINDOWS
+from datetime import datetime
 
 from .protocol import BucketLimit, Ref
+from .windows import bucket_of
 
 PREFIX = "oaip"
 
@@ -29,26 +30,54 @@ def _key(namespace: str, name: str, *parts: str) -> str:
     return ":".join((PREFIX, policy_tag(namespace, name), *parts))
 
 
-def window_bucket(window: str, now: datetime | None = None) -> str:
-    """The calendar bucket (UTC) a moment falls in, e.g. ``2026-11-22T14`` for an hour."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
-    if window == "hour":
-        return now.strftime("%Y-%m-%dT%H")
-    if window == "day":
-        return now.strftime("%Y-%m-%d")
-    if window == "month":
-        return now.strftime("%Y-%m")
-    raise ValueError(f"unknown budget window {window!r}; expected one of {', '.join(WINDOWS)}")
+def window_bucket(window: str, now: datetime | None = None, time_zone: str = "UTC") -> str:
+    """The calendar bucket a moment falls in, e.g. ``2026-11-22T14`` for a UTC hour (``windows``)."""
+    return bucket_of(window, now, time_zone).id
 
 
-def spend_key(namespace: str, name: str, window: str, bucket: str) -> str:
-    """Settled spend in integer micro-dollars for one window bucket (a plain integer key)."""
+# Names the apps choose (users, features) that may stand in a key as they are: no ':', '*', '?',
+# '[', '{', '|' or space can reach a key pattern, a hash tag or the reservation records.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._@+=-]{1,64}$")
+# The longest user or feature name a budget accepts (longer ones are refused before any key exists).
+MAX_NAME_LENGTH = 256
+
+
+def scope_part(kind: str, name: str) -> str:
+    """The key part of one user's (``kind`` user) or feature's budget buckets: ``user=alice``, or
+    ``user#<digest>`` for a name that is long or carries other characters."""
+    if _SAFE_NAME.match(name):
+        return f"{kind}={name}"
+    return f"{kind}#" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def scope_kind(scope: str) -> str:
+    """``user`` or ``feature`` for a ``scope_part``; ``policy`` for the policy's own buckets ("")."""
+    return scope.partition("=")[0].partition("#")[0] or "policy"
+
+
+def spend_key(namespace: str, name: str, window: str, bucket: str, scope: str = "") -> str:
+    """Settled spend in integer micro-dollars for one window bucket (a plain integer key); with a
+    ``scope`` (``scope_part``), one user's or feature's."""
+    if scope:
+        return _key(namespace, name, "spend", scope, window, bucket)
     return _key(namespace, name, "spend", window, bucket)
 
 
-def reserved_key(namespace: str, name: str, window: str, bucket: str) -> str:
+def reserved_key(namespace: str, name: str, window: str, bucket: str, scope: str = "") -> str:
     """Micro-dollars reserved by calls in flight for one window bucket (a plain integer key)."""
+    if scope:
+        return _key(namespace, name, "reserved", scope, window, bucket)
     return _key(namespace, name, "reserved", window, bucket)
+
+
+# The kinds of top-spender sets: ``users`` and ``features``.
+TOP_KINDS = ("users", "features")
+
+
+def top_key(namespace: str, name: str, kind: str, window: str, bucket: str) -> str:
+    """Sorted set: user (``kind`` users) or feature name scored by its settled micro-dollars in one
+    of the policy's window buckets (the top spenders), trimmed to ``TOP_SPENDERS_KEPT``."""
+    return _key(namespace, name, "top", kind, window, bucket)
 
 
 def reservations_key(namespace: str, name: str) -> str:
@@ -114,21 +143,21 @@ class KeyNames:
 
     def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
-        self._budget: dict[tuple[str, str, str, str], tuple[str, str]] = {}
+        self._budget: dict[tuple[str, str, str, str, str], tuple[str, str]] = {}
         self._budget_lists: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._rate: dict[tuple[str, str, str, str], str] = {}
         self._reservations: dict[tuple[str, str], tuple[str, str]] = {}
 
-    def budget(self, ref: Ref, window: str, bucket: str) -> tuple[str, str]:
-        """``(spend key, reserved key)`` of one window bucket."""
-        cache_key = (ref[0], ref[1], window, bucket)
+    def budget(self, ref: Ref, window: str, bucket: str, scope: str = "") -> tuple[str, str]:
+        """``(spend key, reserved key)`` of one window bucket (of the policy, or of one ``scope``)."""
+        cache_key = (ref[0], ref[1], window, bucket, scope)
         names = self._budget.get(cache_key)
         if names is None:
             if len(self._budget) >= self.limit:
                 self._budget.clear()
             names = self._budget[cache_key] = (
-                spend_key(ref[0], ref[1], window, bucket),
-                reserved_key(ref[0], ref[1], window, bucket),
+                spend_key(ref[0], ref[1], window, bucket, scope),
+                reserved_key(ref[0], ref[1], window, bucket, scope),
             )
         return names
 
@@ -147,14 +176,14 @@ class KeyNames:
 
     def budget_list(self, ref: Ref, buckets: Sequence[BucketLimit]) -> tuple[str, ...]:
         """The budget scripts' KEYS: reservations, deadlines, then spend and reserved per bucket."""
-        cache_key = (ref[0], ref[1], *(part for b in buckets for part in (b.window, b.bucket)))
+        cache_key = (ref[0], ref[1], *(part for b in buckets for part in (b.window, b.bucket, b.scope)))
         names = self._budget_lists.get(cache_key)
         if names is None:
             if len(self._budget_lists) >= self.limit:
                 self._budget_lists.clear()
             flat = list(self.reservations(ref))
             for b in buckets:
-                flat.extend(self.budget(ref, b.window, b.bucket))
+                flat.extend(self.budget(ref, b.window, b.bucket, b.scope))
             names = self._budget_lists[cache_key] = tuple(flat)
         return names
 

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 # Budget key layout shared by all budget scripts:
 #   KEYS[1] reservations hash, KEYS[2] deadlines zset,
-#   KEYS[1 + 2i] spend key of window i, KEYS[2 + 2i] reserved key of window i (i = 1..n).
+#   KEYS[1 + 2i] spend key of bucket i, KEYS[2 + 2i] reserved key of bucket i (i = 1..n).
+# A bucket is the policy's (named by its window in ARGV) or one user's or feature's (named '=').
+# A reservation's record is ``amount|window|bucket|...`` for the policy's buckets, then ``=|<reserved
+# key>`` for each user's or feature's: those are swept, settled and released by their key name,
+# whichever request (of whichever user) comes by; every such key carries the policy's hash tag,
+# so it lives in the slot of the script's declared keys. Records of older sidecars have no '='
+# entries; older sidecars read '=' as a window they do not know and skip it.
 _SWEEP = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function parse(rec)
-  local parts = {}
-  for p in string.gmatch(rec, '[^|]+') do parts[#parts + 1] = p end
-  local buckets = {}
-  for j = 2, #parts - 1, 2 do buckets[parts[j]] = parts[j + 1] end
-  return parts[1], buckets
 end
 
 local function unreserve(key, amount)
@@ -33,16 +31,31 @@ local function unreserve(key, amount)
   end
 end
 
+local function parse(rec)
+  local parts = {}
+  for p in string.gmatch(rec, '[^|]+') do parts[#parts + 1] = p end
+  local buckets, keys = {}, {}
+  for j = 2, #parts - 1, 2 do
+    if parts[j] == '=' then keys[#keys + 1] = parts[j + 1] else buckets[parts[j]] = parts[j + 1] end
+  end
+  return parts[1], buckets, keys
+end
+
+local function unreserve_scoped(keys, amount)
+  for _, key in ipairs(keys) do unreserve(key, amount) end
+end
+
 -- windows: {name = bucket} currently addressed by KEYS; slot(name) -> index i
 local function sweep(now, windows, slot)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 200)
   for _, rid in ipairs(expired) do
     local rec = redis.call('HGET', KEYS[1], rid)
     if rec then
-      local amount, buckets = parse(rec)
+      local amount, buckets, keys = parse(rec)
       for name, bucket in pairs(buckets) do
         if windows[name] == bucket then unreserve(KEYS[2 + 2 * slot[name]], amount) end
       end
+      unreserve_scoped(keys, amount)
       redis.call('HDEL', KEYS[1], rid)
     end
     redis.call('ZREM', KEYS[2], rid)
@@ -50,19 +63,24 @@ local function sweep(now, windows, slot)
 end
 """
 
-# reserve(fbase): ARGV[1..4] = amount, id, hold_ms, n, then per window i: ARGV[1+4i..4+4i] = name,
-# bucket, limit (-1: none), ttl_seconds; ARGV[fbase + i] = the window's floor (settled spend the
-# caller saw; absent or 0: none). A spend key below its floor lost spend (a wipe): it is raised to
-# the floor (never lowered) before the limit is checked.
-# Returns {1, 0, 0, 0} or {0, refused window i, spent, reserved}.
+# reserve(fbase, commit): ARGV[1..4] = amount, id, hold_ms, n, then per bucket i: ARGV[1+4i..4+4i] =
+# name (window, or '=' for a user's or feature's), bucket, limit (-1: none), ttl_seconds;
+# ARGV[fbase + i] = the bucket's floor (settled spend the caller saw; absent or 0: none). A spend key
+# below its floor lost spend (a wipe): it is raised to the floor (never lowered) first.
+# commit false: only read (the rate limits refused). Returns {state (1 reserved, 0 refused,
+# -1 not attempted), refused bucket i (0: none), its spent, its reserved, then per bucket: spent,
+# reserved (after this reservation; -1, -1 for an unlimited bucket, which is not read)}.
 _RESERVE_FN = """
-local function reserve(fbase)
+local function reserve(fbase, commit)
   local amount, id, hold, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local now = now_ms()
   local windows, slot = {}, {}
   for i = 1, n do
-    windows[ARGV[1 + 4 * i]] = ARGV[2 + 4 * i]
-    slot[ARGV[1 + 4 * i]] = i
+    local name = ARGV[1 + 4 * i]
+    if name ~= '=' then
+      windows[name] = ARGV[2 + 4 * i]
+      slot[name] = i
+    end
   end
   sweep(now, windows, slot)
   for i = 1, n do
@@ -75,36 +93,56 @@ local function reserve(fbase)
     end
   end
   local want = tonumber(amount)
+  local state, refused = {}, 0
   for i = 1, n do
     local limit = tonumber(ARGV[3 + 4 * i])
     if limit >= 0 then
       local spent = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
       local reserved = tonumber(redis.call('GET', KEYS[2 + 2 * i]) or '0')
-      if spent + reserved + want > limit then return {0, i, spent, reserved} end
+      state[2 * i - 1], state[2 * i] = spent, reserved
+      if refused == 0 and spent + reserved + want > limit then refused = i end
+    else
+      state[2 * i - 1], state[2 * i] = -1, -1
     end
   end
-  local rec = amount
-  local longest = 0
-  for i = 1, n do
-    local ttl = tonumber(ARGV[4 + 4 * i])
-    redis.call('INCRBY', KEYS[2 + 2 * i], amount)
-    redis.call('EXPIRE', KEYS[2 + 2 * i], ttl)
-    if ttl > longest then longest = ttl end
-    rec = rec .. '|' .. ARGV[1 + 4 * i] .. '|' .. ARGV[2 + 4 * i]
+  local out = {1, refused, 0, 0}
+  if refused > 0 then out[3], out[4] = state[2 * refused - 1], state[2 * refused] end
+  if not commit then
+    out[1] = -1
+  elseif refused > 0 then
+    out[1] = 0
+  else
+    local rec = amount
+    local longest = 0
+    for i = 1, n do
+      local ttl = tonumber(ARGV[4 + 4 * i])
+      redis.call('INCRBY', KEYS[2 + 2 * i], amount)
+      redis.call('EXPIRE', KEYS[2 + 2 * i], ttl)
+      if ttl > longest then longest = ttl end
+      if ARGV[1 + 4 * i] == '=' then
+        rec = rec .. '|=|' .. KEYS[2 + 2 * i]
+      else
+        rec = rec .. '|' .. ARGV[1 + 4 * i] .. '|' .. ARGV[2 + 4 * i]
+      end
+      if state[2 * i] >= 0 then state[2 * i] = state[2 * i] + want end
+    end
+    redis.call('HSET', KEYS[1], id, rec)
+    redis.call('ZADD', KEYS[2], now + hold, id)
+    -- The index outlives every bucket it refers to, so a sweep can always find a dead pod's money.
+    redis.call('EXPIRE', KEYS[1], longest)
+    redis.call('EXPIRE', KEYS[2], longest)
   end
-  redis.call('HSET', KEYS[1], id, rec)
-  redis.call('ZADD', KEYS[2], now + hold, id)
-  -- The index outlives every bucket it refers to, so a sweep can always find a dead pod's money.
-  redis.call('EXPIRE', KEYS[1], longest)
-  redis.call('EXPIRE', KEYS[2], longest)
-  return {1, 0, 0, 0}
+  for i = 1, 2 * n do out[4 + i] = state[i] end
+  return out
 end
 """
 
-RESERVE = _SWEEP + _RESERVE_FN + "return reserve(4 + 4 * tonumber(ARGV[4]))\n"
+RESERVE = _SWEEP + _RESERVE_FN + "return reserve(4 + 4 * tonumber(ARGV[4]), true)\n"
 
-# ARGV: id ('' for none), actual, n, then per window: name, bucket, ttl_seconds.
+# ARGV: id ('' for none), actual, n, then per bucket: name ('=': a user's or feature's), bucket,
+# ttl_seconds; then kept, t and per top-spender set j (KEYS[2 + 2n + j]): member, ttl_seconds.
 # Returns {found, spent_1, ..., spent_n}: the settled spend after this settle (the caller's floors).
+# A top-spender set keeps its ``kept`` highest members: each settle trims the lowest beyond.
 SETTLE = (
     _SWEEP
     + """
@@ -114,10 +152,12 @@ if id ~= '' then
   local rec = redis.call('HGET', KEYS[1], id)
   if rec then
     found = 1
-    local amount, buckets = parse(rec)
+    local amount, buckets, keys = parse(rec)
     for i = 1, n do
-      if buckets[ARGV[1 + 3 * i]] == ARGV[2 + 3 * i] then unreserve(KEYS[2 + 2 * i], amount) end
+      local name = ARGV[1 + 3 * i]
+      if name ~= '=' and buckets[name] == ARGV[2 + 3 * i] then unreserve(KEYS[2 + 2 * i], amount) end
     end
+    unreserve_scoped(keys, amount)
     redis.call('HDEL', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
   end
@@ -131,6 +171,15 @@ for i = 1, n do
     out[i + 1] = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
   end
 end
+local kept, t = tonumber(ARGV[4 + 3 * n] or '0'), tonumber(ARGV[5 + 3 * n] or '0')
+if tonumber(actual) > 0 then
+  for j = 1, t do
+    local key = KEYS[2 + 2 * n + j]
+    redis.call('ZINCRBY', key, actual, ARGV[4 + 3 * n + 2 * j])
+    redis.call('EXPIRE', key, tonumber(ARGV[5 + 3 * n + 2 * j]))
+    redis.call('ZREMRANGEBYRANK', key, 0, -(kept + 1))
+  end
+end
 return out
 """
 )
@@ -142,8 +191,10 @@ READ = (
 local n = tonumber(ARGV[1])
 local windows, slot = {}, {}
 for i = 1, n do
-  windows[ARGV[2 * i]] = ARGV[1 + 2 * i]
-  slot[ARGV[2 * i]] = i
+  if ARGV[2 * i] ~= '=' then
+    windows[ARGV[2 * i]] = ARGV[1 + 2 * i]
+    slot[ARGV[2 * i]] = i
+  end
 end
 sweep(now_ms(), windows, slot)
 local out = {}
@@ -217,7 +268,8 @@ RATE = _CONSUME_FN + "return consume(0, 1, #KEYS, rate_now(ARGV[1]))\n"
 # ARGV: RESERVE's (4 + 4n), then now ('' for the server's clock), m, per bucket: capacity, cost,
 # drain, then '1' to reserve even when the rate limits refuse (dry run) or '0', then the floors (n).
 # Returns {rate allowed, rate refused index, budget state (-1: not attempted, 1: reserved,
-# 0: refused), refused window index, spent, reserved, level_1, ..., level_m}.
+# 0: refused), refused bucket index, spent, reserved, level_1, ..., level_m, then reserve()'s
+# spent and reserved per bucket (read even when not attempted: the remaining-budget headers)}.
 RATE_AND_RESERVE = (
     _SWEEP
     + _RESERVE_FN
@@ -227,12 +279,10 @@ local n = tonumber(ARGV[4])
 local rbase = 4 + 4 * n
 local m = tonumber(ARGV[rbase + 2])
 local rate = consume(2 + 2 * n, rbase + 2, m, rate_now(ARGV[rbase + 1]))
-local out = {rate[1], rate[2], -1, 0, 0, 0}
-if rate[1] == 1 or ARGV[rbase + 3 + 3 * m] == '1' then
-  local held = reserve(rbase + 3 + 3 * m)
-  out[3], out[4], out[5], out[6] = held[1], held[2], held[3], held[4]
-end
+local held = reserve(rbase + 3 + 3 * m, rate[1] == 1 or ARGV[rbase + 3 + 3 * m] == '1')
+local out = {rate[1], rate[2], held[1], held[2], held[3], held[4]}
 for i = 3, #rate do out[#out + 1] = rate[i] end
+for i = 5, #held do out[#out + 1] = held[i] end
 return out
 """
 )

@@ -17,20 +17,25 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from openai_policy_api import TOP_SPENDERS_KEPT
+
 from . import keyspace
-from .protocol import BucketLimit, BucketSpend, RateCounter, RateOutcome, Ref, ReserveOutcome
+from .protocol import BucketLimit, BucketSpend, RateCounter, RateOutcome, Ref, ReserveOutcome, remaining
 from .windows import current_buckets
 
 _PURGE_EVERY = 1024  # writes between sweeps for expired keys
 
 
 class _Reservation:
-    __slots__ = ("amount", "buckets", "deadline")
+    __slots__ = ("amount", "buckets", "deadline", "scoped")
 
-    def __init__(self, amount: int, buckets: dict[str, str], deadline: float) -> None:
+    def __init__(
+        self, amount: int, buckets: dict[str, str], deadline: float, scoped: tuple[str, ...]
+    ) -> None:
         self.amount = amount
-        self.buckets = buckets  # window -> bucket at reservation time
+        self.buckets = buckets  # window -> bucket at reservation time (the policy's buckets)
         self.deadline = deadline
+        self.scoped = scoped  # reserved keys of the user's and feature's buckets (as lua.py records)
 
 
 def drain_ms(level: int, limit: int) -> int:
@@ -48,6 +53,7 @@ class MemoryStore:
         self._hashes: dict[str, dict[str, str]] = {}
         self._strings: dict[str, bytes] = {}
         self._levels: dict[str, tuple[int, int]] = {}  # rate-limit bucket -> (level, stamp ms)
+        self._tops: dict[str, dict[str, int]] = {}  # top-spender set -> name -> micros
         self._reservations: dict[str, dict[str, _Reservation]] = {}
         # Per policy, (deadline, id) in deadline order: a sweep costs O(expired), not O(in flight).
         self._deadlines: dict[str, list[tuple[float, str]]] = {}
@@ -69,6 +75,7 @@ class MemoryStore:
         self._strings.pop(key, None)
         self._hashes.pop(key, None)
         self._levels.pop(key, None)
+        self._tops.pop(key, None)
         self._expiry.pop(key, None)
 
     def _get(self, key: str) -> int:
@@ -104,7 +111,7 @@ class MemoryStore:
 
     def key_count(self) -> int:
         """Live keys (for tests of memory growth)."""
-        return len(self._ints) + len(self._strings) + len(self._hashes) + len(self._levels)
+        return len(self._ints) + len(self._strings) + len(self._hashes) + len(self._levels) + len(self._tops)
 
     async def ping(self) -> bool:
         return not self.closed
@@ -120,7 +127,7 @@ class MemoryStore:
             return
         records = self._reservations.get(key, {})
         now = self._clock()
-        current = {b.window: b.bucket for b in buckets}
+        current = {b.window: b.bucket for b in buckets if not b.scope}
         while heap and heap[0][0] <= now:
             _, rid = heapq.heappop(heap)
             rec = records.pop(rid, None)
@@ -129,6 +136,8 @@ class MemoryStore:
             for window, bucket in rec.buckets.items():
                 if current.get(window) == bucket:
                     self._decr_reserved(self._names.budget(ref, window, bucket)[1], rec.amount)
+            for key in rec.scoped:
+                self._decr_reserved(key, rec.amount)
 
     async def budget_reserve(
         self,
@@ -147,26 +156,48 @@ class MemoryStore:
         amount_micros: int,
         reservation_id: str,
         hold_seconds: float,
+        commit: bool = True,
     ) -> ReserveOutcome:
         self._sweep(ref, buckets)
-        names = [self._names.budget(ref, b.window, b.bucket) for b in buckets]
+        names = [self._names.budget(ref, b.window, b.bucket, b.scope) for b in buckets]
         for b, (spend_key, _) in zip(buckets, names, strict=True):
             held = self._get(spend_key)
             if held < b.floor_micros:  # lost spend: put back what the caller last saw
                 self._incr(spend_key, b.floor_micros - held, b.ttl_seconds)
-        for b, (spend_key, reserved_key) in zip(buckets, names, strict=True):
-            if b.limit_micros is None:
-                continue
-            spent = self._get(spend_key)
-            reserved = self._get(reserved_key)
-            if spent + reserved + amount_micros > b.limit_micros:
-                return ReserveOutcome(False, b.window, b.limit_micros, spent, reserved)
+        state = [
+            (0, 0) if b.limit_micros is None else (self._get(spend_key), self._get(reserved_key))
+            for b, (spend_key, reserved_key) in zip(buckets, names, strict=True)
+        ]
+        refused = next(
+            (
+                i
+                for i, (b, (spent, reserved)) in enumerate(zip(buckets, state, strict=True))
+                if b.limit_micros is not None and spent + reserved + amount_micros > b.limit_micros
+            ),
+            None,
+        )
+        if not commit:
+            return ReserveOutcome(False, remaining=remaining(buckets, state), attempted=False)
+        if refused is not None:
+            b, (spent, reserved) = buckets[refused], state[refused]
+            return ReserveOutcome(
+                False,
+                b.window,
+                b.limit_micros or 0,
+                spent,
+                reserved,
+                index=refused,
+                remaining=remaining(buckets, state),
+            )
         for b, (_, reserved_key) in zip(buckets, names, strict=True):
             self._incr(reserved_key, amount_micros, b.ttl_seconds)
         key = self._names.reservations(ref)[0]
         deadline = self._clock() + hold_seconds
         self._reservations.setdefault(key, {})[reservation_id] = _Reservation(
-            amount_micros, {b.window: b.bucket for b in buckets}, deadline
+            amount_micros,
+            {b.window: b.bucket for b in buckets if not b.scope},
+            deadline,
+            tuple(reserved_key for b, (_, reserved_key) in zip(buckets, names, strict=True) if b.scope),
         )
         heap = self._deadlines.setdefault(key, [])
         heapq.heappush(heap, (deadline, reservation_id))
@@ -175,7 +206,8 @@ class MemoryStore:
             live = self._reservations[key]
             self._deadlines[key] = heap = [entry for entry in heap if entry[1] in live]
             heapq.heapify(heap)
-        return ReserveOutcome(True)
+        after = [(spent, reserved + amount_micros) for spent, reserved in state]
+        return ReserveOutcome(True, remaining=remaining(buckets, after))
 
     def _drop(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
         records = self._reservations.get(self._names.reservations(ref)[0])
@@ -183,17 +215,60 @@ class MemoryStore:
         if rec is None:
             return
         for b in buckets:
-            if rec.buckets.get(b.window) == b.bucket:
+            if not b.scope and rec.buckets.get(b.window) == b.bucket:
                 self._decr_reserved(self._names.budget(ref, b.window, b.bucket)[1], rec.amount)
+        for key in rec.scoped:
+            self._decr_reserved(key, rec.amount)
 
     async def budget_settle(
-        self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
+        self,
+        ref: Ref,
+        buckets: Sequence[BucketLimit],
+        reservation_id: str,
+        actual_micros: int,
+        spenders: Sequence[tuple[str, str]] = (),
     ) -> list[int]:
         self._drop(ref, buckets, reservation_id)
-        return [
-            self._incr(self._names.budget(ref, b.window, b.bucket)[0], actual_micros, b.ttl_seconds)
+        spent = [
+            self._incr(self._names.budget(ref, b.window, b.bucket, b.scope)[0], actual_micros, b.ttl_seconds)
             for b in buckets
         ]
+        if actual_micros > 0:
+            for kind, name in spenders:
+                for b in buckets:
+                    if not b.scope:
+                        self._top_add(
+                            keyspace.top_key(*ref, kind, b.window, b.bucket),
+                            name,
+                            actual_micros,
+                            b.ttl_seconds,
+                        )
+        return spent
+
+    def _top_add(self, key: str, name: str, micros: int, ttl_seconds: float) -> None:
+        """ZINCRBY, EXPIRE and the trim to the kept size, as lua.SETTLE does."""
+        self._alive(key)  # an expired set starts again empty
+        top = self._tops.setdefault(key, {})
+        top[name] = top.get(name, 0) + micros
+        if len(top) > TOP_SPENDERS_KEPT:
+            del top[min(top, key=lambda member: (top[member], member))]
+        self._expiry[key] = self._clock() + ttl_seconds
+        self._wrote()
+
+    async def top_spenders(
+        self, ref: Ref, buckets: Sequence[BucketLimit], count: int
+    ) -> dict[tuple[str, str], list[tuple[str, int]]]:
+        out: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for b in buckets:
+            if b.scope:
+                continue
+            for kind in keyspace.TOP_KINDS:
+                key = keyspace.top_key(*ref, kind, b.window, b.bucket)
+                top = self._tops.get(key, {}) if self._alive(key) else {}
+                # Highest first; ties in reverse name order, as Redis's ZREVRANGE.
+                ranked = sorted(top.items(), key=lambda item: (item[1], item[0]), reverse=True)
+                out[(kind, b.window)] = ranked[:count]
+        return out
 
     async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
         self._drop(ref, buckets, reservation_id)
@@ -202,9 +277,17 @@ class MemoryStore:
         self._sweep(ref, buckets)
         out = []
         for b in buckets:
-            spend_key, reserved_key = self._names.budget(ref, b.window, b.bucket)
+            spend_key, reserved_key = self._names.budget(ref, b.window, b.bucket, b.scope)
             out.append(
-                BucketSpend(b.window, b.bucket, self._get(spend_key), self._get(reserved_key), b.limit_micros)
+                BucketSpend(
+                    b.window,
+                    b.bucket,
+                    self._get(spend_key),
+                    self._get(reserved_key),
+                    b.limit_micros,
+                    b.start,
+                    b.end,
+                )
             )
         return out
 
@@ -235,11 +318,10 @@ class MemoryStore:
         hold_seconds: float,
         reserve_when_rate_refused: bool = False,
         now_ms: int | None = None,
-    ) -> tuple[RateOutcome, ReserveOutcome | None]:
+    ) -> tuple[RateOutcome, ReserveOutcome]:
         rate = self._consume(ref, counters, now_ms)
-        if not (rate.allowed or reserve_when_rate_refused):
-            return rate, None
-        return rate, self._reserve(ref, buckets, amount_micros, reservation_id, hold_seconds)
+        commit = rate.allowed or reserve_when_rate_refused
+        return rate, self._reserve(ref, buckets, amount_micros, reservation_id, hold_seconds, commit)
 
     def _level(self, key: str, counter: RateCounter, now: int) -> int:
         """The bucket's level at ``now``: what was charged, less what drained since (lua.RATE)."""

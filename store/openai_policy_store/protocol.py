@@ -35,17 +35,41 @@ class BucketLimit:
     # holding less has lost it (a wipe, a restart without persistence): a reservation first puts it
     # back, so that a wiped store cannot hand out the budget a second time.
     floor_micros: int = 0
+    # "" for the policy's own bucket; ``keyspace.scope_part`` of a user or feature for theirs.
+    scope: str = ""
+    # The UTC instants the bucket covers (``windows.Bucket``); None when not known (a bucket read back).
+    start: datetime | None = None
+    end: datetime | None = None
 
 
 @dataclass(frozen=True)
 class ReserveOutcome:
-    """Result of an atomic reservation attempt; on refusal, the first window that would overflow."""
+    """Result of an atomic reservation attempt; on refusal, the first bucket that would overflow
+    (``index`` into the buckets asked for: its window, and its scope for a user's or feature's).
+
+    ``remaining``: per bucket asked for, what a new reservation may still take after this one
+    (limit - spent - reserved, never negative), None for an unlimited bucket; read in the same
+    store call. ``attempted``: False when the rate limits refused and nothing was reserved
+    (``remaining`` is then what the buckets held).
+    """
 
     ok: bool
     window: str | None = None
     limit_micros: int = 0
     spent_micros: int = 0
     reserved_micros: int = 0
+    index: int | None = None
+    remaining: tuple[int | None, ...] = ()
+    attempted: bool = True
+
+
+def remaining(buckets: Sequence[BucketLimit], held: Sequence[tuple[int, int]]) -> tuple[int | None, ...]:
+    """Per bucket, limit - spent - reserved (never negative; None without a limit), from the
+    ``(spent, reserved)`` a reservation read: the one rule both stores answer with."""
+    return tuple(
+        None if b.limit_micros is None else max(0, b.limit_micros - spent - reserved)
+        for b, (spent, reserved) in zip(buckets, held, strict=True)
+    )
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,8 @@ class BucketSpend:
     spent_micros: int
     reserved_micros: int = 0
     limit_micros: int | None = None
+    start: datetime | None = None
+    end: datetime | None = None
 
     @property
     def remaining_micros(self) -> int | None:
@@ -138,9 +164,27 @@ class Store(Protocol):
         ...
 
     async def budget_settle(
-        self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
+        self,
+        ref: Ref,
+        buckets: Sequence[BucketLimit],
+        reservation_id: str,
+        actual_micros: int,
+        spenders: Sequence[tuple[str, str]] = (),
     ) -> list[int]:
-        """Drop the reservation (if still recorded) from reserved and add ``actual`` to spent."""
+        """Drop the reservation (if still recorded) from reserved and add ``actual`` to spent.
+
+        ``spenders``: ``(kind, name)`` pairs (kind ``users`` or ``features``) whose top-spender
+        score in each of the policy's buckets grows by ``actual`` (see :meth:`top_spenders`).
+        Returns the settled spend of each bucket after the settle."""
+        ...
+
+    async def top_spenders(
+        self, ref: Ref, buckets: Sequence[BucketLimit], count: int
+    ) -> dict[tuple[str, str], list[tuple[str, int]]]:
+        """``(kind, window) -> [(name, micros), ...]``, highest first, at most ``count`` each, for
+        the policy's buckets given. Each bucket keeps its ``TOP_SPENDERS_KEPT`` highest names: a
+        name pushed out (the lowest) starts again from zero if it spends again, so the list is exact
+        while fewer names than that spent in the bucket."""
         ...
 
     async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
@@ -157,7 +201,7 @@ class Store(Protocol):
         ...
 
     async def read_spend(self, ref: Ref, now: datetime | None = None) -> dict[str, BucketSpend]:
-        """Spent/reserved for the current hour, day and month buckets (for the operator)."""
+        """Spent/reserved for the current UTC bucket of every window (for the operator)."""
         ...
 
     # -- rate limits -----------------------------------------------------------------------
@@ -179,12 +223,14 @@ class Store(Protocol):
         hold_seconds: float,
         reserve_when_rate_refused: bool = False,
         now_ms: int | None = None,
-    ) -> tuple[RateOutcome, ReserveOutcome | None]:
+    ) -> tuple[RateOutcome, ReserveOutcome]:
         """:meth:`rate_consume`, then :meth:`budget_reserve`, atomically and in one round trip.
 
         The reservation is attempted only when the rate limits allow (or ``reserve_when_rate_refused``,
-        for dry runs, which forward the call anyway); ``None`` when it was not. A budget refusal
-        does not undo the rate consumption (the request was made; OpenAI counts refused ones too).
+        for dry runs, which forward the call anyway); when it was not, the outcome says so
+        (``attempted`` False) and still carries what the buckets hold (``remaining``). A budget
+        refusal does not undo the rate consumption (the request was made; OpenAI counts refused
+        ones too).
         """
         ...
 

@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from openai_policy_api import TOP_SPENDERS_KEPT
+
 from . import keyspace, lua
 from .exceptions import StoreUnavailable
+from .keyspace import TOP_KINDS
 from .memory import _parse_heartbeats, document_generation
-from .protocol import BucketLimit, BucketSpend, RateCounter, RateOutcome, Ref, ReserveOutcome
+from .protocol import BucketLimit, BucketSpend, RateCounter, RateOutcome, Ref, ReserveOutcome, remaining
 from .windows import current_buckets
 
 if TYPE_CHECKING:
@@ -242,7 +245,7 @@ class RedisStore:
         args: list[str | int] = [int(amount_micros), reservation_id, int(hold_seconds * 1000), len(buckets)]
         for b in buckets:
             args += [
-                b.window,
+                _script_name(b),
                 b.bucket,
                 -1 if b.limit_micros is None else int(b.limit_micros),
                 int(b.ttl_seconds),
@@ -255,13 +258,26 @@ class RedisStore:
 
     @staticmethod
     def _reserve_outcome(
-        buckets: Sequence[BucketLimit], ok: int, index: int, spent: int, reserved: int
+        buckets: Sequence[BucketLimit], head: Sequence[Any], state: Sequence[Any]
     ) -> ReserveOutcome:
-        if ok:
-            return ReserveOutcome(True)
-        refused = buckets[int(index) - 1]
+        """From reserve()'s reply: ``head`` (state, refused i, spent, reserved), ``state`` (spent,
+        reserved per bucket)."""
+        held = [(int(state[2 * i]), int(state[2 * i + 1])) for i in range(len(buckets))]
+        left = remaining(buckets, held)
+        ok, index = int(head[0]), int(head[1])
+        if ok == 1:
+            return ReserveOutcome(True, remaining=left)
+        if ok < 0:
+            return ReserveOutcome(False, remaining=left, attempted=False)
+        refused = buckets[index - 1]
         return ReserveOutcome(
-            False, refused.window, int(refused.limit_micros or 0), int(spent), int(reserved)
+            False,
+            refused.window,
+            int(refused.limit_micros or 0),
+            int(head[2]),
+            int(head[3]),
+            index=index - 1,
+            remaining=left,
         )
 
     async def budget_reserve(
@@ -275,10 +291,8 @@ class RedisStore:
         args = self._reserve_args(buckets, amount_micros, reservation_id, hold_seconds)
         args += self._floors(buckets)
         keys = self._budget_keys(ref, buckets)
-        ok, index, spent, reserved = await self._run(
-            "budget reserve", lambda: self._reserve(keys=keys, args=args)
-        )
-        return self._reserve_outcome(buckets, ok, index, spent, reserved)
+        out = await self._run("budget reserve", lambda: self._reserve(keys=keys, args=args))
+        return self._reserve_outcome(buckets, out[:4], out[4:])
 
     async def rate_and_reserve(
         self,
@@ -290,7 +304,7 @@ class RedisStore:
         hold_seconds: float,
         reserve_when_rate_refused: bool = False,
         now_ms: int | None = None,
-    ) -> tuple[RateOutcome, ReserveOutcome | None]:
+    ) -> tuple[RateOutcome, ReserveOutcome]:
         keys = self._budget_keys(ref, buckets)
         keys += [self._names.rate(ref, c.scope, c.unit) for c in counters]
         args = self._reserve_args(buckets, amount_micros, reservation_id, hold_seconds)
@@ -301,26 +315,61 @@ class RedisStore:
         out = await self._run(
             "rate limit and budget reserve", lambda: self._rate_and_reserve(keys=keys, args=args)
         )
-        allowed, index, state = bool(out[0]), int(out[1]), int(out[2])
-        rate = RateOutcome(allowed, None if allowed else index - 1, tuple(int(v) for v in out[6:]))
-        if state < 0:
-            return rate, None
-        return rate, self._reserve_outcome(buckets, state, out[3], out[4], out[5])
+        allowed, index, m = bool(out[0]), int(out[1]), len(counters)
+        rate = RateOutcome(allowed, None if allowed else index - 1, tuple(int(v) for v in out[6 : 6 + m]))
+        return rate, self._reserve_outcome(buckets, out[2:6], out[6 + m :])
 
     async def _settle_or_release(
-        self, what: str, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
+        self,
+        what: str,
+        ref: Ref,
+        buckets: Sequence[BucketLimit],
+        reservation_id: str,
+        actual_micros: int,
+        spenders: Sequence[tuple[str, str]] = (),
     ) -> list[int]:
         args: list[str | int] = [reservation_id, int(actual_micros), len(buckets)]
         for b in buckets:
-            args += [b.window, b.bucket, int(b.ttl_seconds)]
+            args += [_script_name(b), b.bucket, int(b.ttl_seconds)]
         keys = self._budget_keys(ref, buckets)
+        tops = [(kind, name, b) for kind, name in spenders for b in buckets if not b.scope]
+        args += [TOP_SPENDERS_KEPT, len(tops)]
+        for kind, name, b in tops:
+            keys.append(keyspace.top_key(*ref, kind, b.window, b.bucket))
+            args += [name, int(b.ttl_seconds)]
         out = await self._run(what, lambda: self._settle(keys=keys, args=args))
         return [int(v) for v in out[1:]]
 
     async def budget_settle(
-        self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str, actual_micros: int
+        self,
+        ref: Ref,
+        buckets: Sequence[BucketLimit],
+        reservation_id: str,
+        actual_micros: int,
+        spenders: Sequence[tuple[str, str]] = (),
     ) -> list[int]:
-        return await self._settle_or_release("budget settle", ref, buckets, reservation_id, actual_micros)
+        return await self._settle_or_release(
+            "budget settle", ref, buckets, reservation_id, actual_micros, spenders
+        )
+
+    async def top_spenders(
+        self, ref: Ref, buckets: Sequence[BucketLimit], count: int
+    ) -> dict[tuple[str, str], list[tuple[str, int]]]:
+        wanted = [(kind, b) for b in buckets if not b.scope for kind in TOP_KINDS]
+
+        async def call() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for kind, b in wanted:
+                    pipe.zrevrange(
+                        keyspace.top_key(*ref, kind, b.window, b.bucket), 0, count - 1, withscores=True
+                    )
+                return list(await pipe.execute())
+
+        found = await self._run("top spenders read", call)
+        return {
+            (kind, b.window): [(_text(name), int(score)) for name, score in rows]
+            for (kind, b), rows in zip(wanted, found, strict=True)
+        }
 
     async def budget_release(self, ref: Ref, buckets: Sequence[BucketLimit], reservation_id: str) -> None:
         await self._settle_or_release("budget release", ref, buckets, reservation_id, 0)
@@ -328,11 +377,13 @@ class RedisStore:
     async def budget_read(self, ref: Ref, buckets: Sequence[BucketLimit]) -> list[BucketSpend]:
         args: list[str | int] = [len(buckets)]
         for b in buckets:
-            args += [b.window, b.bucket]
+            args += [_script_name(b), b.bucket]
         keys = self._budget_keys(ref, buckets)
         values = await self._run("budget read", lambda: self._read(keys=keys, args=args))
         return [
-            BucketSpend(b.window, b.bucket, int(values[2 * i]), int(values[2 * i + 1]), b.limit_micros)
+            BucketSpend(
+                b.window, b.bucket, int(values[2 * i]), int(values[2 * i + 1]), b.limit_micros, b.start, b.end
+            )
             for i, b in enumerate(buckets)
         ]
 
@@ -537,6 +588,11 @@ def _stored_generation(raw: bytes | str | None) -> int | None:
     except ValueError:
         log.warning("ignoring a stored policy document without a readable metadata.generation")
         return None
+
+
+def _script_name(bucket: BucketLimit) -> str:
+    """A bucket's name in the budget scripts: its window, or '=' for a user's or feature's (lua.py)."""
+    return "=" if bucket.scope else bucket.window
 
 
 def _text(value: bytes | str) -> str:

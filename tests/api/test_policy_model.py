@@ -233,9 +233,27 @@ REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "window unknown",
-        {"budget": {"limits": [{"window": "week", "usd": 1}]}},
+        {"budget": {"limits": [{"window": "year", "usd": 1}]}},
         "spec.budget.limits[0].window",
-        "must be one of 'hour', 'day' or 'month' (got 'week')",
+        "must be one of 'hour', 'day', 'week' or 'month' (got 'year')",
+    ),
+    (
+        "per-user window repeated",
+        {"budget": {"perUser": [{"window": "day", "usd": 1}, {"window": "day", "usd": 2}]}},
+        "spec.budget.perUser[1].window",
+        "'day' is already limited by perUser[0]",
+    ),
+    (
+        "time zone unknown",
+        {"budget": {"timeZone": "Mars/Olympus_Mons"}},
+        "spec.budget.timeZone",
+        "'Mars/Olympus_Mons' is not an IANA time zone name",
+    ),
+    (
+        "time zone a path",
+        {"budget": {"timeZone": "../../etc/passwd"}},
+        "spec.budget.timeZone",
+        "is not an IANA time zone name",
     ),
     ("window missing", {"budget": {"limits": [{"usd": 1}]}}, "spec.budget.limits[0].window", "is required"),
     (

@@ -60,7 +60,7 @@ async def test_refusal_names_the_window_and_reserves_nothing_anywhere(store):
         0,
         400_000,
     )
-    assert "day budget of $0.50" in str(error)
+    assert "day budget of this policy ($0.50)" in str(error)
     # all or none: the hour window (which had room) did not keep the refused amount
     usage = by_window(await ledger.usage(now=NOW))
     assert usage["hour"].reserved_micros == 400_000
@@ -97,7 +97,10 @@ async def test_settle_lands_in_the_buckets_it_reserved_in(store):
     new = by_window(await ledger.usage(now=after))
     assert old["month"].spent_micros == 150_000 and old["hour"].reserved_micros == 0
     assert new["month"].bucket == "2026-12"
-    assert all(u.spent_micros == 0 and u.reserved_micros == 0 for u in new.values())
+    # Monday 2026-11-30 and Tuesday 2026-12-01 share their ISO week: that bucket carries on.
+    assert new["week"].bucket == old["week"].bucket == "2026-W49"
+    assert new["week"].spent_micros == 150_000
+    assert all(u.spent_micros == 0 and u.reserved_micros == 0 for w, u in new.items() if w != "week")
 
 
 async def test_new_window_starts_empty(store):
@@ -326,4 +329,4 @@ async def test_memory_store_bookkeeping_stays_flat():
         await ledger.settle(await ledger.reserve(10), 10)
     assert sum(len(records) for records in store._reservations.values()) == 0
     assert sum(len(heap) for heap in store._deadlines.values()) <= 1100
-    assert store.key_count() == 6  # spend + reserved for hour, day and month
+    assert store.key_count() == 8  # spend + reserved for hour, day, week and month

@@ -90,7 +90,7 @@ async def test_cache_roundtrip_and_ttl(store):
 
 async def test_read_spend_reports_current_buckets(store):
     spend = await store.read_spend(REF)
-    assert set(spend) == {"hour", "day", "month"}
+    assert set(spend) == {"hour", "day", "week", "month"}
     assert all(s.spent_micros == 0 and s.reserved_micros == 0 for s in spend.values())
 
 

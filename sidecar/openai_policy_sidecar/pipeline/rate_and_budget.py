@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from openai_policy_store import (
+    AdmitOutcome,
     BudgetExceeded,
     BudgetLedger,
     RateDecision,
@@ -23,13 +24,15 @@ from openai_policy_store import (
     admit,
     new_reservation_id,
 )
+from openai_policy_store.budget import name_problem
+from openai_policy_store.keyspace import scope_kind
 from openai_policy_store.money import micros_to_usd
-from openai_policy_store.windows import current_buckets
 
 from .. import refusals
 from ..context import RequestContext
 from ..metrics import Metrics
 from ..pricing import PriceTable, normal_tier
+from ..rate_headers import budget_headers
 from ..reported_usage import Usage
 
 
@@ -70,13 +73,37 @@ def budget_refusal(exceeded: BudgetExceeded) -> refusals.Refusal:
         micros_to_usd(exceeded.limit_micros),
         micros_to_usd(exceeded.spent_micros),
         micros_to_usd(exceeded.reserved_micros),
+        exceeded.owner if exceeded.kind else None,
     )
 
 
-def unheld(ledger: BudgetLedger) -> Reservation:
+def unheld(ledger: BudgetLedger, user: str | None, feature: str | None) -> Reservation:
     """A dry-run stand-in for a refused reservation: holds nothing, but settling it still adds the
-    real cost to spent (the store settles an id it does not hold as pure spend)."""
-    return Reservation("dryrun-" + new_reservation_id(), 0, tuple(current_buckets(ledger.limits)))
+    real cost to spent (the store settles an id it does not hold as pure spend), the user's and
+    feature's included."""
+    buckets = ledger.buckets(user=user, feature=feature)
+    return Reservation("dryrun-" + new_reservation_id(), 0, buckets, user=user, feature=feature)
+
+
+def check_names(user: str | None, feature: str | None) -> None:
+    """A user or feature name too long to key a budget or to show in the status is refused (400)."""
+    for kind, name, param in (("user", user, "user"), ("feature", feature, None)):
+        problem = name_problem(kind, name)
+        if problem is not None:
+            source = (
+                "the user field or the X-OpenAI-Policy-User header"
+                if kind == "user"
+                else "X-OpenAI-Policy-Feature"
+            )
+            raise refusals.invalid_request(f"{problem} ({source}); send a shorter one.", param=param)
+
+
+def remaining_headers(outcome: AdmitOutcome) -> dict[str, str]:
+    """The remaining-budget headers from what the admitting store call read (no call of their own)."""
+    return budget_headers(
+        (scope_kind(b.scope), b.window, left)
+        for b, left in zip(outcome.buckets, outcome.remaining, strict=False)
+    )
 
 
 async def check_and_reserve(
@@ -93,17 +120,26 @@ async def check_and_reserve(
     hold.ledger, hold.worst_micros = ledger, worst_micros
     reservation: Reservation | None = None
     budget_refused: refusals.Refusal | None = None
+    user, feature = ctx.request.user, ctx.request.feature
+    check_names(user, feature)
     if worst_micros is None:
-        rate_refused, headers = await rate_only(limiter, ctx.request.user, tokens, metrics)
+        rate_refused, headers = await rate_only(limiter, user, tokens, metrics)
     else:
         outcome = await admit(
-            limiter, ledger, ctx.request.user, tokens, worst_micros, reserve_when_rate_refused=ctx.dry_run
+            limiter,
+            ledger,
+            user,
+            tokens,
+            worst_micros,
+            feature=feature,
+            reserve_when_rate_refused=ctx.dry_run,
         )
         if outcome.rate_error is not None or outcome.rate is None:
             metrics.child(metrics.store_errors, "rate_limit").inc()
             rate_refused, headers = refusals.store_unavailable(), {}
         else:
             rate_refused, headers = refusal_for_decision(outcome.rate)
+        headers = {**headers, **remaining_headers(outcome)}
         if outcome.budget_error is not None:
             metrics.child(metrics.store_errors, "budget_reserve").inc()
             budget_refused = refusals.store_unavailable()
@@ -118,7 +154,7 @@ async def check_and_reserve(
     if budget_refused is not None:
         ctx.enforce(budget_refused)
         # Dry run: no money held, but the real cost is still settled into spent afterwards.
-        hold.reservation = unheld(ledger)
+        hold.reservation = unheld(ledger, user, feature)
 
 
 async def rate_only(
