@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from openai_policy_api import OpenAIPolicy
+from openai_policy_api import TOP_SPENDERS_SHOWN, OpenAIPolicy
 from openai_policy_store import BucketSpend, BudgetLedger, Store
 from openai_policy_store.money import usd_to_micros
 from openai_policy_store.protocol import BucketLimit
@@ -42,7 +42,11 @@ def _shown_micros(previous: Mapping[str, Any]) -> dict[tuple[str, str], int]:
 
 
 async def restore_spend(
-    store: Store, ref: tuple[str, str], windows: list[BucketSpend], previous: Mapping[str, Any]
+    store: Store,
+    ref: tuple[str, str],
+    windows: list[BucketSpend],
+    previous: Mapping[str, Any],
+    time_zone: str = "UTC",
 ) -> list[BucketSpend]:
     """Spend's second home: a store holding less than the status last showed for the same bucket
     lost it (a wipe, a restart without persistence). Put it back (max, never lower) and show it: the
@@ -53,7 +57,7 @@ async def restore_spend(
         before = shown.get((window.window, window.bucket), 0)
         if window.spent_micros < before:
             bucket = BucketLimit(
-                window.window, window.bucket, None, key_ttl_seconds(window.window, utc_now())
+                window.window, window.bucket, None, key_ttl_seconds(window.window, utc_now(), time_zone)
             )
             added = await store.budget_restore(ref, bucket, before)
             logger.warning(
@@ -89,13 +93,17 @@ class StatusReader:
         usage: Mapping[str, int] = {}
         heartbeats: Mapping[str, Mapping[str, Any]] = {}
         windows: list[BucketSpend] = []
+        spenders: dict[tuple[str, str], list[tuple[str, int]]] = {}
         if self.store is not None:
             try:
                 usage = await self.store.read_usage(ref)
                 heartbeats = await self.store.read_heartbeats(ref)
                 if policy is not None:
                     ledger = BudgetLedger(self.store, ref, policy.spec.budget)
-                    windows = await restore_spend(self.store, ref, await ledger.usage(), previous)
+                    windows = await restore_spend(
+                        self.store, ref, await ledger.usage(), previous, ledger.time_zone
+                    )
+                    spenders = await ledger.top_spenders(TOP_SPENDERS_SHOWN)
             except Exception as error:  # noqa: BLE001 - the store is down: say so, keep the last figures
                 logger.warning("reading usage of %s/%s failed: %s", *ref, error)
                 stale = build_status(
@@ -128,4 +136,5 @@ class StatusReader:
             previous=previous,
             now=now or time.time(),
             stale_after=self.stale_after,
+            spenders=spenders,
         )

@@ -25,6 +25,7 @@ from openai_policy_api.status import (
     SUSPENDED,
     GenerationCount,
     PodsStatus,
+    Spender,
     StatusSummary,
     UsageStatus,
     WindowSpend,
@@ -122,19 +123,35 @@ def usage_status(counts: UsageCounts) -> UsageStatus:
     )
 
 
-def window_spend(spend: BucketSpend) -> WindowSpend:
+# (kind "users" or "features", window) -> [(name, micro-dollars)...], highest first
+Spenders = Mapping[tuple[str, str], Sequence[tuple[str, int]]]
+
+
+def window_spend(spend: BucketSpend, spenders: Spenders | None = None) -> WindowSpend:
     """One window's entry of ``status.spend``: where the store's record becomes the status shape."""
-    if not spend.limit_micros:
-        return WindowSpend(window=spend.window, bucket=spend.bucket, usd=micros_to_usd(spend.spent_micros))
-    return WindowSpend(
+    spenders = spenders or {}
+
+    def top(kind: str) -> list[Spender]:
+        return [
+            Spender(name=name, usd=micros_to_usd(micros))
+            for name, micros in spenders.get((kind, spend.window), ())
+        ]
+
+    entry = WindowSpend(
         window=spend.window,
         bucket=spend.bucket,
+        start=spend.start,
+        end=spend.end,
         usd=micros_to_usd(spend.spent_micros),
-        limit_usd=micros_to_usd(spend.limit_micros),
-        # What is left of the limit after settled spend (calls in flight are not spend yet).
-        remaining_usd=micros_to_usd(max(0, spend.limit_micros - spend.spent_micros)),
-        percent=spend.percent,
+        top_users=top("users"),
+        top_features=top("features"),
     )
+    if spend.limit_micros:
+        entry.limit_usd = micros_to_usd(spend.limit_micros)
+        # What is left of the limit after settled spend (calls in flight are not spend yet).
+        entry.remaining_usd = micros_to_usd(max(0, spend.limit_micros - spend.spent_micros))
+        entry.percent = spend.percent
+    return entry
 
 
 @dataclass(frozen=True)
@@ -375,6 +392,7 @@ def build_status(
     previous: Mapping[str, Any] | None,
     now: float,
     stale_after: float = 30.0,
+    spenders: Spenders | None = None,
 ) -> StatusReport:
     """The whole status subresource for one policy and the condition transitions to announce."""
     previous = previous or {}
@@ -387,7 +405,7 @@ def build_status(
         facts.generation,
         now,
     )
-    spend = [window_spend(w) for w in windows]
+    spend = [window_spend(w, spenders) for w in windows]
     pods_status = PodsStatus(
         injected=pods.injected,
         reporting=pods.reporting,

@@ -54,6 +54,18 @@ def _usd(value: object) -> str:
     return "-" if value in (None, "") else f"${value}"
 
 
+def _top_spenders(spend: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``Top users (day): alice $1.20, bob $0.30`` per window that has any (status.spend[].topUsers)."""
+    lines = []
+    for field, label in (("topUsers", "users"), ("topFeatures", "features")):
+        for window in spend:
+            top = window.get(field) or []
+            if top:
+                named = ", ".join(f"{entry.get('name')} {_usd(entry.get('usd'))}" for entry in top)
+                lines.append(f"  Top {label} ({window.get('window')}): {named}")
+    return lines
+
+
 def details(policy: Mapping[str, Any]) -> list[str]:
     """Everything ``kubectl describe`` would bury, in the order an on-call engineer asks for it."""
     meta, spec = policy.get("metadata") or {}, policy.get("spec") or {}
@@ -81,13 +93,14 @@ def details(policy: Mapping[str, Any]) -> list[str]:
     spend = status.get("spend") or []
     if spend:
         lines.append("  Spend:")
-        rows = [["WINDOW", "BUCKET", "SPENT", "LIMIT", "LEFT", "USED"]]
+        rows = [["WINDOW", "FROM", "UNTIL", "SPENT", "LIMIT", "LEFT", "USED"]]
         for window in spend:
             percent = window.get("percent")
             rows.append(
                 [
                     str(window.get("window", "")),
-                    str(window.get("bucket", "")),
+                    str(window.get("start") or window.get("bucket", "")),
+                    str(window.get("end") or "-"),
                     _usd(window.get("usd")),
                     _usd(window.get("limitUsd")),
                     _usd(window.get("remainingUsd")),
@@ -95,6 +108,7 @@ def details(policy: Mapping[str, Any]) -> list[str]:
                 ]
             )
         lines.extend("    " + row for row in _table(rows))
+        lines.extend(_top_spenders(spend))
     usage = status.get("usage") or {}
     if usage:
         lines.append(
