@@ -74,7 +74,9 @@ def test_defaults_follow_the_seeds() -> None:
     assert spec.circuit_breaker.enabled and spec.circuit_breaker.failure_threshold == 5
     assert spec.circuit_breaker.recovery_seconds == 60
     assert (
-        spec.queue.max_concurrent == 1000 and spec.queue.max_depth == 1000 and spec.queue.max_wait_seconds == 30
+        spec.queue.max_concurrent == 1000
+        and spec.queue.max_depth == 1000
+        and spec.queue.max_wait_seconds == 30
     )
     assert not spec.cache.enabled and spec.cache.ttl_seconds == 3600 and spec.cache.deterministic_only
     assert spec.safety.pii.action == "off" and spec.safety.pii.types == list(PII_TYPES)
