@@ -23,7 +23,7 @@ from pathlib import Path
 from openai_policy_api import PolicyError
 from openai_policy_store.signing import DocumentRejected, SigningKeyError
 
-from . import tokenizer_files
+from . import runtime, tokenizer_files
 from .access_log import configure_logging
 from .genai_telemetry import TelemetryUnavailable
 from .server import Sidecar, SidecarConfig
@@ -95,6 +95,8 @@ async def serve(sidecar: Sidecar) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await sidecar.start()
+    sidecar.metrics.runtime(runtime.event_loop_name(), runtime.http_parser_name())
+    runtime.settle_after_start()
     try:
         await stop.wait()
         log.info("shutting down")
@@ -103,7 +105,8 @@ async def serve(sidecar: Sidecar) -> None:
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed (optional, not a dependency: a little less CPU per request)."""
+    """uvloop (a dependency of the sidecar: less CPU per request and per stream event), or
+    asyncio's own loop where it cannot be installed."""
     try:
         uvloop = importlib.import_module("uvloop")  # by name: mypy need not know an optional module
     except ImportError:

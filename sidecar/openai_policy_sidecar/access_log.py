@@ -8,12 +8,13 @@ line is redacted before it is written.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from typing import IO, Any
+
+from .fast_json import dumps_line
 
 ACCESS_LOGGER = "openai_policy_sidecar.access"
 REDACTED = "[REDACTED]"
@@ -59,7 +60,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
+        return dumps_line(line)
 
 
 def configure_logging(secrets: Callable[[], list[str]], level: int = logging.INFO) -> None:
@@ -143,7 +144,7 @@ def flush() -> None:
 
 def write_access_line(fields: dict[str, Any]) -> None:
     fields.setdefault("time", round(time.time(), 3))
-    line = json.dumps(fields, ensure_ascii=False, default=str)
+    line = dumps_line(fields)
     if _writer is not None:
         _writer.write(line)
     else:  # embedded (tests, libraries): through logging, whatever handlers the host set up

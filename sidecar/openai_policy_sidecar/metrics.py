@@ -161,6 +161,12 @@ class Metrics:
         )
 
         # -- listeners ------------------------------------------------------------------------
+        self.runtime_info = Gauge(
+            "openai_policy_sidecar_runtime_info",
+            "Always 1: the event loop (uvloop or asyncio) and HTTP parser (c or python) in use.",
+            ["event_loop", "http_parser"],
+            registry=r,
+        )
         self.connections_open = Gauge(
             "openai_policy_connections_open",
             "Open client connections, by listener (proxy, admin).",
@@ -175,6 +181,10 @@ class Metrics:
             ["listener", "reason"],
             registry=r,
         )
+
+    def runtime(self, event_loop: str, http_parser: str) -> None:
+        """The loop and HTTP parser this process runs on (runtime.py): the fast paths, or not."""
+        self.runtime_info.labels(event_loop=event_loop, http_parser=http_parser).set(1)
 
     def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised: labels() takes a lock and builds a tuple each time."""

@@ -20,10 +20,7 @@ verifying a file (hashing it) is cheap and done for every encoding at start-up; 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
-import sys
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -34,6 +31,7 @@ import tiktoken.registry
 from openai_policy_api import ModelsSpec
 
 from . import tokenizer_files
+from .runtime import trim_malloc
 
 ENDPOINTS = (
     "chat.completions",
@@ -123,7 +121,7 @@ def get_encoding(name: str) -> tiktoken.Encoding:
             encoding = tiktoken.get_encoding(name)
             _release_python_ranks(encoding)
             _encodings[name] = encoding
-            _trim_heap()
+            trim_malloc()  # the file's text and the parsed ranks, freed: back to the OS
     return encoding
 
 
@@ -141,17 +139,6 @@ def _release_python_ranks(encoding: tiktoken.Encoding) -> None:
     """
     if tiktoken.registry.ENCODINGS.get(encoding.name) is encoding and hasattr(encoding, "_mergeable_ranks"):
         del encoding._mergeable_ranks
-
-
-def _trim_heap() -> None:
-    """Hand the memory freed after a load (file text, parsed ranks) back to the OS (glibc only)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # musl and others have no malloc_trim: nothing to do
-        pass
 
 
 def encodings_for_models(models: ModelsSpec | None, *, dry_run: bool = False) -> tuple[str, ...]:

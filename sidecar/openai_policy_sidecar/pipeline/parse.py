@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from .. import form_body, refusals
 from ..context import RequestContext
+from ..fast_json import dumps_body
 from ..surfaces import AmbiguousPath, Route, classify, normalise_path
 
 # The body comes over loopback from the app: a body still arriving after this long is a client
@@ -225,7 +227,7 @@ def decode_json(raw: bytes) -> object:
 
 def _decode(raw: bytes) -> object:
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
+        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise _too_deep(_deep_key(raw)) from None
     except _NonFinite:
@@ -259,6 +261,20 @@ def _refuse_constant(name: str) -> object:
     raise _NonFinite(name)
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON that no double holds: Python makes it inf, which cannot be sent on as
+    # JSON (the encoder would write Infinity, or null), so it is refused like Infinity itself.
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+def _marked_float(text: str) -> object:
+    value = float(text)
+    return value if math.isfinite(value) else _Rejected("number")
+
+
 def _non_json_value(raw: bytes) -> refusals.Refusal:
     """A NaN/Infinity or an integer too long to convert: re-parse marking it, to name where."""
 
@@ -266,7 +282,7 @@ def _non_json_value(raw: bytes) -> refusals.Refusal:
         return _Rejected("number") if len(text.lstrip("-")) > _MAX_INT_DIGITS else int(text)
 
     try:
-        value = json.loads(raw, parse_int=marked_int, parse_constant=_Rejected)
+        value = json.loads(raw, parse_int=marked_int, parse_float=_marked_float, parse_constant=_Rejected)
     except (RecursionError, ValueError):
         value = None
     where = _find(value, lambda item: isinstance(item, _Rejected))
@@ -398,7 +414,7 @@ def parse(method: str, path: str, query: str, headers: Mapping[str, str], raw: b
 
 def encode_body(body: dict[str, Any]) -> bytes:
     """The JSON bytes sent upstream for a body a stage rewrote."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return dumps_body(body)
 
 
 async def parse_request(ctx: RequestContext, request: web.Request, max_body_bytes: int) -> ParsedRequest:

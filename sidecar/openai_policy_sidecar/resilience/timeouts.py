@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -109,9 +109,9 @@ async def run_with_deadline(awaitable: Awaitable[T], deadline: Deadline | None) 
         raise
 
 
-async def idle_timeout(
+def idle_timeout(
     source: AsyncIterator[T], idle_seconds: float | None, *, deadline: Deadline | None = None
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Yield from ``source``; raise :class:`StreamIdleTimeout` if an item takes longer than ``idle_seconds``.
 
     The clock restarts at each item, so a slow but steady stream is never cut. With ``deadline``
@@ -119,6 +119,15 @@ async def idle_timeout(
     ``idle_seconds`` None or <= 0 disables the idle check. On exit the source is closed so that
     the upstream connection is released.
     """
+    if deadline is None and idle_seconds and idle_seconds > 0:
+        return _idle_watched(source, idle_seconds)
+    return _idle_or_deadline(source, idle_seconds, deadline)
+
+
+async def _idle_or_deadline(
+    source: AsyncIterator[T], idle_seconds: float | None, deadline: Deadline | None
+) -> AsyncGenerator[T, None]:
+    """``idle_timeout`` with a deadline (or no idle limit): an ``asyncio.timeout`` per item."""
     iterator = source.__aiter__()
     items = 0
     try:
@@ -154,3 +163,61 @@ async def idle_timeout(
                 # An async generator interrupted mid-``__anext__`` by the timeout may refuse a
                 # second close; it is finished either way.
                 pass
+
+
+async def _idle_watched(source: AsyncIterator[T], idle_seconds: float) -> AsyncGenerator[T, None]:
+    """``idle_timeout`` without a deadline: the same contract, at a float store per item.
+
+    A stream relays tens of events a second for many seconds; an ``asyncio.timeout`` per event
+    (a timer armed and cancelled each time) was a tenth of the relay's CPU. Here one timer per
+    stream fires at the earliest moment the wait could have gone on too long, and re-arms from the
+    start of the current wait when an item came meanwhile, so a steady stream costs a timer every
+    ``idle_seconds``. On expiry it cancels the waiting task, as ``asyncio.timeout`` does, and the
+    cancellation it caused (never one from elsewhere) becomes ``StreamIdleTimeout``.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    iterator = source.__aiter__()
+    items = 0
+    waiting_since: float | None = None  # loop time the current wait began; None between waits
+    fired = False
+    handle: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal handle, fired
+        now = loop.time()
+        if waiting_since is not None and now - waiting_since >= idle_seconds:
+            fired = True
+            task.cancel()
+            return
+        # Not waiting (the caller is busy with the last item), or a later wait: look again when
+        # the wait under way, or the next one at the earliest, could have run out.
+        due = (waiting_since if waiting_since is not None else now) + idle_seconds
+        handle = loop.call_at(due, check)
+
+    handle = loop.call_at(loop.time() + idle_seconds, check)
+    try:
+        while True:
+            waiting_since = loop.time()
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if fired and task.uncancel() == 0:
+                    raise StreamIdleTimeout(float(idle_seconds), items) from None
+                raise
+            finally:
+                waiting_since = None
+            items += 1
+            yield item
+    finally:
+        if handle is not None:
+            handle.cancel()
+        aclose = getattr(iterator, "aclose", None)
+        if callable(aclose):
+            try:
+                await aclose()
+            except (RuntimeError, StopAsyncIteration):
+                pass  # a source interrupted mid-``__anext__`` may refuse a second close
