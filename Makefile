@@ -10,7 +10,7 @@ CACHE ?= $(or $(OPENAI_POLICY_CACHE),$(HOME)/.cache/openai-policy-operator)
 TIKTOKEN_DIR := $(CACHE)/tiktoken
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup venv redis control-plane tiktoken promtool krew lint crds clean bench bench-quick bench-operator wrk fuzz \
+.PHONY: test demo setup venv redis control-plane tiktoken promtool krew lint crds clean bench bench-quick bench-streaming bench-memory bench-operator wrk fuzz \
 	node images cluster cluster-down
 
 # The same script builds the images' environments (Dockerfile.*), so CI tests what ships.
@@ -106,6 +106,15 @@ bench: venv redis tiktoken wrk
 
 bench-quick: venv redis tiktoken wrk
 	TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" $(PY) bench/run_sidecar_bench.py --quick --no-litellm $(BENCH_ARGS)
+
+# Issue 15's streaming profile: 200, 500 and 1,000 concurrent streams, direct, through one sidecar
+# with Redis, and through LiteLLM (bench/streaming_bench.py; builds its Go upstream and client).
+bench-streaming: venv redis tiktoken
+	TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" $(PY) bench/streaming_bench.py $(BENCH_ARGS)
+
+# Where a sidecar's memory goes, layer by layer (bench/memory_breakdown.py).
+bench-memory: venv redis tiktoken
+	TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" $(PY) bench/memory_breakdown.py --redis $(BENCH_ARGS)
 
 bench-operator: setup
 	KUBEBUILDER_ASSETS="$$(scripts/setup-control-plane.sh)" TIKTOKEN_CACHE_DIR="$(TIKTOKEN_DIR)" \

@@ -90,7 +90,10 @@ class Service:
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.setdefault("TIKTOKEN_CACHE_DIR", str(Path.home() / ".cache" / "openai-policy-operator" / "tiktoken"))
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "sidecar"), str(REPO)])
+    # This tree's packages, not whichever copy the venv's editable install points at.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / d) for d in ("api", "store", "sidecar", "devkit")] + [str(REPO)]
+    )
     env.update(extra)
     return env
 

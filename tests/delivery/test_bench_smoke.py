@@ -99,3 +99,65 @@ def test_derived_figures_and_target_checks_are_computed(quick_run):
     assert checks["sidecar-memory: throughput c=32 vs LiteLLM"]["ok"] is None
     assert isinstance(checks["sidecar-memory: added latency c=1 p50"]["ok"], bool)
     assert "| sidecar-memory |" in stdout and "| direct |" in stdout and "core target" in stdout
+
+
+STREAMING = REPO / "bench" / "streaming_bench.py"
+
+
+@pytest.fixture(scope="module")
+def streaming_run(tmp_path_factory: pytest.TempPathFactory, tiktoken_cache_dir: Path) -> tuple[dict, str]:
+    """bench/streaming_bench.py --tiny: 5 and 10 short streams, direct and through a sidecar with Redis."""
+    output = tmp_path_factory.mktemp("streaming") / "streaming.json"
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tiktoken_cache_dir)}
+    completed = subprocess.run(
+        [sys.executable, str(STREAMING), "--tiny", "--output", str(output)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # the first run builds the Go upstream and client
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return json.loads(output.read_text()), completed.stdout
+
+
+def test_streaming_bench_relayed_every_stream_whole(streaming_run):
+    results, _ = streaming_run
+    assert results["mode"] == "tiny" and list(results["levels"]) == ["5", "10"]
+    chunks = results["profile"]["chunks"]
+    for streams, level in results["levels"].items():
+        assert set(level) == {"direct", "sidecar-redis"}, streams
+        for target, run in level.items():
+            assert run["errors"] == 0 and run["error_detail"] == {}, (streams, target, run["error_detail"])
+            assert run["measured_streams"] >= int(streams), (streams, target)  # each client, at least once
+            assert run["chunks"] == run["measured_streams"] * chunks  # no stream lost or cut a chunk
+            for key in ("ttft_us", "gap_us", "chunk_delay_us"):
+                figures = run[key]
+                assert 0 <= figures["p50"] <= figures["p99"] <= figures["max"], (streams, target, key)
+            assert run["ttft_us"]["count"] == run["measured_streams"]
+            assert run["gap_us"]["count"] == run["measured_streams"] * (chunks - 1)
+            # The profile's first chunk comes after first_chunk_ms: a TTFT below it is a broken clock.
+            assert run["ttft_us"]["p50"] >= results["profile"]["first_chunk_ms"] * 1000
+            assert run["cpu_cores"]["upstream"] > 0 and run["cpu_cores"]["client"] > 0
+
+
+def test_streaming_bench_measured_the_sidecar_it_ran(streaming_run):
+    results, stdout = streaming_run
+    for streams, level in results["levels"].items():
+        sidecar = level["sidecar-redis"]
+        assert sidecar["probe"]["model"] == "gpt-4o-mini-2024-07-18"  # the policy's pin applied
+        counted = sidecar["sidecar_counted"]  # every stream metered by the sidecar itself
+        assert counted["requests"] >= sidecar["measured_streams"] + sidecar["warmup_streams"]
+        assert counted["refusals"] == 0 and set(counted["requests_by_status"]) == {"200"}
+        assert sidecar["cpu_cores"]["proxy"] > 0
+        rss = sidecar["rss"]
+        assert rss["idle_bytes"] > 10 * 1024 * 1024 and rss["open_samples"] > 0
+        row = results["derived"]["sidecar-redis"][streams]
+        assert row["added_ttft_p99_ms"] == pytest.approx(
+            (sidecar["ttft_us"]["p99"] - level["direct"]["ttft_us"]["p99"]) / 1000, abs=0.01
+        )
+        assert "rss_per_stream_kib" in row
+    checks = {c["target"].rsplit(": ", 1)[1]: c for c in results["targets_check"]}
+    assert set(checks) == {"errors", "added_ttft_p99_ms", "added_gap_p99_ms", "rss_per_stream_kib"}
+    assert all(isinstance(c["ok"], bool) for c in checks.values())
+    assert "| 10 | sidecar-redis |" in stdout and "streaming target" in stdout

@@ -1,0 +1,3 @@
+module streambench
+
+go 1.22
