@@ -3,6 +3,7 @@ API server and operator (its tests that need none are in tests/plugin)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,8 +13,11 @@ from pathlib import Path
 import openai
 import pytest
 
+from openai_policy_api import BudgetSpec
 from openai_policy_devkit.sidecar import SidecarProcess, upstream_spec, write_policy
 from openai_policy_operator import names, rbac
+from openai_policy_store import BudgetLedger, RedisStore
+from openai_policy_store.windows import bucket_of
 from tests.operator.cluster import (
     apply_policy,
     create_pod,
@@ -21,6 +25,7 @@ from tests.operator.cluster import (
     get_policy,
     label_for_injection,
     wait_condition,
+    wait_for,
 )
 
 BUDGET = {"limits": [{"window": "day", "usd": 5}]}
@@ -207,3 +212,40 @@ def test_explain_refusal_finds_the_request_in_a_real_sidecars_log(tmp_path, fake
 
     missing = plugin(control_plane, "explain-refusal", "req-does-not-exist", "--log-file", str(log))
     assert missing.returncode == 1 and "no sidecar log line has request id" in missing.stderr
+
+
+def test_status_shows_window_bounds_and_top_spenders(control_plane, operator):
+    namespace = control_plane.create_namespace("plugin-spenders")
+    budget = {"limits": [{"window": "day", "usd": 5}], "timeZone": "America/New_York"}
+    apply_policy(
+        control_plane, namespace, "team", {"selector": {"matchLabels": {"app": "x"}}, "budget": budget}
+    )
+    wait_condition(control_plane, namespace, "team", "Ready", "True", 30)
+
+    async def settle() -> None:  # what the sidecars' settles leave in the store
+        store = RedisStore(operator["redis"].url)
+        try:
+            ledger = BudgetLedger(store, (namespace, "team"), BudgetSpec.model_validate(budget))
+            for user, micros in (("alice", 2_500_000), ("bob", 400_000)):
+                await ledger.settle(await ledger.reserve(micros, user=user, feature="chat"), micros)
+        finally:
+            await store.close()
+
+    asyncio.run(settle())
+    wait_for(
+        lambda: (
+            "Top users (day): alice $2.50, bob $0.40"
+            in plugin(control_plane, "status", "team", "-n", namespace).stdout
+        ),
+        30,
+        0.5,
+        "kubectl oaip status to show the top spenders",
+    )
+    shown = plugin(control_plane, "status", "team", "-n", namespace).stdout
+    assert "Top features (day): chat $2.90" in shown
+    day = bucket_of("day", None, "America/New_York")
+    header = next(line for line in shown.splitlines() if "WINDOW" in line)
+    assert header.split()[:3] == ["WINDOW", "FROM", "UNTIL"]
+    row = next(line for line in shown.splitlines() if line.strip().startswith("day "))
+    assert day.start.strftime("%Y-%m-%dT%H:%M:%SZ") in row and day.end.strftime("%Y-%m-%dT%H:%M:%SZ") in row
+    assert "$5" in row
