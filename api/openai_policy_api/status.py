@@ -99,15 +99,15 @@ class WindowSpend(StatusModel):
     )
     remaining_usd: str | None = Field(default=None, description="What is left of the limit, in US dollars.")
     percent: int | None = Field(default=None, ge=0, description="Spend as a whole percent of the limit.")
-    top_users: list[Spender] = Field(
-        default_factory=list,
+    top_users: list[Spender] | None = Field(
+        default=None,
         max_length=TOP_SPENDERS_SHOWN,
         description=f"The {TOP_SPENDERS_SHOWN} users who spent most in the bucket, highest first (settled "
         f"spend; requests without a user are not listed). The store keeps the {TOP_SPENDERS_KEPT} highest "
         "per bucket: the list is exact while fewer users spent in the bucket.",
     )
-    top_features: list[Spender] = Field(
-        default_factory=list,
+    top_features: list[Spender] | None = Field(
+        default=None,
         max_length=TOP_SPENDERS_SHOWN,
         description=f"The {TOP_SPENDERS_SHOWN} features (X-OpenAI-Policy-Feature) that spent most in the "
         "bucket, highest first, kept like topUsers.",

@@ -131,11 +131,9 @@ def window_spend(spend: BucketSpend, spenders: Spenders | None = None) -> Window
     """One window's entry of ``status.spend``: where the store's record becomes the status shape."""
     spenders = spenders or {}
 
-    def top(kind: str) -> list[Spender]:
-        return [
-            Spender(name=name, usd=micros_to_usd(micros))
-            for name, micros in spenders.get((kind, spend.window), ())
-        ]
+    def top(kind: str) -> list[Spender] | None:  # absent rather than empty: a short status
+        named = spenders.get((kind, spend.window), ())
+        return [Spender(name=name, usd=micros_to_usd(micros)) for name, micros in named] or None
 
     entry = WindowSpend(
         window=spend.window,

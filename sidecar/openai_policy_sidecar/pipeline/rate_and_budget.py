@@ -77,7 +77,7 @@ def budget_refusal(exceeded: BudgetExceeded) -> refusals.Refusal:
     )
 
 
-def unheld(ledger: BudgetLedger, user: str | None, feature: str | None) -> Reservation:
+def unheld(ledger: BudgetLedger, user: str | None = None, feature: str | None = None) -> Reservation:
     """A dry-run stand-in for a refused reservation: holds nothing, but settling it still adds the
     real cost to spent (the store settles an id it does not hold as pure spend), the user's and
     feature's included."""
