@@ -167,3 +167,21 @@ async def test_a_user_name_too_long_for_a_budget_is_refused(tmp_path, fake_opena
         assert refused.value.code == "invalid_request" and "at most 256" in refused.value.body["message"]
         assert fake_openai.billed_micros() == 0
         await ask(client, "u" * 256)
+
+
+async def test_a_rate_limit_refusal_carries_the_remaining_budget_too(tmp_path, fake_openai):
+    spec = {**SPEC, "rateLimits": {"requestsPerMinute": 1}}
+    path = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai, **spec))
+    async with running_sidecar(path) as sidecar:
+        client = async_client(sidecar.base_url, max_retries=0)
+        first = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "hello"}], user="dave"
+        )
+        await quiesce(sidecar)
+        with pytest.raises(openai.RateLimitError) as refused:
+            await ask(client, "dave")
+        assert refused.value.code == "rate_limit_exceeded"
+        headers = refused.value.response.headers
+        # Nothing held for the refused call: what remains is what the first call left.
+        assert DECIMAL.match(headers[REMAINING + "user-day"])
+        assert float(headers[REMAINING + "user-day"]) >= float(first.headers[REMAINING + "user-day"])
