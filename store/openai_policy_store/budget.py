@@ -1,9 +1,13 @@
 """Budget ledger: reserve a call's worst-case cost before it runs, settle the real cost after.
 
-Windows are UTC calendar buckets (hour, day, month). A reservation is all-or-none across every
-window: the store checks ``spent + reserved + amount <= limit`` for each limited window and
-reserves in all of them atomically. Spend is tracked in every window even without a limit (the
-operator reports it). A call that was swept (see ``hold_seconds``) still settles its real cost.
+Windows are calendar buckets (hour, day, week, month) in ``spec.budget.timeZone`` (``windows``).
+A reservation is all-or-none across every window, and across the caller's user and feature
+buckets where ``perUser`` / ``perFeature`` limit them: the store checks ``spent + reserved +
+amount <= limit`` for each limited bucket and reserves in all of them atomically, in one call.
+Spend is tracked in every policy window even without a limit (the operator reports it); a user's
+or feature's only in the windows it is limited in (bounded keys), while the settle also counts it
+among the window's top spenders. A call that was swept (see ``hold_seconds``) still settles its
+real cost.
 
 When the shared store is unreachable, ``spec.budget.onStoreUnavailable`` decides:
 
@@ -213,9 +217,10 @@ class BudgetLedger:
     ) -> BudgetExceeded:
         """The refusal of ``outcome``, naming whose budget it was (never anyone else's figures)."""
         assert outcome.window is not None
-        self.last_fraction_used = max(self.last_fraction_used, 1.0)
         refused = buckets[outcome.index] if outcome.index is not None else None
         kind = scope_kind(refused.scope) if refused is not None and refused.scope else None
+        if kind is None:  # one user's spent budget must not downgrade everyone's model
+            self.last_fraction_used = max(self.last_fraction_used, 1.0)
         return BudgetExceeded(
             outcome.window,
             outcome.limit_micros,

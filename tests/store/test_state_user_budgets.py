@@ -218,3 +218,10 @@ async def test_an_acl_secured_sidecar_user_may_run_the_user_budget_scripts(secur
     finally:
         await store.close()
         await admin.close()
+
+
+async def test_one_user_s_refusal_does_not_downgrade_everyone(store):
+    ledger = BudgetLedger(store, REF, budget(perUser=limits("day", 1)))
+    with pytest.raises(BudgetExceeded):
+        await ledger.reserve(2_000_000, user="alice")
+    assert ledger.last_fraction_used == 0.0
