@@ -110,18 +110,11 @@ def _booked(
     result.buckets, result.remaining = buckets, outcome.remaining
     if not outcome.attempted:
         return
-    if outcome.ok:
-        result.reservation = Reservation(
-            reservation_id,
-            amount_micros,
-            buckets,
-            local=local,
-            user=user,
-            feature=feature,
-            remaining=outcome.remaining,
-        )
-        return
-    result.budget_exceeded = ledger.exceeded(outcome, buckets, user, feature)
+    booked = ledger.book(outcome, reservation_id, amount_micros, buckets, user, feature, local=local)
+    if isinstance(booked, BudgetExceeded):
+        result.budget_exceeded = booked
+    else:
+        result.reservation = booked
 
 
 async def _store_down(

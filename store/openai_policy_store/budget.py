@@ -300,20 +300,37 @@ class BudgetLedger:
         else:
             if self._unsynced:
                 await self._push_unsynced()
-        if not outcome.ok:
-            refused = buckets[outcome.index] if outcome.index is not None else None
-            if not local and refused is not None and not refused.scope:
-                self._note(refused.window, refused.bucket, outcome.spent_micros)
-            raise self.exceeded(outcome, buckets, user, feature)
-        return Reservation(
-            reservation_id,
-            amount_micros,
-            buckets,
-            local=local,
-            user=user,
-            feature=feature,
-            remaining=outcome.remaining,
-        )
+        booked = self.book(outcome, reservation_id, amount_micros, buckets, user, feature, local=local)
+        if isinstance(booked, BudgetExceeded):
+            raise booked
+        return booked
+
+    def book(
+        self,
+        outcome: ReserveOutcome,
+        reservation_id: str,
+        amount_micros: int,
+        buckets: tuple[BucketLimit, ...],
+        user: str | None,
+        feature: str | None,
+        *,
+        local: bool,
+    ) -> Reservation | BudgetExceeded:
+        """What an attempted reservation's outcome means: the money held, or the refusal."""
+        if outcome.ok:
+            return Reservation(
+                reservation_id,
+                amount_micros,
+                buckets,
+                local=local,
+                user=user,
+                feature=feature,
+                remaining=outcome.remaining,
+            )
+        refused = buckets[outcome.index] if outcome.index is not None else None
+        if not local and refused is not None and not refused.scope:
+            self._note(refused.window, refused.bucket, outcome.spent_micros)
+        return self.exceeded(outcome, buckets, user, feature)
 
     async def settle(self, reservation: Reservation, actual_micros: int) -> None:
         """Turn the reservation into ``actual_micros`` of spend (which may exceed what was held).
