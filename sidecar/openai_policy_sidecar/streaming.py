@@ -35,6 +35,8 @@ def add_include_usage(endpoint: str, body: dict[str, Any]) -> bool:
 
 def _data_of(event: bytes) -> bytes | None:
     """The payload of an event's ``data:`` line(s); None for comments/keep-alives."""
+    if event.startswith(b"data: ") and b"\n" not in event and b"\r" not in event:
+        return event[6:]  # the usual event: one data line
     parts = []
     for line in event.splitlines():
         if line.startswith(b"data:"):
@@ -157,6 +159,13 @@ async def split_events(
     buffer = bytearray()
     scanned = 0  # bytes of buffer known to hold no separator start
     async for chunk in chunks:
+        if not buffer and len(chunk) > 1 and chunk.find(b"\n\n") == len(chunk) - 2 and b"\r" not in chunk:
+            # The usual read of a paced stream: exactly one whole event (its only separator ends
+            # the chunk). Yield it without copying it through the buffer.
+            if max_event_bytes is not None and len(chunk) - 2 > max_event_bytes:
+                raise StreamEventTooLarge(max_event_bytes)
+            yield chunk[:-2], b"\n\n"
+            continue
         buffer += chunk
         if held is not None:
             held.resize(len(buffer))

@@ -19,7 +19,7 @@ from openai_policy_sidecar.fast_json import dumps_body, dumps_line
 from openai_policy_sidecar.pipeline.parse import decode_json, encode_body
 from openai_policy_sidecar.refusals import Refusal
 from openai_policy_sidecar.resilience import StreamIdleTimeout, idle_timeout
-from openai_policy_sidecar.streaming import StreamMeter
+from openai_policy_sidecar.streaming import StreamEventTooLarge, StreamMeter, split_events
 
 KEY = "sk-test-fast-paths-0123456789abcdef"
 
@@ -153,3 +153,35 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+EVENTS = [b'data: {"a":1}', b"", b": keep-alive", b"event: x\ndata: y", b"data: [DONE]", b"d" * 40]
+
+
+async def _split(chunks: list[bytes], cap: int | None = None) -> list[tuple[bytes, bytes]]:
+    async def source():
+        for chunk in chunks:
+            yield chunk
+
+    return [item async for item in split_events(source(), cap)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_events_come_out_whole_however_the_stream_is_cut(seed: int) -> None:
+    # One event per read (the relay's shortcut), several per read, and events cut anywhere,
+    # down to one byte per read: the same events, in order, with their separators.
+    rng = random.Random(seed)
+    separators = [rng.choice([b"\n\n", b"\r\n\r\n"]) if seed % 2 else b"\n\n" for _ in EVENTS]
+    stream = b"".join(event + sep for event, sep in zip(EVENTS, separators, strict=True))
+    if seed < 10:
+        chunks = [event + sep for event, sep in zip(EVENTS, separators, strict=True)]
+    else:
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, len(stream) - 1)))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert await _split(chunks) == list(zip(EVENTS, separators, strict=True))
+
+
+async def test_a_whole_event_over_the_cap_is_refused_on_the_shortcut_too() -> None:
+    with pytest.raises(StreamEventTooLarge):
+        await _split([b"data: " + b"x" * 100 + b"\n\n"], cap=50)
+    assert await _split([b"data: " + b"x" * 44 + b"\n\n"], cap=50) == [(b"data: " + b"x" * 44, b"\n\n")]
