@@ -130,3 +130,22 @@ async def test_store_down_bound_for_n_pods():
         local_share, fail_closed = shares
         assert 0 < local_share <= pods * limit * 10 // 100
         assert fail_closed == 0
+
+
+async def test_per_user_budgets_and_top_spenders_work_on_a_cluster(cluster):
+    """A swept hold names its user's keys in the record rather than in KEYS: on a cluster they are
+    in the slot of the policy's hash tag, so the script may touch them."""
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in cluster)
+    store = RedisStore(url)
+    try:
+        spec = BudgetSpec.model_validate({"perUser": [{"window": "day", "usd": 1}]})
+        ledger = BudgetLedger(store, A, spec, hold_seconds=0.2)
+        await ledger.reserve(900_000, user="alice")  # never settled
+        await asyncio.sleep(0.4)
+        await ledger.settle(await ledger.reserve(10, user="bob", feature="search"), 10)
+        await ledger.settle(await ledger.reserve(900_000, user="alice"), 5)  # the swept hold is back
+        top = await ledger.top_spenders(10)
+        assert top[("users", "day")] == [("bob", 10), ("alice", 5)]
+        assert top[("features", "month")] == [("search", 10)]
+    finally:
+        await store.close()
