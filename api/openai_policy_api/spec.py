@@ -239,7 +239,11 @@ class BudgetSpec(SpecModel):
     """Hard spending limits shared by every pod of the policy, with alert and downgrade thresholds.
 
     Spend is counted from each response's token usage at the policy's prices, in integer
-    micro-dollars, in the shared store (Redis) so that all replicas draw on one budget.
+    micro-dollars, in the shared store (Redis) so that all replicas draw on one budget. Every answer
+    of a call that reached the budget check carries what is left after its hold, in USD with six
+    decimals: `x-openai-policy-budget-remaining-<window>` per limited window, and
+    `x-openai-policy-budget-remaining-user-<window>` / `-feature-<window>` for perUser and
+    perFeature limits.
     """
 
     model_config = ConfigDict(
