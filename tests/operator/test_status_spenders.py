@@ -5,9 +5,11 @@ unknown time zone is refused with a message naming the field."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
 
 from openai_policy_api import BudgetSpec
+from openai_policy_operator import names
 from openai_policy_store import BudgetLedger, RedisStore
 from openai_policy_store.windows import bucket_of
 from tests.operator.cluster import apply_policy, get_policy, wait_condition, wait_for
@@ -85,3 +87,19 @@ def test_an_unknown_time_zone_is_refused_naming_the_field(control_plane, operato
         "budget.timeZone" in ready["message"]
         and "'Europe/Atlantis' is not an IANA time zone" in ready["message"]
     )
+
+
+def test_the_api_server_refuses_a_per_user_window_given_twice(control_plane, crd):
+    namespace = control_plane.create_namespace("status-per-user-cel")
+    doc = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": "team", "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": {"app": "x"}},
+            "budget": {"perUser": [{"window": "day", "usd": 1}, {"window": "day", "usd": 2}]},
+        },
+    }
+    refused = control_plane.kubectl("apply", "-f", "-", input=json.dumps(doc), check=False)
+    assert refused.returncode != 0
+    assert "each window (hour, day, week, month) may appear at most once in budget.perUser" in refused.stderr
