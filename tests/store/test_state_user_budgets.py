@@ -225,3 +225,31 @@ async def test_one_user_s_refusal_does_not_downgrade_everyone(store):
     with pytest.raises(BudgetExceeded):
         await ledger.reserve(2_000_000, user="alice")
     assert ledger.last_fraction_used == 0.0
+
+
+async def test_user_and_feature_budgets_cost_no_extra_round_trip(redis):
+    """One script call to admit (rate limits, the policy's, the user's and the feature's buckets)
+    and one to settle, as with the policy's limits alone."""
+    store = RedisStore(redis.url)
+    try:
+        ledger = BudgetLedger(
+            store,
+            REF,
+            budget(limits=limits("day", 10), perUser=limits("day", 5), perFeature=limits("hour", 5)),
+        )
+        limiter = RateLimiter(store, REF, RateLimitSpec.model_validate({"requestsPerMinute": 1000}))
+        await ledger.settle((await admit(limiter, ledger, "warm", 1, 10, feature="f")).reservation, 1)
+        client = redis.client()
+        client.config_resetstat()
+        for i in range(10):
+            outcome = await admit(limiter, ledger, f"user-{i}", 1, 1000, feature="search")
+            await ledger.settle(outcome.reservation, 900)
+        stats = client.info("commandstats")  # counts the scripts' own commands too
+        assert stats["cmdstat_evalsha"]["calls"] == 20, stats
+        # Anything else is a command the scripts run, not one sent on its own.
+        scripted = {"get", "set", "incrby", "decrby", "expire", "exists", "del", "time", "hget", "hset"}
+        scripted |= {"hdel", "zadd", "zrem", "zrangebyscore", "zincrby", "zremrangebyrank"}
+        others = {name.removeprefix("cmdstat_") for name in stats} - {"evalsha", "config|resetstat", "info"}
+        assert others <= scripted, others
+    finally:
+        await store.close()
