@@ -41,6 +41,8 @@ def status():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
             found[key] = int(value.split()[0]) * 1024
+        elif key == "Threads":  # malloc arenas are per thread: MALLOC_ARENA_MAX matters with many
+            found[key] = int(value)
     return found
 
 steps = []
@@ -126,14 +128,14 @@ def measure(encoding: str, redis: bool, workdir: Path) -> list[dict]:
 def table(steps: list[dict]) -> str:
     mib = 1024 * 1024
     lines = [
-        "| step | RSS MiB | + MiB | anon MiB | file MiB |",
-        "|---|---:|---:|---:|---:|",
+        "| step | RSS MiB | + MiB | anon MiB | file MiB | threads |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     previous = 0
     for item in steps:
         lines.append(
             f"| {item['step']} | {item['VmRSS'] / mib:.1f} | {(item['VmRSS'] - previous) / mib:+.1f} "
-            f"| {item['RssAnon'] / mib:.1f} | {item['RssFile'] / mib:.1f} |"
+            f"| {item['RssAnon'] / mib:.1f} | {item['RssFile'] / mib:.1f} | {item['Threads']} |"
         )
         previous = item["VmRSS"]
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+from run_sidecar_bench import top_frames  # noqa: E402
 from sidecar_bench import litellm_peer, procstat, services  # noqa: E402
 
 from openai_policy_devkit.managed_process import free_port  # noqa: E402
@@ -203,7 +204,10 @@ class StreamingBench:
                     # A few streams first (imports, pools, tokenizer warm), then idle RSS, then the run.
                     self.load(sidecar.url, min(streams, 20), 1.0, 0.0, None)
                     time.sleep(0.5)
+                    spy = self.start_profiler(sidecar.pid, streams) if args.profile else None
                     result = self.load(sidecar.url, streams, args.seconds, args.warmup, sidecar.pid)
+                    if spy is not None:
+                        result["profile"] = self.finish_profiler(*spy)
                     result["probe"] = probe
                     result["sidecar_counted"] = services.sidecar_counters(sidecar.admin_url)
                     level[target] = result
@@ -219,6 +223,28 @@ class StreamingBench:
                     f"{summary['gap_us'].get('p99', 0) / 1000:.2f} ms, CPU cores {summary['cpu_cores']}"
                 )
         return level
+
+    def start_profiler(self, pid: int, streams: int) -> tuple[subprocess.Popen[str], Path]:
+        """py-spy (bench/.venv, installed with LiteLLM) on the sidecar during the measured run."""
+        py_spy = litellm_peer.profiler_path("py-spy")
+        if py_spy is None:
+            litellm_peer.ensure_venv(self.args.litellm_spec, log=self.log)
+            py_spy = litellm_peer.profiler_path("py-spy")
+        assert py_spy is not None
+        out = RESULTS / f"profile-streaming-{streams}.txt"
+        RESULTS.mkdir(exist_ok=True)
+        seconds = max(2, int(self.args.seconds - self.args.warmup))
+        argv = [str(py_spy), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200"]
+        argv += ["--format", "raw", "--output", str(out), "--nonblocking"]
+        # Sampling starts with the measured streams (after the warm-up), not with the ramp.
+        delayed = ["sh", "-c", f'sleep {self.args.warmup} && exec "$0" "$@"', *argv]
+        return subprocess.Popen(delayed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out
+
+    def finish_profiler(self, spy: subprocess.Popen[str], out: Path) -> dict[str, Any]:
+        output, _ = spy.communicate(timeout=120)
+        if spy.returncode != 0 or not out.exists():
+            return {"skipped": f"py-spy failed: {output[-500:]}"}
+        return {"collapsed_stacks": str(out.relative_to(REPO)), "top": top_frames(out)}
 
     def targets(self) -> list[str]:
         chosen = [t.strip() for t in self.args.targets.split(",") if t.strip()]
@@ -374,6 +400,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=50)
     parser.add_argument(
         "--tiny", action="store_true", help="harness check: 5 and 10 streams, short streams, no LiteLLM"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the sidecar during each measured run: bench/results/profile-streaming-N.txt",
     )
     parser.add_argument("--litellm-spec", default=litellm_peer.DEFAULT_SPEC)
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
