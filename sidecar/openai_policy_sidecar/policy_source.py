@@ -29,6 +29,7 @@ from openai_policy_api import OpenAIPolicy, PolicyError, load_policy
 from openai_policy_store import Store
 from openai_policy_store.signing import DocumentRejected, SignedFacts
 
+from .cancellation import raise_if_cancelling
 from .document_trust import DocumentTrust, TrustMetrics, fingerprint, parse_text
 from .metrics import Metrics
 from .snapshot import PolicySnapshot, build_snapshot
@@ -368,6 +369,7 @@ class PolicySource:
                 await self.poll_store()
             except Exception:  # never let the watcher die: the sidecar keeps the last good state
                 log.exception("policy watcher error")
+            raise_if_cancelling()
 
 
 def _generation_of(document: dict[str, Any]) -> int | None:

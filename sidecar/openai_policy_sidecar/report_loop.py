@@ -13,6 +13,7 @@ from typing import Any
 
 from openai_policy_store import BucketSpend
 
+from .cancellation import raise_if_cancelling
 from .durable import DurableState
 from .metrics import Metrics
 from .policy_source import PolicySource
@@ -85,3 +86,4 @@ class ReportLoop:
         while True:
             await asyncio.sleep(self.interval)
             await self.tick()
+            raise_if_cancelling()

@@ -32,6 +32,8 @@ from .tokens import prepare
 from .upstream import Upstream
 
 log = logging.getLogger("openai_policy_sidecar.server")
+# How long stop() waits for the policy watcher and the report loop once cancelled.
+TASK_STOP_SECONDS = 5.0
 
 
 @dataclass
@@ -222,9 +224,12 @@ class Sidecar:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # asyncio.wait, not ``await task``: it neither raises the tasks' errors nor swallows a
+        # cancellation of stop() itself, and a task that will not end cannot hang the shutdown.
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=TASK_STOP_SECONDS)
+            for task in stuck:
+                log.error("background task %s did not stop within %ss", task.get_name(), TASK_STOP_SECONDS)
         self._tasks = []
         for runner in reversed(self._runners):
             await runner.cleanup()  # stops accepting, lets requests in flight finish
