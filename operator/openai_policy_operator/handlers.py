@@ -18,6 +18,7 @@ import kopf
 from openai_policy_store import RedisStore, Store
 
 from . import names
+from .admission_cache import AdmissionCache
 from .config import OperatorSettings
 from .field_reports import StatusReader
 from .kube import Kube
@@ -77,7 +78,8 @@ class OperatorServices:
             store,
             Reconciler(kube, store, signer=settings.signer),
             StatusReader(store, settings.heartbeat_stale_seconds),
-            Admission(kube, settings),
+            # Cluster-wide only: a namespaced operator may not list namespaces or every policy.
+            Admission(kube, settings, AdmissionCache(kube) if not settings.namespaces else None),
             Validation(kube, settings),
             redis_users,
         )
@@ -106,6 +108,8 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
         settings.batching.batch_window = 0.1  # react to a spec change within the 2 s promise
         settings.admission.server = PolicyWebhookServer(services.settings, services.kube)
         settings.admission.managed = None  # PolicyWebhookServer manages its own configuration
+        if services.admission.cache is not None:
+            services.admission.cache.start()  # every replica: kopf's own watches pause on followers
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -114,6 +118,8 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
 
     @kopf.on.cleanup(id="close", registry=registry)
     async def close(**_: Any) -> None:
+        if services.admission.cache is not None:
+            services.admission.cache.stop()
         if services.store is not None:
             await services.store.close()
         services.kube.close()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import names
+from .admission_cache import TRUSTED_REASONS, AdmissionCache
 from .admission_rules import GuardSettings, policy_selects_message, violations
 from .config import OperatorSettings
 from .kube import Kube
@@ -155,9 +156,10 @@ def involved_object(pod: Mapping[str, Any]) -> dict[str, Any]:
 class Admission:
     """The I/O around :func:`decide` and :func:`injection_patch` for one operator process."""
 
-    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+    def __init__(self, kube: Kube, settings: OperatorSettings, cache: AdmissionCache | None = None) -> None:
         self.kube = kube
         self.settings = settings
+        self.cache = cache  # the fast path; None: every admission reads the API server
         self._pending: set[asyncio.Task[None]] = set()
 
     async def review(
@@ -170,16 +172,26 @@ class Admission:
             return Decision(
                 SKIP, "OutOfScope", f"namespace {namespace} is not watched by this operator"
             ), InjectionResult()
-        labels, policies = await asyncio.gather(
-            self.kube.namespace_labels(namespace), self.kube.list_policies(namespace)
-        )
-        decision = decide(pod, namespace, labels, policies, self.settings.never_inject)
+        decision = self._decide_from_cache(pod, namespace)
+        if decision is None:
+            labels, policies = await asyncio.gather(
+                self.kube.namespace_labels(namespace), self.kube.list_policies(namespace)
+            )
+            decision = decide(pod, namespace, labels, policies, self.settings.never_inject)
         result = InjectionResult()
         if decision.action == INJECT and decision.policy is not None:
             result = injection_patch(dict(pod), target_of(decision.policy), self.settings.injection)
         if not dry_run:  # sideEffects: NoneOnDryRun
             self._announce(pod, namespace, decision, result)
         return decision, result
+
+    def _decide_from_cache(self, pod: Mapping[str, Any], namespace: str) -> Decision | None:
+        """The cache's decision when it may be trusted without a live read (see admission_cache)."""
+        view = self.cache.view(namespace) if self.cache is not None else None
+        if view is None:
+            return None
+        decision = decide(pod, namespace, view[0], view[1], self.settings.never_inject)
+        return decision if decision.reason in TRUSTED_REASONS else None
 
     def _announce(
         self, pod: Mapping[str, Any], namespace: str, decision: Decision, result: InjectionResult
