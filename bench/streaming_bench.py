@@ -144,6 +144,8 @@ class StreamingBench:
         result: dict[str, Any] = json.loads(done.stdout)
         cpu = {name: procstat.cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         cpu["client"] = result["generator_cpu_s"]
+        result["cpu_seconds"] = {name: round(value, 3) for name, value in cpu.items()}
+        result["wall_s"] = round(wall, 3)
         result["cpu_cores"] = {name: round(value / wall, 3) for name, value in cpu.items()}
         relayed = max(result["chunks"], 1) * wall / max(result["duration_s"] - warmup, 1e-3)
         result["cpu_us_per_chunk"] = {name: round(value / relayed * 1e6, 1) for name, value in cpu.items()}
