@@ -86,12 +86,21 @@ def _imports(path: Path) -> list[str]:
     return names
 
 
+def _sources(top: str, pattern: str) -> list[Path]:
+    """The project's files under ``top``: not what a tool installed there (bench/.venv holds LiteLLM)."""
+    return [
+        path
+        for path in sorted((ROOT / top).rglob(pattern))
+        if not any(part.startswith(".") for part in path.relative_to(ROOT).parts)
+    ]
+
+
 def test_shared_tooling_comes_only_from_the_devkit() -> None:
     """e2e/, bench/ and the demo never import from tests/; a test imports from tests/ only its own
     package's helpers (tests/operator/cluster.py for the operator tests), never another's."""
     wrong: list[str] = []
     for top in ("tests", "e2e", "bench"):
-        for path in sorted((ROOT / top).rglob("*.py")):
+        for path in _sources(top, "*.py"):
             relative = path.relative_to(ROOT)
             for name in _imports(path):
                 parts = name.split(".")
@@ -107,7 +116,7 @@ def test_no_devkit_text_points_at_the_old_tests_support_folder() -> None:
     stale = [
         f"{path.relative_to(ROOT)}:{number}"
         for top in ("devkit", "e2e", "bench", "tests")
-        for path in sorted((ROOT / top).rglob("*"))
+        for path in _sources(top, "*")
         if path.suffix in {".py", ".md", ".sh", ".yaml"}
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if any(o in line for o in old)

@@ -25,6 +25,7 @@ from openai_policy_api import (
 )
 from openai_policy_api.base import doc
 from openai_policy_operator import crd
+from tests.operator.cluster import wait_established
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -34,7 +35,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 def cluster(control_plane: Any) -> Any:
     """The control plane with the committed CRD applied and established."""
     control_plane.kubectl("apply", "-f", str(ROOT / crd.CRD_PATH))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{crd.CRD_NAME}")
+    wait_established(control_plane, crd.CRD_NAME)
     return control_plane
 
 
@@ -77,13 +78,13 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     (
         "window-unknown",
-        {"budget": {"limits": [{"window": "week", "usd": 5}]}},
-        ["spec.budget.limits[0].window", 'Unsupported value: "week"', '"hour", "day", "month"'],
+        {"budget": {"limits": [{"window": "year", "usd": 5}]}},
+        ["spec.budget.limits[0].window", 'Unsupported value: "year"', '"hour", "day", "week", "month"'],
     ),
     (
         "window-twice",
         {"budget": {"limits": [{"window": "month", "usd": 5}, {"window": "month", "usd": 9}]}},
-        ["spec.budget.limits", "each window (hour, day, month) may appear at most once"],
+        ["spec.budget.limits", "each window (hour, day, week, month) may appear at most once"],
     ),
     (
         "alert-over-100",
