@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
+from typing import Any
 
 from openai_policy_devkit.sidecar import TEST_KEY, upstream_spec, write_policy
 from openai_policy_sidecar.server import TASK_STOP_SECONDS, Sidecar, SidecarConfig
@@ -30,9 +32,8 @@ def swallowing_call(started: asyncio.Event):
     return call
 
 
-async def test_stop_ends_loops_whose_store_call_turned_the_cancel_into_an_error(
-    tmp_path, fake_openai, caplog
-):
+async def started_sidecar(tmp_path: Path, fake_openai: Any) -> Sidecar:
+    """Started by hand (not running_sidecar): these tests call stop() themselves."""
     policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai))
     sidecar = Sidecar(
         SidecarConfig(
@@ -46,6 +47,13 @@ async def test_stop_ends_loops_whose_store_call_turned_the_cancel_into_an_error(
         )
     )
     await sidecar.start()
+    return sidecar
+
+
+async def test_stop_ends_loops_whose_store_call_turned_the_cancel_into_an_error(
+    tmp_path, fake_openai, caplog
+):
+    sidecar = await started_sidecar(tmp_path, fake_openai)
     heartbeat_started, poll_started = asyncio.Event(), asyncio.Event()
     sidecar.store.write_heartbeat = swallowing_call(heartbeat_started)  # type: ignore[method-assign]
     sidecar.source.poll_store = swallowing_call(poll_started)  # type: ignore[method-assign]
@@ -69,19 +77,7 @@ async def test_stop_ends_loops_whose_store_call_turned_the_cancel_into_an_error(
 
 async def test_stop_itself_can_be_cancelled(tmp_path, fake_openai):
     """A caller's timeout around stop() is not swallowed (it was: suppress(CancelledError))."""
-    policy = write_policy(tmp_path / "policy.yaml", upstream_spec(fake_openai))
-    sidecar = Sidecar(
-        SidecarConfig(
-            policy_path=policy,
-            api_key=TEST_KEY,
-            listen="127.0.0.1:0",
-            admin_listen="127.0.0.1:0",
-            pod_name="test-pod",
-            poll_interval=0.05,
-            report_interval=0.05,
-        )
-    )
-    await sidecar.start()
+    sidecar = await started_sidecar(tmp_path, fake_openai)
     forever = asyncio.Event()
 
     async def never_ends() -> None:
