@@ -167,7 +167,11 @@ def sidecar_counters(admin_url: str) -> dict[str, Any]:
     refusals = 0.0
     cost = 0.0
     added = {"sum": 0.0, "count": 0.0}
+    runtime: dict[str, str] = {}
     for line in text.splitlines():
+        if line.startswith("openai_policy_sidecar_runtime_info{"):  # which loop and HTTP parser ran
+            runtime = dict(part.split("=", 1) for part in line.split("{", 1)[1].split("}", 1)[0].split(","))
+            runtime = {key: value.strip('"') for key, value in runtime.items()}
         for part in added:
             if line.startswith(f"openai_policy_added_latency_seconds_{part}{{"):
                 added[part] += float(line.rsplit(" ", 1)[1])
@@ -183,6 +187,7 @@ def sidecar_counters(admin_url: str) -> dict[str, Any]:
         "requests": int(sum(by_status.values())),
         "refusals": int(refusals),
         "cost_usd": round(cost, 6),
+        "runtime": runtime,
         # the sidecar's own measure of the time it adds (upstream excluded), mean over its life
         "self_reported_added_latency_mean_us": round(added["sum"] / added["count"] * 1e6, 1)
         if added["count"]

@@ -149,6 +149,7 @@ def test_streaming_bench_measured_the_sidecar_it_ran(streaming_run):
         counted = sidecar["sidecar_counted"]  # every stream metered by the sidecar itself
         assert counted["requests"] >= sidecar["measured_streams"] + sidecar["warmup_streams"]
         assert counted["refusals"] == 0 and set(counted["requests_by_status"]) == {"200"}
+        assert counted["runtime"] == {"event_loop": "uvloop", "http_parser": "c"}  # the fast paths measured
         assert sidecar["cpu_cores"]["proxy"] > 0
         rss = sidecar["rss"]
         assert rss["idle_bytes"] > 10 * 1024 * 1024 and rss["open_samples"] > 0
