@@ -147,6 +147,9 @@ class StreamingBench:
         result["cpu_seconds"] = {name: round(value, 3) for name, value in cpu.items()}
         result["wall_s"] = round(wall, 3)
         result["cpu_cores"] = {name: round(value / wall, 3) for name, value in cpu.items()}
+        # Approximate: the measured streams' content chunks scaled to the whole run (warm-up and
+        # the finish, usage and [DONE] events left out); two runs of different stream lengths give
+        # the exact split per stream and per chunk (cpu_seconds, README).
         relayed = max(result["chunks"], 1) * wall / max(result["duration_s"] - warmup, 1e-3)
         result["cpu_us_per_chunk"] = {name: round(value / relayed * 1e6, 1) for name, value in cpu.items()}
         if proxy_pid:
