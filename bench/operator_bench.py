@@ -134,6 +134,7 @@ class Bench:
         self.stages: list[dict[str, Any]] = []
         self.policies: dict[tuple[str, str], dict[str, Any]] = {}
         self.result: dict[str, Any] = {}
+        self.deadline: float | None = None  # no new pod after this (monotonic): --time-budget
 
     # ---- set-up ----------------------------------------------------------------------------------
 
@@ -365,7 +366,12 @@ class Bench:
         wrong: list[str] = []
         lock = threading.Lock()
 
+        skipped: list[str] = []
+
         def create(key: str) -> None:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                skipped.append(key)  # out of time (--time-budget): the run reports what it created
+                return
             namespace, name = key.split("/")
             ref, app = expected[key]
             started = time.monotonic()
@@ -387,7 +393,7 @@ class Bench:
         with ThreadPoolExecutor(plan.pod_threads) as pool:
             for mark in plan.pod_marks:
                 list(pool.map(create, order[done:mark]))
-                done = mark
+                done = mark - len(skipped)
                 print(f"[{time.strftime('%H:%M:%S')}] {done} pods created", file=sys.stderr, flush=True)
                 if done == plan.pod_marks[0]:
                     metrics_after_first = self._metrics()
@@ -396,9 +402,13 @@ class Bench:
                 time.sleep(plan.heartbeat_period)  # every pod has beaten at least once
                 self.stage(f"{plan.policies} policies, {done} pods", plan.policies, done)
                 started += time.monotonic() - paused
+                if skipped:
+                    break
         elapsed = time.monotonic() - started
         metrics_after = self._metrics()
         self.result["pods"] = {
+            "planned": plan.pods,
+            "not_created_time_budget": plan.pods - len(latencies) - len(wrong),
             "created_and_injected": len(latencies),
             "wrong": len(wrong),
             "wrong_examples": wrong[:10],
@@ -478,26 +488,23 @@ class Bench:
 
     def summarise(self, mode: str) -> dict[str, Any]:
         plan = self.plan
-        by = {(s["policies"], s["pods"]): s for s in self.stages}
-        first_p, last_p = plan.policy_marks[0], plan.policy_marks[-1]
-        first_q, last_q = plan.pod_marks[0], plan.pod_marks[-1]
         slopes: dict[str, float] = {}
-        a, b = by.get((first_p, 0)), by.get((last_p, 0))
-        if a and b and last_p > first_p:
-            slopes["operator_rss_kib_per_policy"] = round(
-                1024 * (b["operator"]["rss_mib"] - a["operator"]["rss_mib"]) / (last_p - first_p), 2
-            )
-            slopes["operator_cpu_percent_per_100_policies"] = round(
-                100 * (b["operator"]["cpu_percent"] - a["operator"]["cpu_percent"]) / (last_p - first_p), 2
-            )
-        a, b = by.get((last_p, first_q)), by.get((last_p, last_q))
-        if a and b and last_q > first_q:
-            slopes["operator_rss_kib_per_pod"] = round(
-                1024 * (b["operator"]["rss_mib"] - a["operator"]["rss_mib"]) / (last_q - first_q), 3
-            )
-            slopes["operator_cpu_percent_per_1000_pods"] = round(
-                1000 * (b["operator"]["cpu_percent"] - a["operator"]["cpu_percent"]) / (last_q - first_q), 2
-            )
+        policy_stages = [s for s in self.stages if s["policies"] and not s["pods"]]
+        pod_stages = [s for s in self.stages if s["pods"]]
+        for stages, unit, per, rss_key, cpu_key in (
+            (
+                policy_stages,
+                "policies",
+                100,
+                "operator_rss_kib_per_policy",
+                "operator_cpu_percent_per_100_policies",
+            ),
+            (pod_stages, "pods", 1000, "operator_rss_kib_per_pod", "operator_cpu_percent_per_1000_pods"),
+        ):
+            if len(stages) >= 2 and stages[-1][unit] > stages[0][unit]:
+                a, b, n = stages[0]["operator"], stages[-1]["operator"], stages[-1][unit] - stages[0][unit]
+                slopes[rss_key] = round(1024 * (b["rss_mib"] - a["rss_mib"]) / n, 2)
+                slopes[cpu_key] = round(per * (b["cpu_percent"] - a["cpu_percent"]) / n, 2)
         webhook = self.result["webhook_admission_apiserver_s"]["all"]
         fresh = self.result["status_freshness_s"]
         checks = [
@@ -542,8 +549,14 @@ class Bench:
             "operator_log_error_examples": with_errors[:5],
         }
 
-    def run(self, mode: str) -> dict[str, Any]:
+    def run(self, mode: str, time_budget: float | None = None) -> dict[str, Any]:
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if time_budget:
+            # Pods are created until what follows them (samples, freshness rounds) still fits.
+            after_pods = (
+                self.plan.heartbeat_period + 2 * self.plan.sample_seconds + 30 * self.plan.fresh_rounds + 20
+            )
+            self.deadline = time.monotonic() + time_budget - after_pods
         self.start()
         self.stage("idle", 0, 0)
         with self.profiled("policies"):
@@ -552,6 +565,8 @@ class Bench:
             self.create_pods()
         with self.profiled("freshness"):
             self.freshness()
+        # Once more at the end, everything in place and quiet but for the timers and heartbeats.
+        self.result["end"] = sample(self.pids, self.plan.sample_seconds)
         return self.summarise(mode)
 
 
@@ -563,9 +578,14 @@ def main() -> None:
     parser.add_argument("--policies", type=int)
     parser.add_argument("--pods", type=int)
     parser.add_argument("--namespaces", type=int)
+    parser.add_argument("--apply-workers", type=int, help="kubectl applies at once")
+    parser.add_argument("--pod-threads", type=int, help="pod creations at once")
     parser.add_argument("--sample-seconds", type=float)
     parser.add_argument("--fresh-rounds", type=int)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--time-budget", type=float, help="seconds the whole run may take: pods stop being created in time"
+    )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the operator per phase into DIR")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
@@ -577,13 +597,17 @@ def main() -> None:
         plan = replace(plan, pods=args.pods, pod_marks=(max(1, args.pods // 10), args.pods))
     if args.namespaces:
         plan = replace(plan, namespaces=args.namespaces)
+    if args.apply_workers:
+        plan = replace(plan, apply_workers=args.apply_workers)
+    if args.pod_threads:
+        plan = replace(plan, pod_threads=args.pod_threads)
     if args.sample_seconds:
         plan = replace(plan, sample_seconds=args.sample_seconds)
     if args.fresh_rounds:
         plan = replace(plan, fresh_rounds=args.fresh_rounds)
     bench = Bench(plan, os.environ.get("KUBEBUILDER_ASSETS"), args.profile)
     try:
-        result = bench.run("quick" if args.quick else "full")
+        result = bench.run("quick" if args.quick else "full", args.time_budget)
     finally:
         bench.stop()
     text = json.dumps(result, indent=2) + "\n"

@@ -90,6 +90,13 @@ def parser() -> argparse.ArgumentParser:
     )
     state.add_argument("--status-interval", type=float, default=3.0, help="seconds between status refreshes")
     state.add_argument(
+        "--status-max-refreshes",
+        type=float,
+        default=OperatorSettings.status_max_refreshes,
+        help="status refreshes per second of all policies together, at most: with more policies than "
+        "interval x this, each policy's refresh is stretched to policies / this seconds (default: %(default)s)",
+    )
+    state.add_argument(
         "--heartbeat-stale-seconds",
         type=float,
         default=30.0,
@@ -242,6 +249,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         redis_password_grace_seconds=args.redis_password_grace_seconds,
         signer=signer,
         status_interval=args.status_interval,
+        status_max_refreshes=args.status_max_refreshes,
         heartbeat_stale_seconds=args.heartbeat_stale_seconds,
         injection=InjectionSettings(
             sidecar_image=args.sidecar_image,

@@ -108,6 +108,8 @@ class OperatorSettings:
     # Signs every policy document (ConfigMap and store); None: documents go out unsigned.
     signer: Signer | None = None
     status_interval: float = 3.0
+    # All policies' status refreshes together, at most (see pacing.py): 300 policies at 3 s.
+    status_max_refreshes: float = 100.0
     heartbeat_stale_seconds: float = 30.0  # a pod that has not reported for this long is not "reporting"
     injection: InjectionSettings = field(default_factory=InjectionSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)

@@ -36,6 +36,7 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.admission = client.AdmissionregistrationV1Api(api_client)
+        self._configmaps: set[tuple[str, str]] = set()  # (namespace, name) written by this process
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -66,16 +67,39 @@ class Kube:
         return list(items or [])
 
     async def apply_configmap(self, body: Mapping[str, Any]) -> None:
-        """Create, or replace data/labels/annotations/owners of, a ConfigMap we own."""
+        """Create, or replace data/labels/annotations/owners of, a ConfigMap we own.
+
+        One this process wrote before (every resync, every new generation) is patched first and
+        created only if it is gone: one request, instead of a refused create and then a patch."""
         meta = body["metadata"]
+        ref = (meta["namespace"], meta["name"])
+        if ref in self._configmaps:
+            try:
+                await asyncio.to_thread(self.core.patch_namespaced_config_map, ref[1], ref[0], _as_body(body))
+                return
+            except ApiException as error:
+                if error.status != 404:
+                    raise
         try:
-            await asyncio.to_thread(self.core.create_namespaced_config_map, meta["namespace"], _as_body(body))
+            await asyncio.to_thread(self.core.create_namespaced_config_map, ref[0], _as_body(body))
         except ApiException as error:
             if error.status != 409:
                 raise
-            await asyncio.to_thread(
-                self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], _as_body(body)
-            )
+            await asyncio.to_thread(self.core.patch_namespaced_config_map, ref[1], ref[0], _as_body(body))
+        self._configmaps.add(ref)
+
+    async def patch_policy_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """A JSON merge patch of one policy's status subresource."""
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status,
+            names.GROUP,
+            names.VERSION,
+            namespace,
+            names.PLURAL,
+            name,
+            _as_body({"status": status}),
+            _content_type="application/merge-patch+json",
+        )
 
     async def apply_mutating_webhook_configuration(self, body: Mapping[str, Any]) -> None:
         name = body["metadata"]["name"]
