@@ -444,6 +444,29 @@ class Bench:
             ),
         }
 
+    def webhook_at_rest(self) -> None:
+        """The webhook once the pod burst is over: a few pods one at a time, everything else in
+        place (timers ticking, sidecars beating). Separates the webhook's own latency from what
+        the burst does to a machine whose cores everything shares."""
+        count = max(10, self.plan.pods // 50)
+        webhook = {"type": "admit", "operation": "CREATE", "rejected": "false"}
+        before = histograms(self._metrics(), WEBHOOK_METRIC, webhook)
+        latencies = []
+        for i in range(count):
+            namespace = self.namespaces[i % self.plan.namespaces]
+            started = time.monotonic()
+            status, body = self.api.request(
+                "POST", f"/api/v1/namespaces/{namespace}/pods", pod_body(namespace, f"rest-{i}", "app-0")
+            )
+            latencies.append(time.monotonic() - started)
+            assert status == 201, body
+        after = histograms(self._metrics(), WEBHOOK_METRIC, webhook)
+        self.result["webhook_at_rest"] = {
+            "pods_one_at_a_time": count,
+            "client_create_s": percentiles(latencies),
+            "apiserver_webhook_s": histogram_summary(before, after),
+        }
+
     def _metrics(self) -> str:
         status, text = self.api.request("GET", "/metrics", raw=True)
         assert status == 200, text[:500]
@@ -565,6 +588,7 @@ class Bench:
             self.create_pods()
         with self.profiled("freshness"):
             self.freshness()
+        self.webhook_at_rest()
         # Once more at the end, everything in place and quiet but for the timers and heartbeats.
         self.result["end"] = sample(self.pids, self.plan.sample_seconds)
         return self.summarise(mode)

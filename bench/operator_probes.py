@@ -278,12 +278,21 @@ class SidecarFleet:
         return done
 
     def close(self) -> None:
-        if self._beating is not None:
-            self._beating.cancel()
         try:
-            self._call(self.store.close(), timeout=10)
+            self._call(self._shutdown(), timeout=30)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _shutdown(self) -> None:
+        """Stop beating (every beat in flight finished or cancelled), then close the store."""
+        for task in asyncio.all_tasks(self.loop):
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in asyncio.all_tasks(self.loop) if t is not asyncio.current_task()),
+            return_exceptions=True,
+        )
+        await self.store.close()
 
 
 # ---- the API server's own measurements ---------------------------------------------------------------

@@ -163,7 +163,7 @@ def register(registry: kopf.OperatorRegistry, services: OperatorServices) -> Non
         injected = len(list(injected_pods.get((namespace, name), [])))
         report = await services.status_reader.report(body, outcome.policy, outcome.ready, injected)
         previous: Mapping[str, Any] = body.get("status") or {}
-        if worth_writing(previous, report.status, settings.heartbeat_stale_seconds / 3):
+        if worth_writing(previous, report.status, settings.heartbeat_stale_seconds):
             status_patch = merge_patch(dict(previous), report.status)
             if force:
                 patch.status.update(status_patch)  # with kopf's own bookkeeping of the handler

@@ -59,6 +59,10 @@ def test_every_pod_went_through_the_webhook_and_was_injected(quick):
     )
     assert webhook["p50_interpolated"] <= webhook["p50_le"]
     assert quick["validating_admission_policy_s"]["all"]["count"] >= plan["pods"]
+    rest = quick["webhook_at_rest"]
+    assert (
+        rest["apiserver_webhook_s"]["count"] == rest["pods_one_at_a_time"] == rest["client_create_s"]["count"]
+    )
 
 
 def test_every_status_caught_up_with_its_sidecars_reports(quick):
