@@ -46,6 +46,9 @@ class Kube:
             config.load_incluster_config(client_configuration=configuration)
         else:
             config.load_kube_config(client_configuration=configuration)
+        # As many connections as threads may call at once (handlers.API_THREADS): the default, 5 per
+        # core, makes urllib3 open and drop extra connections under load.
+        configuration.connection_pool_maxsize = 32
         return cls(client.ApiClient(configuration))
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
