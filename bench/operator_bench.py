@@ -77,7 +77,7 @@ class Plan:
     policy_marks: tuple[int, ...]  # sample CPU and RSS once this many policies are Ready
     pod_marks: tuple[int, ...]  # ... and once this many pods exist
     apply_workers: int = 4  # kubectl processes at once; each waits for its policy's Ready
-    pod_threads: int = 4
+    pod_threads: int = 6  # pod creations at once (the API server, not the client, sets the pace)
     status_interval: float = 3.0  # the chart's statusIntervalSeconds
     sample_seconds: float = 12.0
     heartbeat_period: float = 10.0
