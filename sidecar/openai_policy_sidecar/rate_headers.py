@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from openai_policy_store.money import micros_to_fixed_usd
+
 UNITS = ("requests", "tokens")
 _FIELDS = ("limit", "remaining", "reset")
 NAMES = tuple(f"x-ratelimit-{field}-{unit}" for unit in UNITS for field in _FIELDS)
@@ -44,8 +46,7 @@ def budget_headers(remaining: Iterable[tuple[str, str, int | None]]) -> dict[str
     for kind, window, micros in remaining:
         if micros is not None:
             scope = "" if kind == "policy" else f"{kind}-"
-            whole, frac = divmod(max(0, micros), 1_000_000)
-            out[f"{BUDGET_PREFIX}{scope}{window}"] = f"{whole}.{frac:06d}"
+            out[f"{BUDGET_PREFIX}{scope}{window}"] = micros_to_fixed_usd(micros)
     return out
 
 

@@ -59,3 +59,10 @@ def micros_to_usd(micros: int) -> str:
     whole, _, frac = text.partition(".")
     frac = frac.rstrip("0")
     return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def micros_to_fixed_usd(micros: int) -> str:
+    """Integer micro-dollars (negatives as 0) -> USD with exactly six decimals: ``12_500_000 ->
+    "12.500000"``, the form of the remaining-budget headers (a fixed width an app can parse)."""
+    whole, frac = divmod(max(0, micros), 1_000_000)
+    return f"{whole}.{frac:06d}"
