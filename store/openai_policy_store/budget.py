@@ -47,6 +47,7 @@ from .windows import current_buckets, scoped_buckets
 
 if TYPE_CHECKING:
     from openai_policy_api import BudgetSpec
+    from openai_policy_api.spec import BudgetLimit
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,11 @@ def new_reservation_id() -> str:
     return _ids.next()
 
 
-def limits_from_spec(budget: BudgetSpec | None, percent: int = 100, scope: str = "limits") -> dict[str, int]:
-    """``{window: limit micros}`` from ``spec.budget.limits`` (``scope``: or ``perUser`` /
+def limits_from_spec(entries: Sequence[BudgetLimit], percent: int = 100) -> dict[str, int]:
+    """``{window: limit micros}`` from one list of ``spec.budget`` (``limits``, ``perUser`` or
     ``perFeature``), the smallest if a window repeats."""
-    entries = {"limits": "limits", "perUser": "per_user", "perFeature": "per_feature"}[scope]
     limits: dict[str, int] = {}
-    for entry in getattr(budget, entries) if budget is not None else []:
+    for entry in entries:
         micros = usd_to_micros(entry.usd) * percent // 100
         limits[entry.window] = min(micros, limits.get(entry.window, micros))
     return limits
@@ -150,15 +150,18 @@ class BudgetLedger:
         self.ref = ref
         self.budget = budget
         self.hold_seconds = hold_seconds
-        self.limits = limits_from_spec(budget)
+        self.limits = limits_from_spec(budget.limits if budget is not None else ())
         self.time_zone = budget.time_zone if budget is not None else "UTC"
         self.fail_closed = budget is None or budget.on_store_unavailable != "localShare"
         share = budget.local_share_percent if budget is not None else 10
-        self.local_limits = limits_from_spec(budget, share)
+        self.local_limits = limits_from_spec(budget.limits if budget is not None else (), share)
         # kind -> (shared limits, local-share limits) of each user's / feature's own buckets
         self.scoped_limits = {
-            kind: (limits_from_spec(budget, 100, field), limits_from_spec(budget, share, field))
-            for kind, field in (("user", "perUser"), ("feature", "perFeature"))
+            kind: (limits_from_spec(entries), limits_from_spec(entries, share))
+            for kind, entries in (
+                ("user", budget.per_user if budget is not None else ()),
+                ("feature", budget.per_feature if budget is not None else ()),
+            )
         }
         self._fallback = (
             fallback if fallback is not None else (store if isinstance(store, MemoryStore) else MemoryStore())
